@@ -1,0 +1,58 @@
+"""keybrake: short-lived, scoped, spend-capped vault keys for AI agents.
+
+``async with VaultKey("stripe", [...], cap=500, ttl="5m") as vk:`` issues a key, keeps it
+alive and revokes it on exit; ``vk.stripe`` calls Stripe through the enforcing proxy.
+"""
+
+from keybrake._client import Keybrake
+from keybrake._config import DEFAULT_API_URL, DEFAULT_PROXY_URL, DEFAULT_TIMEOUT
+from keybrake._decorator import vault_key
+from keybrake._errors import (
+    ConfigurationError,
+    EndpointNotAllowed,
+    InvalidVaultKey,
+    IssuanceError,
+    KeybrakeError,
+    KeybrakeTimeout,
+    KeybrakeUnavailable,
+    ProxyRefused,
+    SpendCapExceeded,
+    StripeError,
+    TwilioError,
+    VaultKeyExpired,
+    VaultKeyRevoked,
+    VendorError,
+)
+from keybrake._models import IssuedKey, KeyInfo, Lease, Revocation
+from keybrake._retry import RetryPolicy
+from keybrake._vault_key import VaultKey
+from keybrake._version import __version__
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_PROXY_URL",
+    "DEFAULT_TIMEOUT",
+    "ConfigurationError",
+    "EndpointNotAllowed",
+    "InvalidVaultKey",
+    "IssuanceError",
+    "IssuedKey",
+    "KeyInfo",
+    "Keybrake",
+    "KeybrakeError",
+    "KeybrakeTimeout",
+    "KeybrakeUnavailable",
+    "Lease",
+    "ProxyRefused",
+    "RetryPolicy",
+    "Revocation",
+    "SpendCapExceeded",
+    "StripeError",
+    "TwilioError",
+    "VaultKey",
+    "VaultKeyExpired",
+    "VaultKeyRevoked",
+    "VendorError",
+    "__version__",
+    "vault_key",
+]

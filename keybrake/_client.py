@@ -1,0 +1,234 @@
+"""``Keybrake``: the admin client of the issuance API, owner of one HTTP session."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+import warnings
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+
+from keybrake._common import parse_duration, to_micros
+from keybrake._config import ClientConfig
+from keybrake._errors import ConfigurationError, KeybrakeError, KeybrakeUnavailable
+from keybrake._models import IssuedKey, KeyInfo, Lease, Revocation
+from keybrake._retry import DEFAULT_RETRY, RetryPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Keybrake", "decode_error", "duration_seconds"]
+
+USER_AGENT = "keybrake-python"
+
+
+def duration_seconds(value: str | int | timedelta, name: str) -> int:
+    """Validate a TTL-like argument and give it as whole seconds.
+
+    Raises:
+        ConfigurationError: not a positive duration.
+    """
+    try:
+        delta = parse_duration(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}: {exc}") from None
+    return max(1, int(delta.total_seconds()))
+
+
+def cap_string(cap: int | str | Decimal) -> str:
+    """Validate a USD cap and give it as the decimal string the API takes.
+
+    Raises:
+        ConfigurationError: not a non-negative USD amount (floats are refused).
+    """
+    try:
+        to_micros(cap)
+    except ValueError as exc:
+        raise ConfigurationError(f"cap: {exc}") from None
+    return str(cap)
+
+
+def decode_error(status: int, headers: Mapping[str, str], body: bytes) -> KeybrakeError:
+    """Turn one of keybrake's own error answers into its exception."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        data = {"message": f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"}
+    exc = KeybrakeError.from_response(
+        status, data, request_id=headers.get("Request-Id") or headers.get("X-Request-Id")
+    )
+    retry_after = headers.get("Retry-After")
+    if retry_after is not None:
+        with contextlib.suppress(ValueError):
+            exc.retry_after = float(retry_after)
+    return exc
+
+
+class Keybrake:
+    """Admin client of the issuance API.
+
+    One ``aiohttp.ClientSession``, created lazily inside the running loop and closed by
+    :meth:`close` (or ``async with``). Pass ``session`` to use one you own instead; it is then
+    never closed here.
+
+    Args:
+        token: the master token (else ``KEYBRAKE_TOKEN``).
+        api_url: the issuance API (else ``KEYBRAKE_API_URL``, ``KEYBRAKE_URL``, the default).
+        proxy_url: the proxy (else ``KEYBRAKE_PROXY_URL``, ``KEYBRAKE_URL``, the default).
+        timeout: seconds for one HTTP call.
+        retry: how issuance API calls are retried; ``RetryPolicy.off()`` disables retries.
+        session: an ``aiohttp.ClientSession`` to borrow.
+    """
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        api_url: str | None = None,
+        proxy_url: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = ClientConfig.resolve(
+            token=token, api_url=api_url, proxy_url=proxy_url, timeout=timeout
+        )
+        self.retry = retry if retry is not None else DEFAULT_RETRY
+        self._session = session
+        self._owns_session = session is None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Keybrake(api_url={self.config.api_url!r}, proxy_url={self.config.proxy_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client created it. Closing twice is a no-op."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None and self._owns_session and not session.closed:
+            _warn(f"unclosed {self!r}; use 'async with Keybrake()'", ResourceWarning, source=self)
+
+    def http(self) -> aiohttp.ClientSession:
+        """The shared HTTP session (created on first use, inside the running loop)."""
+        if self._closed:
+            raise ConfigurationError("this Keybrake client is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def _api(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        token = self.config.token
+        if token is None:
+            raise ConfigurationError("no master token: pass token=... or set KEYBRAKE_TOKEN")
+        url = self.config.api_url + path
+        all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+
+        async def attempt() -> dict[str, Any]:
+            async with self.http().request(method, url, json=body, headers=all_headers) as response:
+                payload = await response.read()
+                if response.status >= 400:
+                    raise decode_error(response.status, response.headers, payload)
+                try:
+                    data = json.loads(payload)
+                except ValueError:
+                    raise KeybrakeUnavailable(
+                        f"keybrake answered {response.status} with a body that is not JSON",
+                        status=response.status,
+                    ) from None
+                if not isinstance(data, dict):
+                    raise KeybrakeUnavailable("keybrake answered with unexpected JSON")
+                return data
+
+        return await self.retry.call(attempt)
+
+    async def issue_key(
+        self,
+        vendor: str,
+        endpoints: list[str] | tuple[str, ...],
+        *,
+        cap: int | str | Decimal,
+        ttl: str | int | timedelta,
+        label: str = "",
+        max_lifetime: str | int | timedelta | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> IssuedKey:
+        """Issue a vault key. Retried on transient failures without ever making two keys.
+
+        Raises:
+            ConfigurationError: no master token, or a bad argument.
+            IssuanceError: the API refused (bad request, ...).
+            KeybrakeUnavailable: the API could not be reached within the retry policy.
+        """
+        body: dict[str, Any] = {
+            "vendor": vendor,
+            "allowed_endpoints": list(endpoints),
+            "daily_usd_cap": cap_string(cap),
+            "expires_in": duration_seconds(ttl, "ttl"),
+            "label": label,
+        }
+        if max_lifetime is not None:
+            body["max_lifetime"] = duration_seconds(max_lifetime, "max_lifetime")
+        if metadata:
+            body["metadata"] = dict(metadata)
+        headers = {"Idempotency-Key": idempotency_key or f"kb-{uuid.uuid4()}"}
+        data = await self._api("POST", "/v1/keys", body=body, headers=headers)
+        return IssuedKey.from_json(data)
+
+    async def get_key(self, key_id: str) -> KeyInfo:
+        """Describe a key: status and spend today."""
+        return KeyInfo.from_json(await self._api("GET", f"/v1/keys/{_quote(key_id)}"))
+
+    async def refresh_key(self, key_id: str, *, expires_in: str | int | timedelta) -> Lease:
+        """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.
+
+        Raises:
+            IssuanceError: 409 if the key is revoked or expired, 404 if unknown.
+        """
+        body = {"expires_in": duration_seconds(expires_in, "expires_in")}
+        return Lease.from_json(
+            await self._api("POST", f"/v1/keys/{_quote(key_id)}/refresh", body=body)
+        )
+
+    async def revoke_key(self, key_id: str) -> Revocation:
+        """Revoke a key; takes effect on the proxy's very next request. Idempotent."""
+        return Revocation.from_json(await self._api("DELETE", f"/v1/keys/{_quote(key_id)}"))
+
+
+def _quote(key_id: str) -> str:
+    return quote(key_id, safe="")

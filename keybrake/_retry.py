@@ -1,0 +1,87 @@
+"""One small retry policy, built on tenacity, with an explicit notion of what is retryable."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+import attrs
+import tenacity
+
+from keybrake._errors import KeybrakeError, KeybrakeTimeout, KeybrakeUnavailable
+
+__all__ = ["DEFAULT_RETRY", "RetryPolicy", "is_retryable"]
+
+T = TypeVar("T")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts, 5xx and 429 (except ``cap_exhausted``) are transient."""
+    if isinstance(exc, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, KeybrakeUnavailable):
+        return True
+    if isinstance(exc, KeybrakeError) and exc.status == 429:
+        return exc.code != "cap_exhausted"
+    return False
+
+
+def retry_after(exc: BaseException) -> float | None:
+    return exc.retry_after if isinstance(exc, KeybrakeError) else None
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How calls to the issuance API are retried.
+
+    Exponential backoff with full jitter between ``initial_wait`` and ``max_wait`` seconds,
+    at most ``attempts`` tries within ``deadline`` seconds; a server's ``Retry-After`` is
+    honoured up to ``max_retry_after`` seconds. ``RetryPolicy.off()`` tries once.
+    """
+
+    attempts: int = 6
+    deadline: float = 30.0
+    initial_wait: float = 0.1
+    max_wait: float = 5.0
+    max_retry_after: float = 10.0
+
+    @classmethod
+    def off(cls) -> RetryPolicy:
+        return cls(attempts=1)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = retry_after(exc) if exc is not None else None
+        if hinted is not None:
+            return min(max(hinted, 0.0), self.max_retry_after)
+        ceiling = min(self.max_wait, self.initial_wait * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, ceiling)
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` until it succeeds, fails for good, or the policy is exhausted.
+
+        Raises:
+            KeybrakeUnavailable: retries ran out on a transient failure (the last one is
+                the ``__cause__``); other errors pass through unchanged.
+        """
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.attempts)
+            | tenacity.stop_after_delay(self.deadline),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(is_retryable),
+            reraise=True,
+        )
+        try:
+            return await retrying(fn)
+        except KeybrakeUnavailable:
+            raise
+        except asyncio.TimeoutError as exc:
+            raise KeybrakeTimeout("keybrake did not answer in time") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise KeybrakeUnavailable(f"can't reach keybrake: {exc}") from exc
+
+
+DEFAULT_RETRY = RetryPolicy()

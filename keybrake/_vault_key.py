@@ -1,0 +1,325 @@
+"""``VaultKey``: one short-lived, scoped, capped key for the length of an ``async with`` block."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from keybrake._client import Keybrake, cap_string, duration_seconds
+from keybrake._errors import (
+    ConfigurationError,
+    IssuanceError,
+    KeybrakeError,
+    VaultKeyExpired,
+    VaultKeyRevoked,
+)
+from keybrake._models import IssuedKey
+from keybrake._transport import ProxyTransport
+from keybrake.vendors.stripe.client import StripeClient
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["REVOKE_TIMEOUT", "VaultKey"]
+
+log = logging.getLogger("keybrake")
+
+#: Seconds that revocation on exit may take, retries included, before we rely on the TTL.
+REVOKE_TIMEOUT = 10.0
+#: Keepalive refreshes at about this fraction of the TTL (like Vault's lifetime watcher).
+KEEPALIVE_FRACTION = 2 / 3
+
+
+class VaultKey:
+    """A vault key for one block of work: issued on enter, kept alive, revoked on exit.
+
+    ::
+
+        async with VaultKey("stripe", ["/v1/payment_intents"], cap=500, ttl="5m") as vk:
+            await vk.stripe.payment_intents.create(amount=2000, currency="usd")
+
+    Revocation runs however the block ends (normally, by exception, cancellation, timeout
+    or ``KeyboardInterrupt``). It is shielded from further cancellation, bounded by
+    :data:`REVOKE_TIMEOUT`, never hides the block's own exception, and re-raises a
+    cancellation.
+
+    Args:
+        vendor: ``"stripe"`` or ``"twilio"``.
+        endpoints: allowed endpoint patterns (``"[METHOD ]/path"``, ``*``, trailing ``/**``).
+        cap: daily spend cap in USD (int, decimal string or Decimal).
+        ttl: time to live (``"30s"``, ``"5m"``, ``"2h"``, seconds, or a timedelta).
+        label: a name for the key in logs and listings.
+        keepalive: refresh the key while the block runs (default True).
+        max_lifetime: a hard age limit enforced by the server; keepalive stops there.
+        client: a :class:`Keybrake` client to share; otherwise one is created and closed here.
+        metadata: string pairs stored with the key.
+        on_lost: called with the error when keepalive finds the key revoked or expired.
+        cancel_on_loss: also cancel the task running the block when the key is lost.
+        token, api_url, proxy_url: passed to the :class:`Keybrake` client created here.
+
+    Raises:
+        ConfigurationError: a bad argument (checked here) or no master token (on enter).
+    """
+
+    def __init__(
+        self,
+        vendor: str,
+        endpoints: list[str] | tuple[str, ...],
+        cap: int | str | Decimal,
+        ttl: str | int | timedelta,
+        *,
+        label: str | None = None,
+        keepalive: bool = True,
+        max_lifetime: str | int | timedelta | None = None,
+        client: Keybrake | None = None,
+        metadata: Mapping[str, str] | None = None,
+        on_lost: Callable[[KeybrakeError], object] | None = None,
+        cancel_on_loss: bool = False,
+        token: str | None = None,
+        api_url: str | None = None,
+        proxy_url: str | None = None,
+    ) -> None:
+        if isinstance(endpoints, str) or not endpoints:
+            raise ConfigurationError("endpoints must be a non-empty list of patterns")
+        self.vendor = vendor
+        self.endpoints = tuple(endpoints)
+        self.cap = cap
+        cap_string(cap)
+        self.ttl_seconds = duration_seconds(ttl, "ttl")
+        self.max_lifetime = max_lifetime
+        if max_lifetime is not None:
+            duration_seconds(max_lifetime, "max_lifetime")
+        self.label = label or ""
+        self.keepalive = keepalive
+        self.metadata = dict(metadata or {})
+        self.on_lost = on_lost
+        self.cancel_on_loss = cancel_on_loss
+        if client is None:
+            client = Keybrake(token, api_url=api_url, proxy_url=proxy_url)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._client = client
+        self._state = "unopened"
+        self._issued: IssuedKey | None = None
+        self._expires_at: datetime | None = None
+        self._lost: KeybrakeError | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._owner_task: asyncio.Task[Any] | None = None
+        self._stripe: StripeClient | None = None
+
+    # -- what the block sees ---------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        key_id = self._issued.id if self._issued else None
+        return f"<VaultKey {self.vendor} id={key_id!r} state={self._state}>"
+
+    def _require_issued(self) -> IssuedKey:
+        if self._issued is None:
+            raise ConfigurationError("the vault key is not issued yet; use 'async with'")
+        return self._issued
+
+    @property
+    def id(self) -> str:
+        """The key's id (``vk_...``); not secret."""
+        return self._require_issued().id
+
+    @property
+    def token(self) -> str:
+        """The key's secret token (``vault_key_...``). Never logged, never in ``repr()``."""
+        return self._require_issued().token
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the key expires; moves forward with each keepalive refresh."""
+        self._require_issued()
+        assert self._expires_at is not None
+        return self._expires_at
+
+    @property
+    def info(self) -> IssuedKey:
+        """What the issuance API answered (without the token in ``raw``)."""
+        return self._require_issued()
+
+    @property
+    def client(self) -> Keybrake:
+        return self._client
+
+    @property
+    def lost(self) -> KeybrakeError | None:
+        """Why keepalive gave the key up, if it did."""
+        return self._lost
+
+    @property
+    def stripe(self) -> StripeClient:
+        """Stripe through the proxy with this key."""
+        self._require_issued()
+        if self._stripe is None:
+            self._stripe = StripeClient(self._transport("stripe"))
+        return self._stripe
+
+    def _transport(self, vendor: str) -> ProxyTransport:
+        if vendor != self.vendor:
+            raise ConfigurationError(f"this vault key is for {self.vendor}, not {vendor}")
+        return ProxyTransport(
+            vendor=vendor,
+            proxy_url=self._client.config.proxy_url,
+            session=self._client.http,
+            token=lambda: self.token,
+            check=self._check_usable,
+        )
+
+    def _check_usable(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "unopened":
+            raise ConfigurationError(f"a VaultKey can be entered only once (it is {self._state})")
+        self._state = "opening"
+        try:
+            self._issued = await self._client.issue_key(
+                self.vendor,
+                self.endpoints,
+                cap=self.cap,
+                ttl=self.ttl_seconds,
+                label=self.label,
+                max_lifetime=self.max_lifetime,
+                metadata=self.metadata,
+                idempotency_key=f"kb-{uuid.uuid4()}",
+            )
+        except BaseException:
+            self._state = "closed"
+            if self._owns_client:
+                await self._client.close()
+            raise
+        self._expires_at = self._issued.expires_at
+        self._state = "open"
+        self._owner_task = asyncio.current_task()
+        if self.keepalive:
+            self._keepalive_task = asyncio.create_task(
+                self._keep_alive(), name=f"keybrake-keepalive-{self._issued.id}"
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop keepalive and revoke the key. Closing twice is a no-op.
+
+        If revocation can't be done within :data:`REVOKE_TIMEOUT`, a warning is logged
+        (without the token) and the key's TTL ends it.
+        """
+        if self._state in ("closed", "unopened"):
+            self._state = "closed"
+            return
+        self._state = "closed"
+        cancelled = False
+        work = asyncio.ensure_future(self._finish())
+        while not work.done():
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # Cancelled again while cleaning up: finish the cleanup (it is bounded by
+                # REVOKE_TIMEOUT), then let the cancellation through.
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _finish(self) -> None:
+        task, self._keepalive_task = self._keepalive_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self._revoke()
+        finally:
+            if self._owns_client:
+                await self._client.close()
+
+    async def _revoke(self) -> None:
+        issued = self._issued
+        assert issued is not None
+        try:
+            await asyncio.wait_for(self._client.revoke_key(issued.id), REVOKE_TIMEOUT)
+        except IssuanceError as exc:
+            if exc.status == 404:  # gone already: nothing left to revoke
+                return
+            log.warning("could not revoke vault key %s: %s; its TTL will end it", issued.id, exc)
+        except (KeybrakeError, asyncio.TimeoutError) as exc:
+            log.warning(
+                "could not revoke vault key %s (%s); its TTL will end it",
+                issued.id,
+                exc or type(exc).__name__,
+            )
+
+    async def _keep_alive(self) -> None:
+        issued = self._issued
+        assert issued is not None
+        while True:
+            assert self._expires_at is not None
+            remaining = (self._expires_at - datetime.now(timezone.utc)).total_seconds()
+            if self._expires_at >= issued.max_expires_at:
+                return  # can't be extended any further; the TTL will end it
+            delay = max(0.05, remaining * KEEPALIVE_FRACTION * random.uniform(0.9, 1.0))
+            await asyncio.sleep(delay)
+            try:
+                lease = await self._client.refresh_key(issued.id, expires_in=self.ttl_seconds)
+            except KeybrakeError as exc:
+                if exc.status in (404, 409):  # revoked, expired or gone: it won't come back
+                    self._mark_lost(exc)
+                    return
+                if datetime.now(timezone.utc) >= self._expires_at:
+                    self._mark_lost(
+                        VaultKeyExpired(f"vault key {issued.id} expired: keepalive failed ({exc})")
+                    )
+                    return
+                log.warning("keepalive of vault key %s failed, will retry: %s", issued.id, exc)
+                continue
+            self._expires_at = lease.expires_at
+
+    def _mark_lost(self, cause: KeybrakeError) -> None:
+        issued = self._require_issued()
+        if cause.code == "key_revoked" or (cause.status == 404):
+            lost: KeybrakeError = VaultKeyRevoked(
+                f"vault key {issued.id} was revoked", status=401, code="key_revoked"
+            )
+        elif isinstance(cause, VaultKeyExpired):
+            lost = cause
+        else:
+            lost = VaultKeyExpired(
+                f"vault key {issued.id} has expired", status=401, code="key_expired"
+            )
+        self._lost = lost
+        log.warning("vault key %s lost: %s", issued.id, lost.message)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(lost)
+            except Exception:
+                log.exception("on_lost callback failed")
+        if self.cancel_on_loss and self._owner_task is not None:
+            self._owner_task.cancel()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", None) == "open":
+            _warn(
+                f"{self!r} was garbage collected without exit; it stays usable until its TTL",
+                ResourceWarning,
+                source=self,
+            )

@@ -1,0 +1,65 @@
+"""JSON error answers, shared by the issuance API and the proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["error_response", "hash_token", "now_micros", "to_datetime", "utc_day"]
+
+
+def hash_token(token: str) -> str:
+    """What we store instead of a token: its SHA-256, hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def to_datetime(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
+
+
+def utc_day(micros: int) -> str:
+    """The spend window a moment falls in: its UTC calendar day."""
+    return to_datetime(micros).strftime("%Y-%m-%d")
+
+
+_STRIPE_TYPES = {502: "api_error", 503: "api_error", 504: "api_error"}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    vendor: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """A JSON error with top-level ``code`` and ``message`` (plus ``extra`` fields).
+
+    On Stripe paths the body also carries Stripe's own error shape and the answer says
+    ``Stripe-Should-Retry: false``, so the official Stripe SDK raises a proper error and does
+    not retry a refusal.
+    """
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update((k, v) for k, v in extra.items() if v is not None)
+    # Tells clients this answer is keybrake's own, not the vendor's.
+    out_headers = {**(headers or {}), "Keybrake-Error": code}
+    if vendor == "stripe":
+        body["error"] = {
+            "type": _STRIPE_TYPES.get(status, "invalid_request_error"),
+            "code": code,
+            "message": message,
+        }
+        out_headers["Stripe-Should-Retry"] = "false"
+    elif vendor == "twilio":
+        # Twilio's error shape; its SDK reads ``message`` and ``code`` from here.
+        body.setdefault("status", status)
+    return web.json_response(body, status=status, headers=out_headers)

@@ -1,0 +1,309 @@
+"""The issuance API: ``/v1/keys`` and friends, behind a master token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from keybrake._common import (
+    EndpointPattern,
+    format_time,
+    format_usd,
+    parse_duration,
+    to_micros,
+)
+from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
+from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
+from keybrake.server.store import IdempotentIssue, KeyRecord, Store
+
+__all__ = ["STORE", "BadRequest", "add_routes", "key_json"]
+
+VENDORS = ("stripe", "twilio")
+MAX_ENDPOINTS = 100
+MAX_LABEL = 200
+MAX_METADATA = 50
+#: Longest ``expires_in`` or ``max_lifetime`` a key may ask for.
+MAX_LIFETIME = timedelta(days=30)
+TOKEN_PREFIX = "vault_key_"
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def key_json(key: KeyRecord, now: int, *, spent: int | None = None) -> dict[str, Any]:
+    """The public view of a key (never its token or token hash)."""
+    data: dict[str, Any] = {
+        "id": key.id,
+        "object": "vault_key",
+        "vendor": key.vendor,
+        "label": key.label,
+        "allowed_endpoints": list(key.allowed_endpoints),
+        "daily_usd_cap": format_usd(key.cap_micros),
+        "created_at": format_time(to_datetime(key.created_at)),
+        "expires_at": format_time(to_datetime(key.expires_at)),
+        "max_expires_at": format_time(to_datetime(key.max_expires_at)),
+        "revoked_at": None if key.revoked_at is None else format_time(to_datetime(key.revoked_at)),
+        "status": key.status(now),
+        "metadata": dict(key.metadata),
+    }
+    if spent is not None:
+        data["spent_today_usd"] = format_usd(spent)
+    return data
+
+
+def _store(request: web.Request) -> Store:
+    store: Store = request.app[STORE]
+    return store
+
+
+def _tenant(request: web.Request) -> str:
+    tenant: str = request["tenant"]
+    return tenant
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        data = json.loads(raw or b"{}", parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def _duration(data: dict[str, Any], name: str) -> timedelta:
+    value = data.get(name)
+    if value is None:
+        raise BadRequest(f"'{name}' is required", param=name)
+    if isinstance(value, Decimal):
+        raise BadRequest(f"'{name}' must be a duration like '5m' or whole seconds", param=name)
+    try:
+        result = parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param=name) from None
+    if result > MAX_LIFETIME:
+        raise BadRequest(f"'{name}' may be at most {MAX_LIFETIME.days} days", param=name)
+    return result
+
+
+def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
+    vendor = data.get("vendor")
+    if vendor not in VENDORS:
+        raise BadRequest(f"'vendor' must be one of {', '.join(VENDORS)}", param="vendor")
+    label = data.get("label", "")
+    if not isinstance(label, str) or len(label) > MAX_LABEL:
+        raise BadRequest(
+            f"'label' must be a string of at most {MAX_LABEL} characters", param="label"
+        )
+    endpoints = data.get("allowed_endpoints")
+    if not isinstance(endpoints, list) or not endpoints or len(endpoints) > MAX_ENDPOINTS:
+        raise BadRequest(
+            f"'allowed_endpoints' must be a list of 1 to {MAX_ENDPOINTS} patterns",
+            param="allowed_endpoints",
+        )
+    for pattern in endpoints:
+        try:
+            EndpointPattern.parse(pattern)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="allowed_endpoints") from None
+    cap = data.get("daily_usd_cap")
+    if isinstance(cap, (float, bool)) or cap is None:
+        raise BadRequest("'daily_usd_cap' must be a USD amount", param="daily_usd_cap")
+    try:
+        cap_micros = to_micros(cap)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="daily_usd_cap") from None
+    expires_in = _duration(data, "expires_in")
+    if data.get("max_lifetime") is None:
+        max_lifetime = max(expires_in, timedelta(seconds=DEFAULT_MAX_LIFETIME_SECONDS))
+    else:
+        max_lifetime = _duration(data, "max_lifetime")
+        if max_lifetime < expires_in:
+            raise BadRequest(
+                "'max_lifetime' must not be shorter than 'expires_in'", param="max_lifetime"
+            )
+    metadata = data.get("metadata") or {}
+    if (
+        not isinstance(metadata, dict)
+        or len(metadata) > MAX_METADATA
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise BadRequest(
+            f"'metadata' must map at most {MAX_METADATA} strings to strings", param="metadata"
+        )
+    return {
+        "vendor": vendor,
+        "label": label,
+        "allowed_endpoints": tuple(endpoints),
+        "cap_micros": cap_micros,
+        "expires_in": expires_in,
+        "max_lifetime": max_lifetime,
+        "metadata": metadata,
+    }
+
+
+def _micros(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# Idempotent issuance must be able to answer a replay with the token, yet the store may
+# only hold hashes. The token is kept sealed under a one-time pad derived from the
+# Idempotency-Key itself, which the store never holds: only the client that retries with the
+# same key can unseal it.
+def _idem_hash(tenant: str, idem_key: str) -> str:
+    return hashlib.sha256(f"keybrake-idem\0{tenant}\0{idem_key}".encode()).hexdigest()
+
+
+def _pad(tenant: str, idem_key: str, length: int) -> bytes:
+    return hashlib.shake_256(f"keybrake-seal\0{tenant}\0{idem_key}".encode()).digest(length)
+
+
+def _seal(tenant: str, idem_key: str, token: str) -> str:
+    raw = token.encode()
+    return bytes(a ^ b for a, b in zip(raw, _pad(tenant, idem_key, len(raw)), strict=False)).hex()
+
+
+def _unseal(tenant: str, idem_key: str, sealed: str) -> str:
+    raw = bytes.fromhex(sealed)
+    pad = _pad(tenant, idem_key, len(raw))
+    return bytes(a ^ b for a, b in zip(raw, pad, strict=True)).decode()
+
+
+def _fingerprint(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def create_key(request: web.Request) -> web.Response:
+    store, tenant = _store(request), _tenant(request)
+    data = await _json_object(request)
+    fields = _parse_issue(data)
+    idem_key = request.headers.get("Idempotency-Key")
+    fingerprint = _fingerprint(data)
+    if idem_key is not None:
+        if not 0 < len(idem_key) <= 255:
+            raise BadRequest("'Idempotency-Key' must be 1 to 255 characters")
+        previous = await store.find_idempotent_issue(tenant, _idem_hash(tenant, idem_key))
+        if previous is not None:
+            return await _replay(request, previous, idem_key, fingerprint)
+
+    now = now_micros()
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    key = KeyRecord(
+        id="vk_" + secrets.token_hex(12),
+        tenant=tenant,
+        token_hash=hash_token(token),
+        vendor=fields["vendor"],
+        label=fields["label"],
+        allowed_endpoints=fields["allowed_endpoints"],
+        cap_micros=fields["cap_micros"],
+        created_at=now,
+        expires_at=now + _micros(fields["expires_in"]),
+        max_expires_at=now + _micros(fields["max_lifetime"]),
+        metadata=fields["metadata"],
+    )
+    idempotency = None
+    if idem_key is not None:
+        issue = IdempotentIssue(key.id, fingerprint, _seal(tenant, idem_key, token))
+        idempotency = (_idem_hash(tenant, idem_key), issue)
+    await store.insert_key(key, idempotency=idempotency)
+    return web.json_response({**key_json(key, now), "token": token}, status=201)
+
+
+async def _replay(
+    request: web.Request, previous: IdempotentIssue, idem_key: str, fingerprint: str
+) -> web.Response:
+    tenant = _tenant(request)
+    if previous.fingerprint != fingerprint:
+        return error_response(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+    key = await _store(request).get_key(tenant, previous.key_id)
+    if key is None:  # pragma: no cover - keys are never deleted
+        raise web.HTTPNotFound()
+    token = _unseal(tenant, idem_key, previous.sealed_token)
+    return web.json_response(
+        {**key_json(key, now_micros()), "token": token},
+        status=201,
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+def _not_found(key_id: str) -> web.Response:
+    return error_response(404, "key_not_found", f"no key {key_id!r}")
+
+
+async def get_key(request: web.Request) -> web.Response:
+    store, tenant = _store(request), _tenant(request)
+    key_id = request.match_info["key_id"]
+    key = await store.get_key(tenant, key_id)
+    if key is None:
+        return _not_found(key_id)
+    now = now_micros()
+    spend = await store.spend(key.id, utc_day(now))
+    return web.json_response(key_json(key, now, spent=spend.spent))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    key = await _store(request).revoke_key(_tenant(request), key_id, now_micros())
+    if key is None or key.revoked_at is None:
+        return _not_found(key_id)
+    return web.json_response(
+        {
+            "id": key.id,
+            "object": "vault_key",
+            "status": "revoked",
+            "revoked_at": format_time(to_datetime(key.revoked_at)),
+        }
+    )
+
+
+async def refresh_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["key_id"]
+    data = await _json_object(request)
+    increment = _duration(data, "expires_in")
+    now = now_micros()
+    key = await _store(request).extend_key(_tenant(request), key_id, now, now + _micros(increment))
+    if key is None:
+        return _not_found(key_id)
+    status = key.status(now)
+    if status != "active":
+        return error_response(409, f"key_{status}", f"key {key_id!r} is {status}")
+    return web.json_response(
+        {
+            "id": key.id,
+            "object": "vault_key",
+            "expires_at": format_time(to_datetime(key.expires_at)),
+            "max_expires_at": format_time(to_datetime(key.max_expires_at)),
+            "status": status,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    await _store(request).ping()
+    return web.json_response({"status": "ok"})
+
+
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/keys", create_key)
+    app.router.add_get("/v1/keys/{key_id}", get_key)
+    app.router.add_delete("/v1/keys/{key_id}", revoke_key)
+    app.router.add_post("/v1/keys/{key_id}/refresh", refresh_key)

@@ -1,0 +1,139 @@
+"""The aiohttp application: issuance API and proxy on one port."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from keybrake.server import api, proxy
+from keybrake.server._http import error_response, hash_token, now_micros
+from keybrake.server.config import ServerConfig
+from keybrake.server.store import Store, StoreUnavailable, open_store
+
+__all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
+
+log = logging.getLogger("keybrake.server")
+
+DEFAULT_TENANT = "default"
+ADMIN_TOKEN_PREFIX = "kb_admin_"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def generate_admin_token() -> str:
+    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _vendor_of(request: web.Request) -> str | None:
+    first = request.path.lstrip("/").partition("/")[0]
+    return first if first in ("stripe", "twilio") else None
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON answer with a ``code``; bad input never becomes a 500."""
+    vendor = _vendor_of(request)
+    try:
+        return await handler(request)
+    except api.BadRequest as exc:
+        return error_response(400, "bad_request", exc.message, vendor=vendor, param=exc.param)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            413, "body_too_large", "request body is larger than the server accepts", vendor=vendor
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        return error_response(exc.status, code, exc.reason, vendor=vendor)
+    except StoreUnavailable:
+        log.exception("store unavailable")
+        return error_response(
+            503,
+            "store_unavailable",
+            "keybrake's store is unavailable; nothing was forwarded",
+            vendor=vendor,
+        )
+    except (aiohttp.ClientPayloadError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
+
+
+def _auth_middleware(config: ServerConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+    configured = hash_token(config.admin_token) if config.admin_token else None
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        tenant: str | None = None
+        if scheme.lower() == "bearer" and token:
+            digest = hash_token(token)
+            if digest == configured:
+                tenant = DEFAULT_TENANT
+            else:
+                tenant = await request.app[api.STORE].tenant_for_admin_token(digest)
+        if tenant is None:
+            return error_response(
+                401, "unauthorized", "missing or unknown master token (Authorization: Bearer ...)"
+            )
+        request["tenant"] = tenant
+        return await handler(request)
+
+    return auth
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    store: Store | None = None,
+    on_new_admin_token: Callable[[str], None] | None = None,
+) -> web.Application:
+    """Build the server.
+
+    Args:
+        config: the settings.
+        store: a store to use instead of the one ``config.database_url`` names.
+        on_new_admin_token: when no master token exists at all, one is created at start-up
+            and handed to this callback, once; without a callback none is created.
+    """
+    app = web.Application(
+        middlewares=[errors_middleware, _auth_middleware(config)],
+        client_max_size=config.max_body_size,
+    )
+    app[api.STORE] = store if store is not None else open_store(config.database_url)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        the_store = app[api.STORE]
+        await the_store.open()
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=config.upstream_timeout),
+            connector=aiohttp.TCPConnector(limit=0),
+        )
+        app[proxy.UPSTREAM_SESSION] = session
+        try:
+            if (
+                config.admin_token is None
+                and on_new_admin_token is not None
+                and await the_store.count_admin_tokens() == 0
+            ):
+                token = generate_admin_token()
+                await the_store.add_admin_token(hash_token(token), DEFAULT_TENANT, now_micros())
+                on_new_admin_token(token)
+            yield
+        finally:
+            await session.close()
+            await the_store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    api.add_routes(app)
+    proxy.add_routes(app, api.STORE, config)
+    return app

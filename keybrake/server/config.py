@@ -1,0 +1,68 @@
+"""Server settings: explicit argument > environment > default, read when built, never at import."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_LIFETIME_SECONDS",
+    "DEFAULT_STRIPE_API_BASE",
+    "DEFAULT_TWILIO_API_BASE",
+    "DEFAULT_UPSTREAM_TIMEOUT",
+    "ServerConfig",
+]
+
+DEFAULT_DATABASE_URL = "sqlite:///keybrake.db"
+DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+#: Seconds to wait for a vendor's answer before giving up with 504.
+DEFAULT_UPSTREAM_TIMEOUT = 30.0
+#: Largest request body the proxy or API reads, in bytes.
+DEFAULT_MAX_BODY_SIZE = 1024 * 1024
+#: Hard age limit of a key when the issuer gives no ``max_lifetime``.
+DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600
+
+
+def _secret_repr(value: str | None) -> str:
+    return "None" if value is None else "'***'"
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Everything ``keybrake serve`` needs. ``repr()`` never shows a secret."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_token: str | None = attrs.field(default=None, repr=_secret_repr)
+    stripe_secret_key: str | None = attrs.field(default=None, repr=_secret_repr)
+    stripe_api_base: str = DEFAULT_STRIPE_API_BASE
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = attrs.field(default=None, repr=_secret_repr)
+    twilio_api_base: str = DEFAULT_TWILIO_API_BASE
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: object
+    ) -> ServerConfig:
+        """Build from ``KEYBRAKE_*`` variables; keyword overrides that are not None win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field, var in (
+            ("database_url", "KEYBRAKE_DATABASE_URL"),
+            ("admin_token", "KEYBRAKE_ADMIN_TOKEN"),
+            ("stripe_secret_key", "KEYBRAKE_STRIPE_SECRET_KEY"),
+            ("stripe_api_base", "KEYBRAKE_STRIPE_API_BASE"),
+            ("twilio_account_sid", "KEYBRAKE_TWILIO_ACCOUNT_SID"),
+            ("twilio_auth_token", "KEYBRAKE_TWILIO_AUTH_TOKEN"),
+            ("twilio_api_base", "KEYBRAKE_TWILIO_API_BASE"),
+        ):
+            if env.get(var):
+                values[field] = env[var]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

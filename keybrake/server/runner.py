@@ -1,0 +1,39 @@
+"""Run the server inside an existing event loop (for embedding, the demo and tests)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from keybrake.server.app import create_app
+from keybrake.server.config import ServerConfig
+from keybrake.server.store import Store
+
+__all__ = ["running_server"]
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    store: Store | None = None,
+    on_new_admin_token: Callable[[str], None] | None = None,
+) -> AsyncIterator[str]:
+    """Serve keybrake on ``host:port`` (port 0 picks a free one) and yield its base URL.
+
+    Everything it started is stopped on exit.
+    """
+    app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        yield f"http://{host}:{bound_port}"
+    finally:
+        await runner.cleanup()

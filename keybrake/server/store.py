@@ -1,0 +1,509 @@
+"""Persistent state of the server: keys, admin tokens, the spend ledger.
+
+The :class:`Store` protocol is what the API and the proxy use; :class:`SQLiteStore` is the
+embedded implementation. Only SHA-256 hashes of tokens are ever stored.
+
+Spend is kept in integer micro-dollars per key and UTC day, as ``spent`` (settled) plus
+``reserved`` (in flight). A reservation is one conditional statement
+(``spent + reserved + x <= cap``), never a read-modify-write in Python, so concurrent requests
+can't take a key past its cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import attrs
+
+__all__ = [
+    "IdempotentIssue",
+    "KeyRecord",
+    "Reservation",
+    "SQLiteStore",
+    "SpendState",
+    "Store",
+    "StoreUnavailable",
+    "open_store",
+]
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The store can't be reached or failed; callers must fail closed."""
+
+
+@attrs.frozen
+class KeyRecord:
+    """One vault key as stored. Times are epoch microseconds (UTC)."""
+
+    id: str
+    tenant: str
+    token_hash: str
+    vendor: str
+    label: str
+    allowed_endpoints: tuple[str, ...]
+    cap_micros: int
+    created_at: int
+    expires_at: int
+    max_expires_at: int
+    revoked_at: int | None = None
+    metadata: dict[str, str] = attrs.field(factory=dict)
+
+    def status(self, now: int) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "active"
+
+
+@attrs.frozen
+class IdempotentIssue:
+    """What an issuance with an ``Idempotency-Key`` left behind, to answer its replays."""
+
+    key_id: str
+    fingerprint: str
+    sealed_token: str
+
+
+@attrs.frozen
+class SpendState:
+    spent: int
+    reserved: int
+
+
+@attrs.frozen
+class Reservation:
+    id: str
+    key_id: str
+    day: str
+    amount: int
+
+
+class Store(Protocol):
+    """What the server needs from persistence. All amounts are micro-dollars."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def add_admin_token(self, token_hash: str, tenant: str, now: int) -> None: ...
+
+    async def count_admin_tokens(self) -> int: ...
+
+    async def tenant_for_admin_token(self, token_hash: str) -> str | None: ...
+
+    async def insert_key(
+        self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
+    ) -> None: ...
+
+    async def find_idempotent_issue(
+        self, tenant: str, idem_hash: str
+    ) -> IdempotentIssue | None: ...
+
+    async def get_key(self, tenant: str, key_id: str) -> KeyRecord | None: ...
+
+    async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None: ...
+
+    async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None: ...
+
+    async def extend_key(
+        self, tenant: str, key_id: str, now: int, new_expires_at: int
+    ) -> KeyRecord | None: ...
+
+    async def spend(self, key_id: str, day: str) -> SpendState: ...
+
+    async def reserve(self, reservation: Reservation, now: int) -> tuple[bool, SpendState]: ...
+
+    async def settle(
+        self, reservation_id: str, actual: int, vendor_request_id: str | None, now: int
+    ) -> bool: ...
+
+    async def release(self, reservation_id: str, now: int) -> bool: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    token_hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    vendor TEXT NOT NULL,
+    label TEXT NOT NULL,
+    allowed_endpoints TEXT NOT NULL,
+    cap_micros INTEGER NOT NULL CHECK (cap_micros >= 0),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    max_expires_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
+CREATE TABLE IF NOT EXISTS issue_idempotency (
+    tenant TEXT NOT NULL,
+    idem_hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    sealed_token TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, idem_hash)
+);
+CREATE TABLE IF NOT EXISTS spend (
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    PRIMARY KEY (key_id, day)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount >= 0),
+    settled_amount INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'released')),
+    vendor_request_id TEXT,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+"""
+SCHEMA_VERSION = 1
+
+
+class SQLiteStore:
+    """The embedded store: one SQLite file in WAL mode, used from one worker thread.
+
+    All statements run on a single dedicated thread, so the connection is never shared
+    between threads and the event loop never blocks on disk.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None or self._conn is None:
+            raise StoreUnavailable("store is not open")
+        conn = self._conn
+
+        def call() -> T:
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise StoreUnavailable(f"SQLite error: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-sqlite")
+
+        def connect() -> sqlite3.Connection:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                conn.close()
+                raise StoreUnavailable(
+                    f"unknown schema version {row[0]} in {self.path} (expected {SCHEMA_VERSION})"
+                )
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(self._executor, connect)
+        except sqlite3.Error as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreUnavailable(f"can't open {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- admin tokens ---------------------------------------------------------------------
+
+    async def add_admin_token(self, token_hash: str, tenant: str, now: int) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO admin_tokens (token_hash, tenant, created_at)"
+                " VALUES (?, ?, ?)",
+                (token_hash, tenant, now),
+            )
+        )
+
+    async def count_admin_tokens(self) -> int:
+        row = await self._run(lambda c: c.execute("SELECT count(*) FROM admin_tokens").fetchone())
+        return int(row[0])
+
+    async def tenant_for_admin_token(self, token_hash: str) -> str | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT tenant FROM admin_tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    # -- keys -----------------------------------------------------------------------------
+
+    async def insert_key(
+        self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
+    ) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute(
+                "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
+                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.tenant,
+                    key.token_hash,
+                    key.vendor,
+                    key.label,
+                    json.dumps(list(key.allowed_endpoints)),
+                    key.cap_micros,
+                    key.created_at,
+                    key.expires_at,
+                    key.max_expires_at,
+                    key.revoked_at,
+                    json.dumps(key.metadata),
+                ),
+            )
+            if idempotency is not None:
+                idem_hash, issue = idempotency
+                c.execute(
+                    "INSERT INTO issue_idempotency"
+                    " (tenant, idem_hash, key_id, fingerprint, sealed_token, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        key.tenant,
+                        idem_hash,
+                        key.id,
+                        issue.fingerprint,
+                        issue.sealed_token,
+                        key.created_at,
+                    ),
+                )
+            c.execute("COMMIT")
+
+        await self._run(insert)
+
+    async def find_idempotent_issue(self, tenant: str, idem_hash: str) -> IdempotentIssue | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT key_id, fingerprint, sealed_token FROM issue_idempotency"
+                " WHERE tenant = ? AND idem_hash = ?",
+                (tenant, idem_hash),
+            ).fetchone()
+        )
+        return None if row is None else IdempotentIssue(row[0], row[1], row[2])
+
+    async def get_key(self, tenant: str, key_id: str) -> KeyRecord | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE tenant = ? AND id = ?", (tenant, key_id)
+            ).fetchone()
+        )
+        return None if row is None else _key_from_row(row)
+
+    async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+        )
+        return None if row is None else _key_from_row(row)
+
+    async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
+        def revoke(c: sqlite3.Connection) -> Any:
+            c.execute(
+                "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND id = ? AND revoked_at IS NULL",
+                (now, tenant, key_id),
+            )
+            return c.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE tenant = ? AND id = ?", (tenant, key_id)
+            ).fetchone()
+
+        row = await self._run(revoke)
+        return None if row is None else _key_from_row(row)
+
+    async def extend_key(
+        self, tenant: str, key_id: str, now: int, new_expires_at: int
+    ) -> KeyRecord | None:
+        """Move ``expires_at`` to ``new_expires_at`` (capped at ``max_expires_at``).
+
+        Only an active key moves; the caller tells the cases apart from the returned record.
+        """
+
+        def extend(c: sqlite3.Connection) -> Any:
+            c.execute(
+                "UPDATE keys SET expires_at = min(?, max_expires_at)"
+                " WHERE tenant = ? AND id = ? AND revoked_at IS NULL AND expires_at > ?",
+                (new_expires_at, tenant, key_id, now),
+            )
+            return c.execute(
+                f"SELECT {_KEY_COLUMNS} FROM keys WHERE tenant = ? AND id = ?", (tenant, key_id)
+            ).fetchone()
+
+        row = await self._run(extend)
+        return None if row is None else _key_from_row(row)
+
+    # -- spend ledger ---------------------------------------------------------------------
+
+    async def spend(self, key_id: str, day: str) -> SpendState:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?", (key_id, day)
+            ).fetchone()
+        )
+        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+    async def reserve(self, reservation: Reservation, now: int) -> tuple[bool, SpendState]:
+        r = reservation
+
+        def reserve(c: sqlite3.Connection) -> tuple[bool, SpendState]:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute(
+                "INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (r.key_id, r.day),
+            )
+            # The whole check-and-add is this one statement.
+            row = c.execute(
+                "UPDATE spend SET reserved = reserved + :x"
+                " WHERE key_id = :k AND day = :d"
+                " AND spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
+                " RETURNING spent, reserved",
+                {"x": r.amount, "k": r.key_id, "d": r.day},
+            ).fetchone()
+            if row is None:
+                state = c.execute(
+                    "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?",
+                    (r.key_id, r.day),
+                ).fetchone()
+                c.execute("COMMIT")
+                return False, SpendState(int(state[0]), int(state[1]))
+            c.execute(
+                "INSERT INTO reservations (id, key_id, day, amount, state, created_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                (r.id, r.key_id, r.day, r.amount, now),
+            )
+            c.execute("COMMIT")
+            return True, SpendState(int(row[0]), int(row[1]))
+
+        return await self._run(reserve)
+
+    async def settle(
+        self, reservation_id: str, actual: int, vendor_request_id: str | None, now: int
+    ) -> bool:
+        """Turn a pending reservation into spend of ``actual``; False if it was not pending."""
+
+        def settle(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute(
+                "UPDATE reservations SET state = 'settled', settled_amount = ?,"
+                " vendor_request_id = ?, finished_at = ?"
+                " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+                (actual, vendor_request_id, now, reservation_id),
+            ).fetchone()
+            if row is not None:
+                c.execute(
+                    "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
+                    " WHERE key_id = ? AND day = ?",
+                    (row[2], actual, row[0], row[1]),
+                )
+            c.execute("COMMIT")
+            return row is not None
+
+        return await self._run(settle)
+
+    async def release(self, reservation_id: str, now: int) -> bool:
+        """Give a pending reservation back; False if it was not pending."""
+
+        def release(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute(
+                "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
+                " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+                (now, reservation_id),
+            ).fetchone()
+            if row is not None:
+                c.execute(
+                    "UPDATE spend SET reserved = reserved - ? WHERE key_id = ? AND day = ?",
+                    (row[2], row[0], row[1]),
+                )
+            c.execute("COMMIT")
+            return row is not None
+
+        return await self._run(release)
+
+
+_KEY_COLUMNS = (
+    "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"
+    " expires_at, max_expires_at, revoked_at, metadata"
+)
+
+
+def _key_from_row(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row[0],
+        tenant=row[1],
+        token_hash=row[2],
+        vendor=row[3],
+        label=row[4],
+        allowed_endpoints=tuple(json.loads(row[5])),
+        cap_micros=int(row[6]),
+        created_at=int(row[7]),
+        expires_at=int(row[8]),
+        max_expires_at=int(row[9]),
+        revoked_at=None if row[10] is None else int(row[10]),
+        metadata=dict(json.loads(row[11])),
+    )
+
+
+def open_store(database_url: str) -> Store:
+    """Build the store a database URL names (``sqlite:///path``; ``sqlite:///:memory:``).
+
+    Raises:
+        ValueError: an unsupported or malformed URL.
+    """
+    if database_url.startswith("sqlite:///"):
+        return SQLiteStore(database_url[len("sqlite:///") :])
+    if database_url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("the PostgreSQL store is not available yet; use sqlite:///path")
+    scheme = database_url.partition(":")[0]
+    raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite:///path)")

@@ -1,0 +1,1 @@
+"""Twilio: :mod:`.pricing` holds the proxy's rules."""
