@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
 from datetime import timedelta
@@ -22,7 +23,17 @@ from keybrake.server._http import error_response, hash_token, now_micros, to_dat
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.store import IdempotentIssue, KeyRecord, Store
 
-__all__ = ["STORE", "BadRequest", "add_routes", "key_json"]
+__all__ = [
+    "CONFIGURED_ADMIN_HASH",
+    "DEFAULT_TENANT",
+    "STORE",
+    "BadRequest",
+    "Unauthorized",
+    "add_routes",
+    "key_json",
+]
+
+DEFAULT_TENANT = "default"
 
 VENDORS = ("stripe", "twilio")
 MAX_ENDPOINTS = 100
@@ -66,8 +77,26 @@ def _store(request: web.Request) -> Store:
     return store
 
 
-def _tenant(request: web.Request) -> str:
-    tenant: str = request["tenant"]
+class Unauthorized(Exception):
+    """No master token, or one this server doesn't know."""
+
+
+async def _tenant(request: web.Request) -> str:
+    """Authenticate the master token and give its tenant.
+
+    Raises:
+        Unauthorized: missing or unknown token.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized
+    digest = hash_token(token)
+    if hmac.compare_digest(digest, request.app[CONFIGURED_ADMIN_HASH]):
+        return DEFAULT_TENANT
+    tenant = await _store(request).tenant_for_admin_token(digest)
+    if tenant is None:
+        raise Unauthorized
     return tenant
 
 
@@ -185,7 +214,7 @@ def _fingerprint(data: dict[str, Any]) -> str:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    store, tenant = _store(request), _tenant(request)
+    store, tenant = _store(request), await _tenant(request)
     data = await _json_object(request)
     fields = _parse_issue(data)
     idem_key = request.headers.get("Idempotency-Key")
@@ -223,7 +252,7 @@ async def create_key(request: web.Request) -> web.Response:
 async def _replay(
     request: web.Request, previous: IdempotentIssue, idem_key: str, fingerprint: str
 ) -> web.Response:
-    tenant = _tenant(request)
+    tenant = await _tenant(request)
     if previous.fingerprint != fingerprint:
         return error_response(
             422,
@@ -246,7 +275,7 @@ def _not_found(key_id: str) -> web.Response:
 
 
 async def get_key(request: web.Request) -> web.Response:
-    store, tenant = _store(request), _tenant(request)
+    store, tenant = _store(request), await _tenant(request)
     key_id = request.match_info["key_id"]
     key = await store.get_key(tenant, key_id)
     if key is None:
@@ -258,7 +287,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
-    key = await _store(request).revoke_key(_tenant(request), key_id, now_micros())
+    key = await _store(request).revoke_key(await _tenant(request), key_id, now_micros())
     if key is None or key.revoked_at is None:
         return _not_found(key_id)
     return web.json_response(
@@ -272,11 +301,12 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def refresh_key(request: web.Request) -> web.Response:
+    tenant = await _tenant(request)
     key_id = request.match_info["key_id"]
     data = await _json_object(request)
     increment = _duration(data, "expires_in")
     now = now_micros()
-    key = await _store(request).extend_key(_tenant(request), key_id, now, now + _micros(increment))
+    key = await _store(request).extend_key(tenant, key_id, now, now + _micros(increment))
     if key is None:
         return _not_found(key_id)
     status = key.status(now)
@@ -299,6 +329,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
+CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str)
 
 
 def add_routes(app: web.Application) -> None:

@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
 log = logging.getLogger("keybrake.server")
 
-DEFAULT_TENANT = "default"
+DEFAULT_TENANT = api.DEFAULT_TENANT
 ADMIN_TOKEN_PREFIX = "kb_admin_"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +39,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     vendor = _vendor_of(request)
     try:
         return await handler(request)
+    except api.Unauthorized:
+        return error_response(
+            401, "unauthorized", "missing or unknown master token (Authorization: Bearer ...)"
+        )
     except api.BadRequest as exc:
         return error_response(400, "bad_request", exc.message, vendor=vendor, param=exc.param)
     except web.HTTPRequestEntityTooLarge:
@@ -65,32 +69,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
 
 
-def _auth_middleware(config: ServerConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
-    configured = hash_token(config.admin_token) if config.admin_token else None
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/v1/"):
-            return await handler(request)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        tenant: str | None = None
-        if scheme.lower() == "bearer" and token:
-            digest = hash_token(token)
-            if digest == configured:
-                tenant = DEFAULT_TENANT
-            else:
-                tenant = await request.app[api.STORE].tenant_for_admin_token(digest)
-        if tenant is None:
-            return error_response(
-                401, "unauthorized", "missing or unknown master token (Authorization: Bearer ...)"
-            )
-        request["tenant"] = tenant
-        return await handler(request)
-
-    return auth
-
-
 def create_app(
     config: ServerConfig,
     *,
@@ -106,10 +84,11 @@ def create_app(
             and handed to this callback, once; without a callback none is created.
     """
     app = web.Application(
-        middlewares=[errors_middleware, _auth_middleware(config)],
+        middlewares=[errors_middleware],
         client_max_size=config.max_body_size,
     )
     app[api.STORE] = store if store is not None else open_store(config.database_url)
+    app[api.CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         the_store = app[api.STORE]

@@ -132,7 +132,7 @@ class ProxyHandler:
     def __init__(self, store_key: web.AppKey[Store]) -> None:
         self._store_key = store_key
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         vendor_name = request.match_info["vendor"]
         vendors = request.app[VENDORS]
         vendor = vendors.get(vendor_name)
@@ -308,4 +308,4 @@ async def _finish(
 
 def add_routes(app: web.Application, store_key: web.AppKey[Store], config: ServerConfig) -> None:
     app[VENDORS] = vendors_from_config(config)
-    app.router.add_route("*", "/{vendor}/{tail:.*}", ProxyHandler(store_key))
+    app.router.add_route("*", "/{vendor}/{tail:.*}", ProxyHandler(store_key).handle)
