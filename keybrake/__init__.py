@@ -29,10 +29,10 @@ from keybrake._vault_key import VaultKey
 from keybrake._version import __version__
 
 __all__ = [
+    "ConfigurationError",
     "DEFAULT_API_URL",
     "DEFAULT_PROXY_URL",
     "DEFAULT_TIMEOUT",
-    "ConfigurationError",
     "EndpointNotAllowed",
     "InvalidVaultKey",
     "IssuanceError",

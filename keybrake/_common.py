@@ -188,9 +188,9 @@ class EndpointPattern:
             except UnsafePathError as exc:
                 raise ValueError(f"invalid endpoint pattern {text!r}: {exc}") from None
         if any("**" in s for s in segments):
-            raise ValueError(f"'**' is only allowed as the last segment: {text!r}")
+            raise ValueError(f"'**' may only end an endpoint pattern: {text!r}")
         if any("*" in s and s != "*" for s in segments):
-            raise ValueError(f"'*' must be a whole segment: {text!r}")
+            raise ValueError(f"'*' must be a whole segment of an endpoint pattern: {text!r}")
         return cls(text=text, method=method, segments=segments, open_ended=open_ended)
 
     def matches(self, method: str, segments: tuple[str, ...]) -> bool:

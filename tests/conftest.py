@@ -1,0 +1,59 @@
+"""Real servers on loopback: localstripe as the Stripe upstream and the keybrake server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from keybrake import Keybrake, RetryPolicy
+from keybrake._localstripe import localstripe_server
+from keybrake.server import ServerConfig, running_server
+from keybrake.server.app import generate_admin_token
+
+SEED_ENDPOINTS = ["/v1/payment_intents", "/v1/payment_intents/*"]
+
+
+@pytest.fixture(scope="session")
+def localstripe_url() -> Iterator[str]:
+    with localstripe_server() as url:
+        yield url
+
+
+@attrs.frozen
+class RunningServer:
+    url: str
+    admin_token: str
+    db_path: Path
+    config: ServerConfig
+
+    def client(self, *, retry: RetryPolicy | None = None) -> Keybrake:
+        return Keybrake(self.admin_token, api_url=self.url, proxy_url=self.url, retry=retry)
+
+
+def make_config(db_path: Path, stripe_url: str, **overrides: object) -> ServerConfig:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{db_path}",
+        "admin_token": generate_admin_token(),
+        "stripe_secret_key": "sk_test_keybrake",
+        "stripe_api_base": stripe_url,
+        **overrides,
+    }
+    return ServerConfig(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningServer]:
+    db_path = tmp_path / "keybrake.db"
+    config = make_config(db_path, localstripe_url)
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        yield RunningServer(url, config.admin_token, db_path, config)
+
+
+@pytest.fixture
+async def kb(server: RunningServer) -> AsyncIterator[Keybrake]:
+    async with server.client(retry=RetryPolicy(attempts=3, initial_wait=0.01)) as client:
+        yield client

@@ -1,0 +1,293 @@
+"""The proxy refuses what it must, before anything reaches the vendor."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+from aiohttp import web
+
+from keybrake.server import running_server
+from tests.conftest import make_config
+
+
+@attrs.define
+class Recorder:
+    """An upstream that records what reaches it (to prove what did not)."""
+
+    url: str = ""
+    requests: list[tuple[str, str, dict[str, str], bytes]] = attrs.field(factory=list)
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    seen = Recorder()
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.requests.append(
+            (request.method, request.raw_path, dict(request.headers), await request.read())
+        )
+        return web.json_response({"id": "pi_recorded", "object": "payment_intent"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    seen.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield seen
+    await runner.cleanup()
+
+
+@attrs.frozen
+class Proxy:
+    url: str
+    admin_token: str
+
+    async def issue(self, **body: Any) -> dict[str, Any]:
+        payload = {
+            "vendor": "stripe",
+            "allowed_endpoints": ["/v1/**"],
+            "daily_usd_cap": 100,
+            "expires_in": "5m",
+            **body,
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{self.url}/v1/keys",
+                json=payload,
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+            ) as response,
+        ):
+            assert response.status == 201
+            data: dict[str, Any] = await response.json()
+            return data
+
+    async def spend(self, key_id: str) -> str:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{self.url}/v1/keys/{key_id}",
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+            ) as response,
+        ):
+            return str((await response.json())["spent_today_usd"])
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path, recorder: Recorder) -> AsyncIterator[Proxy]:
+    config = make_config(tmp_path / "kb.db", recorder.url, max_body_size=4096)
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        yield Proxy(url, config.admin_token)
+
+
+async def raw_request(
+    base_url: str,
+    method: str,
+    target: str,
+    *,
+    token: str,
+    body: bytes = b"",
+    content_type: str = "application/x-www-form-urlencoded",
+) -> tuple[int, dict[str, Any]]:
+    """Send bytes exactly as given: client libraries would normalise the odd paths."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    status_line, _, rest = response.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    import json
+
+    return int(status_line.split()[1]), json.loads(payload) if payload else {}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/stripe//v1/payment_intents",
+        "/stripe/v1/payment_intents/",
+        "/stripe/v1/payment_intents/..",
+        "/stripe/v1/./payment_intents",
+        "/stripe/v1/payment_intents/%2e%2e",
+        "/stripe/v1/payment_intents/%2E",
+        "/stripe/v1/payment_intents/a%2Fb",
+        "/stripe/v1/payment_intents/a%5Cb",
+        "/stripe/v1/payment_intents/a\\b",
+        "/stripe/v1/payment_intents/a%00b",
+        "/stripe/v1/payment_intents/a%0Ab",
+        "/stripe/v1/payment_intents/a%zz",
+        "/stripe/v1/payment_intents/a%",
+    ],
+)
+async def test_unsafe_paths_are_400_and_not_forwarded(
+    proxy: Proxy, recorder: Recorder, path: str
+) -> None:
+    key = await proxy.issue()
+    status, body = await raw_request(proxy.url, "GET", path, token=key["token"])
+    assert status == 400
+    assert body["code"] == "bad_request"
+    assert body["error"]["code"] == "bad_request"
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"amount=abc&currency=usd", "bad_request"),
+        (b"amount=-5&currency=usd", "bad_request"),
+        (b"amount=0&currency=usd", "bad_request"),
+        (b"amount=1.5&currency=usd", "bad_request"),
+        (b"amount=%EF%BC%91&currency=usd", "bad_request"),  # a full-width digit one
+        (b"amount=1&amount=99999&currency=usd", "bad_request"),
+        (b"currency=usd", "bad_request"),
+        (b"amount=100", "unsupported_currency"),
+        (b"amount=100&currency=xyz", "unsupported_currency"),
+        (b"\xff\xfe", "bad_request"),
+        (b"a=1&&&=", "bad_request"),
+    ],
+)
+async def test_malformed_priced_bodies_are_400_and_not_forwarded(
+    proxy: Proxy, recorder: Recorder, body: bytes, code: str
+) -> None:
+    key = await proxy.issue()
+    status, answer = await raw_request(
+        proxy.url, "POST", "/stripe/v1/payment_intents", token=key["token"], body=body
+    )
+    assert (status, answer["code"]) == (400, code)
+    assert recorder.requests == []
+    assert await proxy.spend(key["id"]) == "0.00"
+
+
+async def test_json_body_to_stripe_is_400(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    status, answer = await raw_request(
+        proxy.url,
+        "POST",
+        "/stripe/v1/payment_intents",
+        token=key["token"],
+        body=b'{"amount": 100, "currency": "usd"}',
+        content_type="application/json",
+    )
+    assert (status, answer["code"]) == (400, "bad_request")
+    assert recorder.requests == []
+
+
+async def test_huge_body_is_413_and_not_forwarded(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    body = b"amount=100&currency=usd&metadata[x]=" + b"a" * 10_000
+    status, answer = await raw_request(
+        proxy.url, "POST", "/stripe/v1/payment_intents", token=key["token"], body=body
+    )
+    assert (status, answer["code"]) == (413, "body_too_large")
+    assert recorder.requests == []
+
+
+async def test_wrong_vendor_is_403(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue(vendor="twilio")
+    status, answer = await raw_request(proxy.url, "GET", "/stripe/v1/charges", token=key["token"])
+    assert (status, answer["code"]) == (403, "vendor_mismatch")
+    status, answer = await raw_request(proxy.url, "GET", "/paypal/v1/x", token=key["token"])
+    assert (status, answer["code"]) == (404, "unknown_vendor")
+    assert recorder.requests == []
+
+
+async def test_unpriced_money_moving_post_is_403(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    status, answer = await raw_request(
+        proxy.url, "POST", "/stripe/v1/charges", token=key["token"], body=b"amount=100"
+    )
+    assert (status, answer["code"]) == (403, "unpriced_endpoint")
+    assert recorder.requests == []
+
+
+async def test_method_in_pattern_is_enforced(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue(allowed_endpoints=["GET /v1/payment_intents/*"])
+    status, _ = await raw_request(
+        proxy.url, "GET", "/stripe/v1/payment_intents/pi_1", token=key["token"]
+    )
+    assert status == 200
+    status, answer = await raw_request(
+        proxy.url, "POST", "/stripe/v1/payment_intents/pi_1", token=key["token"], body=b""
+    )
+    assert (status, answer["code"]) == (403, "endpoint_not_allowed")
+    assert len(recorder.requests) == 1
+
+
+async def test_vendor_gets_the_real_secret_not_the_vault_key(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    key = await proxy.issue()
+    status, _ = await raw_request(
+        proxy.url,
+        "POST",
+        "/stripe/v1/payment_intents?",
+        token=key["token"],
+        body=b"amount=100&currency=usd",
+    )
+    assert status == 200
+    [(method, path, headers, body)] = recorder.requests
+    assert (method, path, body) == ("POST", "/v1/payment_intents", b"amount=100&currency=usd")
+    assert headers["Authorization"] == "Bearer sk_test_keybrake"
+    assert key["token"] not in str(headers)
+
+
+async def test_concurrent_requests_never_pass_the_cap(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue(daily_usd_cap="10")
+    auth = {"Authorization": f"Bearer {key['token']}"}
+
+    async def one(http: aiohttp.ClientSession) -> int:
+        async with http.post(
+            f"{proxy.url}/stripe/v1/payment_intents",
+            data={"amount": "100", "currency": "usd"},
+            headers=auth,
+        ) as response:
+            await response.read()
+            return response.status
+
+    async with aiohttp.ClientSession() as http:
+        statuses = await asyncio.gather(*(one(http) for _ in range(100)))
+    assert statuses.count(200) == 10
+    assert statuses.count(429) == 90
+    assert len(recorder.requests) == 10
+    assert await proxy.spend(key["id"]) == "10.00"
+
+
+async def test_unreachable_upstream_is_502_and_releases_the_reservation(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    config = make_config(tmp_path / "kb.db", f"http://127.0.0.1:{closed_port}")
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        server = Proxy(url, config.admin_token)
+        key = await server.issue(daily_usd_cap="1")
+        status, answer = await raw_request(
+            url,
+            "POST",
+            "/stripe/v1/payment_intents",
+            token=key["token"],
+            body=b"amount=100&currency=usd",
+        )
+        assert (status, answer["code"]) == (502, "upstream_unavailable")
+        assert answer["error"]["type"] == "api_error"
+        assert await server.spend(key["id"]) == "0.00"

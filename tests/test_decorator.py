@@ -1,0 +1,63 @@
+"""@vault_key: a key per call, hidden from the signature a framework shows a model."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+import pytest
+
+from keybrake import Keybrake, VaultKey, vault_key
+from tests.conftest import SEED_ENDPOINTS
+
+
+def test_the_key_parameter_is_hidden() -> None:
+    kb = Keybrake("kb_admin_x", api_url="http://127.0.0.1:9", proxy_url="http://127.0.0.1:9")
+
+    @vault_key("stripe", ["/v1/refunds"], cap=100, ttl="2m", client=kb)
+    async def refund(charge_id: str, amount: int, vk: VaultKey) -> dict[str, Any]:
+        """Refund a charge."""
+        return {}
+
+    assert list(inspect.signature(refund).parameters) == ["charge_id", "amount"]
+    assert "vk" not in refund.__annotations__
+    assert "vk" not in typing.get_type_hints(refund)
+    assert refund.__name__ == "refund"
+    assert refund.__doc__ == "Refund a charge."
+    assert inspect.iscoroutinefunction(refund)
+    assert not hasattr(refund, "__wrapped__")
+
+
+def test_sync_functions_are_refused() -> None:
+    with pytest.raises(TypeError, match="async def"):
+
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60)  # type: ignore[arg-type]
+        def refund(vk: VaultKey) -> None: ...
+
+
+def test_a_vault_key_parameter_is_required() -> None:
+    with pytest.raises(TypeError, match="annotated 'VaultKey'"):
+
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60)
+        async def refund(charge_id: str) -> None: ...
+
+
+async def test_each_call_issues_uses_and_revokes_a_key(kb: Keybrake) -> None:
+    seen: list[str] = []
+
+    @vault_key("stripe", SEED_ENDPOINTS, cap=100, ttl="1m", client=kb)
+    async def charge(amount: int, vk: VaultKey, *, currency: str = "usd") -> str:
+        seen.append(vk.id)
+        pi = await vk.stripe.payment_intents.create(amount=amount, currency=currency)
+        return pi.id
+
+    first = await charge(500)
+    second = await charge(amount=700, currency="eur")
+    assert first.startswith("pi_")
+    assert second.startswith("pi_")
+    assert len(set(seen)) == 2
+    for key_id in seen:
+        info = await kb.get_key(key_id)
+        assert info.status == "revoked"
+        assert info.label.endswith("charge")
