@@ -95,7 +95,7 @@ class KeybrakeError(Exception):
             message = f"keybrake answered HTTP {status}"
         cls = _BY_CODE.get(code or "")
         if cls is None:
-            if status in (502, 503, 504):
+            if status >= 500:
                 cls = KeybrakeTimeout if status == 504 else KeybrakeUnavailable
             elif status in (401, 403, 429):
                 cls = ProxyRefused

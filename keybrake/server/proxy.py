@@ -26,7 +26,7 @@ from yarl import URL
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
 from keybrake.server._http import error_response, hash_token, now_micros, utc_day
 from keybrake.server.config import ServerConfig
-from keybrake.server.store import KeyRecord, Reservation, Store
+from keybrake.server.store import KeyRecord, Reservation, SpendState, Store
 from keybrake.vendors._pricing import PricingRefusal
 from keybrake.vendors.stripe import pricing as stripe_pricing
 from keybrake.vendors.twilio import pricing as twilio_pricing
@@ -198,7 +198,7 @@ class ProxyHandler:
             reservation = Reservation(
                 id="rsv_" + secrets.token_hex(12), key_id=key.id, day=utc_day(now), amount=cost
             )
-            ok, spend = await store.reserve(reservation, now)
+            ok, spend = await _reserve(store, reservation, now)
             if not ok:
                 self._log(key, method, vendor_path, "cap_exhausted", cost=cost)
                 return refuse(
@@ -281,6 +281,18 @@ class ProxyHandler:
     def _log(key: KeyRecord, method: str, path: str, decision: str, **extra: Any) -> None:
         details = " ".join(f"{k}={v}" for k, v in extra.items())
         log.info("%s %s %s key=%s label=%r %s", decision, method, path, key.id, key.label, details)
+
+
+async def _reserve(store: Store, reservation: Reservation, now: int) -> tuple[bool, SpendState]:
+    """Reserve; if the handler is cancelled meanwhile, give back what was reserved."""
+    task = asyncio.ensure_future(store.reserve(reservation, now))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        ok, _ = await task
+        if ok:
+            await store.release(reservation.id, now_micros())
+        raise
 
 
 async def _finish(
