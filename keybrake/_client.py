@@ -55,8 +55,10 @@ def cap_string(cap: int | str | Decimal) -> str:
     return str(cap)
 
 
-def decode_error(status: int, headers: Mapping[str, str], body: bytes) -> KeybrakeError:
-    """Turn one of keybrake's own error answers into its exception."""
+def decode_error(
+    status: int, headers: Mapping[str, str], body: bytes, *, source: str = "api"
+) -> KeybrakeError:
+    """Turn one of keybrake's own error answers (API or ``source="proxy"``) into its exception."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -64,7 +66,10 @@ def decode_error(status: int, headers: Mapping[str, str], body: bytes) -> Keybra
     if not isinstance(data, dict):
         data = {"message": f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"}
     exc = KeybrakeError.from_response(
-        status, data, request_id=headers.get("Request-Id") or headers.get("X-Request-Id")
+        status,
+        data,
+        request_id=headers.get("Request-Id") or headers.get("X-Request-Id"),
+        source=source,
     )
     retry_after = headers.get("Retry-After")
     if retry_after is not None:
@@ -218,7 +223,9 @@ class Keybrake:
         """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.
 
         Raises:
-            IssuanceError: 409 if the key is revoked or expired, 404 if unknown.
+            VaultKeyRevoked: the key is revoked (status 409, code ``key_revoked``).
+            VaultKeyExpired: the key has expired (status 409, code ``key_expired``).
+            IssuanceError: no such key (404).
         """
         body = {"expires_in": duration_seconds(expires_in, "expires_in")}
         return Lease.from_json(

@@ -62,7 +62,7 @@ def vault_key(
         TypeError: the function is not ``async def``, or has no single ``VaultKey`` parameter.
     """
     # Validate the key options once, at decoration time, not on the first call.
-    VaultKey(vendor, endpoints, cap, ttl, keepalive=False, **options)
+    VaultKey(vendor, endpoints, cap, ttl, **{**options, "keepalive": False})
 
     def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         if not inspect.iscoroutinefunction(fn):

@@ -83,11 +83,18 @@ class KeybrakeError(Exception):
 
     @staticmethod
     def from_response(
-        status: int, body: Mapping[str, Any], *, request_id: str | None = None
+        status: int,
+        body: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        source: str = "api",
     ) -> KeybrakeError:
-        """Build the right exception for a keybrake (API or proxy) error answer.
+        """Build the right exception for a keybrake error answer.
 
-        The mapping from ``code`` (or, failing that, status) to class is :data:`_BY_CODE`.
+        The mapping from ``code`` to class is :data:`_BY_CODE`; other codes fall back by
+        status: 5xx is :class:`KeybrakeUnavailable`, other answers are
+        :class:`IssuanceError` from the issuance API (``source="api"``) and
+        :class:`ProxyRefused` from the proxy (``source="proxy"``).
         """
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = body.get("message")
@@ -97,7 +104,7 @@ class KeybrakeError(Exception):
         if cls is None:
             if status >= 500:
                 cls = KeybrakeTimeout if status == 504 else KeybrakeUnavailable
-            elif status in (401, 403, 429):
+            elif source == "proxy":
                 cls = ProxyRefused
             else:
                 cls = IssuanceError

@@ -77,6 +77,8 @@ class ProxyTransport:
         except aiohttp.ClientError as exc:
             raise KeybrakeUnavailable(f"can't reach the keybrake proxy: {exc}") from exc
         if "Keybrake-Error" in response.headers:
-            error: KeybrakeError = decode_error(response.status, response.headers, body)
+            error: KeybrakeError = decode_error(
+                response.status, response.headers, body, source="proxy"
+            )
             raise error
         return ProxyResponse(response.status, response.headers, body)

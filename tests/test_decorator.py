@@ -61,3 +61,22 @@ async def test_each_call_issues_uses_and_revokes_a_key(kb: Keybrake) -> None:
         info = await kb.get_key(key_id)
         assert info.status == "revoked"
         assert info.label.endswith("charge")
+
+
+async def test_key_options_pass_through(kb: Keybrake) -> None:
+    @vault_key(
+        "stripe",
+        SEED_ENDPOINTS,
+        cap=1,
+        ttl="1m",
+        client=kb,
+        keepalive=False,
+        label="refunds",
+        metadata={"team": "billing"},
+    )
+    async def check(vk: VaultKey) -> str:
+        return vk.id
+
+    info = await kb.get_key(await check())
+    assert info.label == "refunds"
+    assert info.metadata == {"team": "billing"}

@@ -12,8 +12,10 @@ import pytest
 from keybrake import (
     ConfigurationError,
     EndpointNotAllowed,
+    IssuanceError,
     Keybrake,
     KeybrakeError,
+    ProxyRefused,
     SpendCapExceeded,
     VaultKey,
     VaultKeyRevoked,
@@ -212,3 +214,19 @@ async def test_issuance_refusal_is_a_keybrake_error(kb: Keybrake) -> None:
             pass
     assert caught.value.status == 400
     assert caught.value.code == "bad_request"
+
+
+async def test_error_classes_follow_where_the_refusal_came_from(
+    server: RunningServer, kb: Keybrake
+) -> None:
+    async with Keybrake("kb_admin_wrong", api_url=server.url, proxy_url=server.url) as bad:
+        with pytest.raises(IssuanceError) as caught:
+            await bad.issue_key("stripe", SEED_ENDPOINTS, cap=1, ttl=60)
+    assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+    async with stripe_key(kb) as vk:
+        with pytest.raises(ProxyRefused) as refused:
+            await vk.stripe.request("POST", "/v1/payment_intents", {"amount": "x"})
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    with pytest.raises(VaultKeyRevoked) as revoked:
+        await kb.refresh_key(vk.id, expires_in=60)
+    assert revoked.value.status == 409

@@ -21,7 +21,7 @@ from keybrake._common import (
 )
 from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
-from keybrake.server.store import IdempotentIssue, KeyRecord, Store
+from keybrake.server.store import IdempotencyConflict, IdempotentIssue, KeyRecord, Store
 
 __all__ = [
     "CONFIGURED_ADMIN_HASH",
@@ -245,7 +245,14 @@ async def create_key(request: web.Request) -> web.Response:
     if idem_key is not None:
         issue = IdempotentIssue(key.id, fingerprint, _seal(tenant, idem_key, token))
         idempotency = (_idem_hash(tenant, idem_key), issue)
-    await store.insert_key(key, idempotency=idempotency)
+    try:
+        await store.insert_key(key, idempotency=idempotency)
+    except IdempotencyConflict:
+        # A concurrent retry with the same Idempotency-Key won the race: answer as it did.
+        assert idem_key is not None
+        previous = await store.find_idempotent_issue(tenant, _idem_hash(tenant, idem_key))
+        assert previous is not None
+        return await _replay(request, previous, idem_key, fingerprint)
     return web.json_response({**key_json(key, now), "token": token}, status=201)
 
 

@@ -320,4 +320,6 @@ async def _finish(
 
 def add_routes(app: web.Application, store_key: web.AppKey[Store], config: ServerConfig) -> None:
     app[VENDORS] = vendors_from_config(config)
-    app.router.add_route("*", "/{vendor}/{tail:[\\s\\S]*}", ProxyHandler(store_key).handle)
+    app.router.add_route(
+        "*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", ProxyHandler(store_key).handle
+    )

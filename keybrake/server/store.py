@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 __all__ = [
+    "IdempotencyConflict",
     "IdempotentIssue",
     "KeyRecord",
     "Reservation",
@@ -37,6 +38,10 @@ T = TypeVar("T")
 
 class StoreUnavailable(Exception):
     """The store can't be reached or failed; callers must fail closed."""
+
+
+class IdempotencyConflict(Exception):
+    """Another issuance with the same ``Idempotency-Key`` got there first."""
 
 
 @attrs.frozen
@@ -207,6 +212,10 @@ class SQLiteStore:
         def call() -> T:
             try:
                 return fn(conn)
+            except IdempotencyConflict:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.rollback()
@@ -306,8 +315,8 @@ class SQLiteStore:
             )
             if idempotency is not None:
                 idem_hash, issue = idempotency
-                c.execute(
-                    "INSERT INTO issue_idempotency"
+                claimed = c.execute(
+                    "INSERT OR IGNORE INTO issue_idempotency"
                     " (tenant, idem_hash, key_id, fingerprint, sealed_token, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (
@@ -318,7 +327,9 @@ class SQLiteStore:
                         issue.sealed_token,
                         key.created_at,
                     ),
-                )
+                ).rowcount
+                if not claimed:
+                    raise IdempotencyConflict
             c.execute("COMMIT")
 
         await self._run(insert)

@@ -173,3 +173,20 @@ async def test_healthz(server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
+
+
+async def test_concurrent_issues_with_one_idempotency_key_make_one_key(
+    server: RunningServer,
+) -> None:
+    headers = {"Idempotency-Key": "same-everywhere"}
+    answers = await asyncio.gather(
+        *(call(server, "POST", "/v1/keys", body=SEED_BODY, headers=headers) for _ in range(8))
+    )
+    assert {status for status, _ in answers} == {201}
+    assert len({body["id"] for _, body in answers}) == 1
+    assert len({body["token"] for _, body in answers}) == 1
+
+
+async def test_api_routes_that_do_not_exist_are_404_not_found(server: RunningServer) -> None:
+    status, body = await call(server, "GET", "/v1/nothing-here")
+    assert (status, body["code"]) == (404, "not_found")
