@@ -43,6 +43,7 @@ class ServerConfig:
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = attrs.field(default=None, repr=_secret_repr)
     twilio_api_base: str = DEFAULT_TWILIO_API_BASE
+    pricing_file: str | None = None
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
 
@@ -61,6 +62,7 @@ class ServerConfig:
             ("twilio_account_sid", "KEYBRAKE_TWILIO_ACCOUNT_SID"),
             ("twilio_auth_token", "KEYBRAKE_TWILIO_AUTH_TOKEN"),
             ("twilio_api_base", "KEYBRAKE_TWILIO_API_BASE"),
+            ("pricing_file", "KEYBRAKE_PRICING_FILE"),
         ):
             if env.get(var):
                 values[field] = env[var]

@@ -5,6 +5,11 @@ and vendor (401/403), normalise the path (400), match the allowlist (403), price
 (400/403), reserve its cost atomically (429), forward with the real credential, and settle
 or release the reservation from the vendor's answer. Nothing is forwarded unless every check
 passed.
+
+Settling: a 2xx settles at what the vendor says it cost (or the estimate, until the vendor
+reports the price); a 4xx means the vendor refused, so the reservation is released; a 5xx,
+a timeout or a connection lost after sending may hide a charge, so the estimate stays
+counted. Only a connection that never reached the vendor releases it.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import asyncio
 import base64
 import binascii
 import functools
+import hashlib
+import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -26,16 +33,25 @@ from yarl import URL
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
 from keybrake.server._http import error_response, hash_token, now_micros, utc_day
 from keybrake.server.config import ServerConfig
-from keybrake.server.store import KeyRecord, Reservation, SpendState, Store
-from keybrake.vendors._pricing import PricingRefusal
-from keybrake.vendors.stripe import pricing as stripe_pricing
-from keybrake.vendors.twilio import pricing as twilio_pricing
+from keybrake.server.pricing import load_pricers
+from keybrake.server.store import (
+    KeyRecord,
+    Reservation,
+    ReserveResult,
+    Settlement,
+    SpendState,
+    Store,
+)
+from keybrake.vendors._pricing import Pricer, PricingRefusal, Quote, VendorRequest
 
 __all__ = ["UPSTREAM_SESSION", "Vendor", "add_routes", "vendors_from_config"]
 
 log = logging.getLogger("keybrake.proxy")
 
-PriceFn = Callable[[str, tuple[str, ...], str, str, bytes], int]
+#: A vendor replays a request carrying a known idempotency key for this long (Stripe: 24 h).
+IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
+#: Seconds a pricing look-up at the vendor may take.
+LOOKUP_TIMEOUT = 10.0
 
 # Request headers passed on to the vendor; everything else (cookies, the vault key, hop-by-hop
 # headers) stays here.
@@ -59,6 +75,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "Connection",
         "Content-Encoding",
         "Content-Length",
+        "Date",
         "Keep-Alive",
         "Proxy-Authenticate",
         "Server",
@@ -66,7 +83,6 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "Trailer",
         "Transfer-Encoding",
         "Upgrade",
-        "Date",
     )
 )
 
@@ -78,13 +94,22 @@ class Vendor:
     name: str
     base_url: URL
     authorization: str | None = attrs.field(repr=False)
-    price: PriceFn
+    pricer: Pricer
+    #: The vendor replays requests that repeat an ``Idempotency-Key`` (so we must not recount).
+    honours_idempotency: bool = False
 
 
 def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
+    """The vendors this server proxies, with their credentials and pricers.
+
+    Raises:
+        PricingFileError: the operator's pricing file is malformed.
+    """
+
     def basic(user: str, password: str) -> str:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
+    pricers = load_pricers(config)
     stripe_auth = f"Bearer {config.stripe_secret_key}" if config.stripe_secret_key else None
     twilio_auth = (
         basic(config.twilio_account_sid, config.twilio_auth_token)
@@ -93,11 +118,13 @@ def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
     )
     return {
         "stripe": Vendor(
-            "stripe", URL(config.stripe_api_base), stripe_auth, stripe_pricing.price_request
+            "stripe",
+            URL(config.stripe_api_base),
+            stripe_auth,
+            pricers["stripe"],
+            honours_idempotency=True,
         ),
-        "twilio": Vendor(
-            "twilio", URL(config.twilio_api_base), twilio_auth, twilio_pricing.price_request
-        ),
+        "twilio": Vendor("twilio", URL(config.twilio_api_base), twilio_auth, pricers["twilio"]),
     }
 
 
@@ -126,6 +153,10 @@ def _vault_token(request: web.Request) -> str | None:
         # Twilio clients put the key in the password, Stripe's curl style in the user name.
         return password or user or None
     return None
+
+
+class _UpstreamDown(Exception):
+    pass
 
 
 class ProxyHandler:
@@ -185,34 +216,56 @@ class ProxyHandler:
             )
 
         body = await request.read()
+        vendor_request = VendorRequest(
+            method=method,
+            segments=segments,
+            query=query,
+            content_type=request.headers.get("Content-Type", ""),
+            body=body,
+        )
+        session = request.app[UPSTREAM_SESSION]
         try:
-            cost = vendor.price(
-                method, segments, query, request.headers.get("Content-Type", ""), body
+            quote = await vendor.pricer.quote(
+                vendor_request, functools.partial(_lookup, session, vendor)
             )
         except PricingRefusal as refusal:
             self._log(key, method, vendor_path, refusal.code)
             return refuse(refusal.status, refusal.code, refusal.message)
+        except _UpstreamDown:
+            return refuse(502, "upstream_unavailable", f"can't reach {vendor.name} to price this")
 
         reservation: Reservation | None = None
-        if cost > 0:
+        if quote.micros > 0:
+            idem_key = request.headers.get("Idempotency-Key")
+            idem_hash = None
+            if vendor.honours_idempotency and idem_key:
+                idem_hash = hashlib.sha256(f"{key.id}\0{idem_key}".encode()).hexdigest()
             reservation = Reservation(
-                id="rsv_" + secrets.token_hex(12), key_id=key.id, day=utc_day(now), amount=cost
+                id="rsv_" + secrets.token_hex(12),
+                key_id=key.id,
+                day=utc_day(now),
+                amount=quote.micros,
+                idem_hash=idem_hash,
             )
-            ok, spend = await _reserve(store, reservation, now)
-            if not ok:
-                self._log(key, method, vendor_path, "cap_exhausted", cost=cost)
+            result, spend = await _reserve(
+                store, reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
+            )
+            if result is ReserveResult.CAP_EXHAUSTED:
+                self._log(key, method, vendor_path, "cap_exhausted", cost=quote.micros)
                 return refuse(
                     429,
                     "cap_exhausted",
-                    f"this request (${format_usd(cost)}) would take vault key {key.id} past its"
-                    f" daily cap of ${format_usd(key.cap_micros)}",
+                    f"this request (${format_usd(quote.micros)}) would take vault key {key.id}"
+                    f" past its daily cap of ${format_usd(key.cap_micros)}",
                     daily_usd_cap=format_usd(key.cap_micros),
                     spent_today_usd=format_usd(spend.spent + spend.reserved),
-                    attempted_usd=format_usd(cost),
+                    attempted_usd=format_usd(quote.micros),
                 )
+            if result is ReserveResult.REPLAY:
+                reservation = None  # the vendor replays its first answer; counted once
 
         return await self._forward(
-            request, store, vendor, key, method, vendor_path, query, body, reservation
+            request, store, vendor, key, vendor_request, vendor_path, quote, reservation
         )
 
     async def _forward(
@@ -221,12 +274,12 @@ class ProxyHandler:
         store: Store,
         vendor: Vendor,
         key: KeyRecord,
-        method: str,
+        vendor_request: VendorRequest,
         vendor_path: str,
-        query: str,
-        body: bytes,
+        quote: Quote,
         reservation: Reservation | None,
     ) -> web.StreamResponse:
+        method = vendor_request.method
         headers = {
             name: value
             for name, value in request.headers.items()
@@ -234,7 +287,10 @@ class ProxyHandler:
         }
         assert vendor.authorization is not None
         headers["Authorization"] = vendor.authorization
-        url = vendor.base_url.join(URL(vendor_path + ("?" + query if query else ""), encoded=True))
+        path = "/" + "/".join(quote.segments) if quote.segments is not None else vendor_path
+        query = vendor_request.query
+        url = vendor.base_url.join(URL(path + ("?" + query if query else ""), encoded=True))
+        body = quote.body if quote.body is not None else vendor_request.body
         session = request.app[UPSTREAM_SESSION]
         refuse = functools.partial(error_response, vendor=vendor.name)
         try:
@@ -244,32 +300,38 @@ class ProxyHandler:
                 payload = await upstream.read()
         except aiohttp.ClientConnectorError:
             # Nothing reached the vendor: the reservation can safely go back.
-            await _finish(store, reservation, settle=False)
+            await _finish(store, reservation, None)
             self._log(key, method, vendor_path, "upstream_unavailable")
             return refuse(502, "upstream_unavailable", f"can't reach {vendor.name}")
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             # The request may have reached the vendor: keep it counted.
-            await _finish(store, reservation, settle=True)
+            await _finish(store, reservation, Settlement(quote.micros))
             timeout = isinstance(exc, asyncio.TimeoutError)
             code = "upstream_timeout" if timeout else "upstream_unavailable"
             self._log(key, method, vendor_path, code)
             return refuse(504 if timeout else 502, code, f"{vendor.name} did not answer in full")
         except asyncio.CancelledError:
-            await _finish(store, reservation, settle=True)
+            await _finish(store, reservation, Settlement(quote.micros))
             raise
 
         request_id = upstream.headers.get("Request-Id") or upstream.headers.get("Twilio-Request-Id")
-        # A vendor 4xx refused the request: nothing was spent. A 5xx may hide a charge.
-        refused = 400 <= upstream.status < 500
-        await _finish(store, reservation, settle=not refused, vendor_request_id=request_id)
-        self._log(
-            key,
-            method,
-            vendor_path,
-            "allowed",
-            status=upstream.status,
-            cost=reservation.amount if reservation and not refused else 0,
-        )
+        cost = 0
+        if 200 <= upstream.status < 300:
+            outcome = vendor.pricer.outcome(vendor_request, quote, payload)
+            if reservation is not None:
+                cost = outcome.micros
+                settlement = Settlement(
+                    outcome.micros, outcome.final, request_id, outcome.object_id
+                )
+                await _finish(store, reservation, settlement)
+            for report in vendor.pricer.reports(vendor_request, payload):
+                await store.correct_price(report.object_id, report.micros, now_micros())
+        elif 400 <= upstream.status < 500:
+            await _finish(store, reservation, None)  # the vendor refused: nothing was spent
+        else:
+            cost = quote.micros if reservation is not None else 0
+            await _finish(store, reservation, Settlement(quote.micros, True, request_id))
+        self._log(key, method, vendor_path, "allowed", status=upstream.status, cost=cost)
         out_headers = {
             name: value
             for name, value in upstream.headers.items()
@@ -283,31 +345,51 @@ class ProxyHandler:
         log.info("%s %s %s key=%s label=%r %s", decision, method, path, key.id, key.label, details)
 
 
-async def _reserve(store: Store, reservation: Reservation, now: int) -> tuple[bool, SpendState]:
+async def _lookup(
+    session: aiohttp.ClientSession, vendor: Vendor, path: str
+) -> Mapping[str, Any] | None:
+    """GET a vendor object with the real credential, to bound a request's price."""
+    assert vendor.authorization is not None
+    try:
+        async with session.get(
+            vendor.base_url.join(URL(path, encoded=True)),
+            headers={"Authorization": vendor.authorization},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),
+        ) as response:
+            if response.status != 200:
+                return None
+            data = json.loads(await response.read())
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise _UpstreamDown from exc
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def _reserve(
+    store: Store, reservation: Reservation, now: int, *, replay_after: int
+) -> tuple[ReserveResult, SpendState]:
     """Reserve; if the handler is cancelled meanwhile, give back what was reserved."""
-    task = asyncio.ensure_future(store.reserve(reservation, now))
+    task = asyncio.ensure_future(store.reserve(reservation, now, replay_after=replay_after))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        ok, _ = await task
-        if ok:
+        result, _ = await task
+        if result is ReserveResult.RESERVED:
             await store.release(reservation.id, now_micros())
         raise
 
 
 async def _finish(
-    store: Store,
-    reservation: Reservation | None,
-    *,
-    settle: bool,
-    vendor_request_id: str | None = None,
+    store: Store, reservation: Reservation | None, settlement: Settlement | None
 ) -> None:
-    """Settle or release a reservation; runs to the end even if the handler is cancelled."""
+    """Settle (or, without a settlement, release) a reservation, even if cancelled meanwhile."""
     if reservation is None:
         return
     now = now_micros()
-    if settle:
-        work = store.settle(reservation.id, reservation.amount, vendor_request_id, now)
+    if settlement is not None:
+        work = store.settle(reservation.id, settlement, now)
     else:
         work = store.release(reservation.id, now)
     task = asyncio.ensure_future(work)

@@ -12,6 +12,7 @@ can't take a key past its cap.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import sqlite3
 from collections.abc import Callable
@@ -23,6 +24,9 @@ import attrs
 
 __all__ = [
     "IdempotencyConflict",
+    "LedgerEntry",
+    "ReserveResult",
+    "Settlement",
     "IdempotentIssue",
     "KeyRecord",
     "Reservation",
@@ -86,10 +90,46 @@ class SpendState:
 
 @attrs.frozen
 class Reservation:
+    """Money set aside for one request before it is forwarded.
+
+    ``idem_hash`` identifies the vendor idempotency key the request carried, if any: a replay
+    of a request that was not refused reserves nothing a second time.
+    """
+
     id: str
     key_id: str
     day: str
     amount: int
+    idem_hash: str | None = None
+
+
+class ReserveResult(enum.Enum):
+    RESERVED = "reserved"
+    CAP_EXHAUSTED = "cap_exhausted"
+    #: The same vault key already sent this idempotency key: the vendor replays, we don't count.
+    REPLAY = "replay"
+
+
+@attrs.frozen
+class Settlement:
+    """What a forwarded request cost. ``final`` False: an estimate until the vendor reports."""
+
+    actual: int
+    final: bool = True
+    vendor_request_id: str | None = None
+    object_id: str | None = None
+
+
+@attrs.frozen
+class LedgerEntry:
+    id: str
+    key_id: str
+    day: str
+    amount: int
+    state: str
+    settled_amount: int | None
+    final: bool
+    object_id: str | None
 
 
 class Store(Protocol):
@@ -127,13 +167,17 @@ class Store(Protocol):
 
     async def spend(self, key_id: str, day: str) -> SpendState: ...
 
-    async def reserve(self, reservation: Reservation, now: int) -> tuple[bool, SpendState]: ...
+    async def reserve(
+        self, reservation: Reservation, now: int, *, replay_after: int = 0
+    ) -> tuple[ReserveResult, SpendState]: ...
 
-    async def settle(
-        self, reservation_id: str, actual: int, vendor_request_id: str | None, now: int
-    ) -> bool: ...
+    async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool: ...
 
     async def release(self, reservation_id: str, now: int) -> bool: ...
+
+    async def correct_price(self, object_id: str, actual: int, now: int) -> bool: ...
+
+    async def ledger(self, key_id: str) -> list[LedgerEntry]: ...
 
 
 _SCHEMA = """
@@ -181,10 +225,18 @@ CREATE TABLE IF NOT EXISTS reservations (
     amount INTEGER NOT NULL CHECK (amount >= 0),
     settled_amount INTEGER,
     state TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'released')),
+    final INTEGER NOT NULL DEFAULT 1,
+    idem_hash TEXT,
+    object_id TEXT,
     vendor_request_id TEXT,
     created_at INTEGER NOT NULL,
     finished_at INTEGER
 );
+CREATE INDEX IF NOT EXISTS reservations_key ON reservations (key_id, created_at);
+CREATE INDEX IF NOT EXISTS reservations_idem ON reservations (key_id, idem_hash)
+    WHERE idem_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
+    WHERE object_id IS NOT NULL AND final = 0;
 """
 SCHEMA_VERSION = 1
 
@@ -404,11 +456,27 @@ class SQLiteStore:
         )
         return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
 
-    async def reserve(self, reservation: Reservation, now: int) -> tuple[bool, SpendState]:
+    async def reserve(
+        self, reservation: Reservation, now: int, *, replay_after: int = 0
+    ) -> tuple[ReserveResult, SpendState]:
+        """Set money aside for a request if the cap allows, in one conditional statement.
+
+        With ``reservation.idem_hash``, a request this key already sent (since
+        ``replay_after``) and that was not refused is a replay: nothing is reserved.
+        """
         r = reservation
 
-        def reserve(c: sqlite3.Connection) -> tuple[bool, SpendState]:
+        def reserve(c: sqlite3.Connection) -> tuple[ReserveResult, SpendState]:
             c.execute("BEGIN IMMEDIATE")
+            if r.idem_hash is not None:
+                earlier = c.execute(
+                    "SELECT 1 FROM reservations WHERE key_id = ? AND idem_hash = ?"
+                    " AND state != 'released' AND created_at >= ?",
+                    (r.key_id, r.idem_hash, replay_after),
+                ).fetchone()
+                if earlier is not None:
+                    c.execute("COMMIT")
+                    return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
             c.execute(
                 "INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 (r.key_id, r.day),
@@ -422,40 +490,35 @@ class SQLiteStore:
                 {"x": r.amount, "k": r.key_id, "d": r.day},
             ).fetchone()
             if row is None:
-                state = c.execute(
-                    "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?",
-                    (r.key_id, r.day),
-                ).fetchone()
                 c.execute("COMMIT")
-                return False, SpendState(int(state[0]), int(state[1]))
+                return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
             c.execute(
-                "INSERT INTO reservations (id, key_id, day, amount, state, created_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?)",
-                (r.id, r.key_id, r.day, r.amount, now),
+                "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                (r.id, r.key_id, r.day, r.amount, r.idem_hash, now),
             )
             c.execute("COMMIT")
-            return True, SpendState(int(row[0]), int(row[1]))
+            return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
 
         return await self._run(reserve)
 
-    async def settle(
-        self, reservation_id: str, actual: int, vendor_request_id: str | None, now: int
-    ) -> bool:
-        """Turn a pending reservation into spend of ``actual``; False if it was not pending."""
+    async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
+        """Turn a pending reservation into spend; False if it was not pending."""
+        s = settlement
 
         def settle(c: sqlite3.Connection) -> bool:
             c.execute("BEGIN IMMEDIATE")
             row = c.execute(
-                "UPDATE reservations SET state = 'settled', settled_amount = ?,"
-                " vendor_request_id = ?, finished_at = ?"
+                "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
+                " vendor_request_id = ?, object_id = ?, finished_at = ?"
                 " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
-                (actual, vendor_request_id, now, reservation_id),
+                (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
             ).fetchone()
             if row is not None:
                 c.execute(
                     "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
                     " WHERE key_id = ? AND day = ?",
-                    (row[2], actual, row[0], row[1]),
+                    (row[2], s.actual, row[0], row[1]),
                 )
             c.execute("COMMIT")
             return row is not None
@@ -481,6 +544,50 @@ class SQLiteStore:
             return row is not None
 
         return await self._run(release)
+
+    async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
+        """Replace an estimate with the price the vendor reported for ``object_id``."""
+
+        def correct(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute(
+                "SELECT id, key_id, day, settled_amount FROM reservations"
+                " WHERE object_id = ? AND final = 0 AND state = 'settled'",
+                (object_id,),
+            ).fetchone()
+            if row is not None:
+                c.execute(
+                    "UPDATE reservations SET settled_amount = ?, final = 1, finished_at = ?"
+                    " WHERE id = ?",
+                    (actual, now, row[0]),
+                )
+                c.execute(
+                    "UPDATE spend SET spent = spent - ? + ? WHERE key_id = ? AND day = ?",
+                    (row[3], actual, row[1], row[2]),
+                )
+            c.execute("COMMIT")
+            return row is not None
+
+        return await self._run(correct)
+
+    async def ledger(self, key_id: str) -> list[LedgerEntry]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, key_id, day, amount, state, settled_amount, final, object_id"
+                " FROM reservations WHERE key_id = ? ORDER BY created_at, id",
+                (key_id,),
+            ).fetchall()
+        )
+        return [
+            LedgerEntry(r[0], r[1], r[2], int(r[3]), r[4], r[5], bool(r[6]), r[7]) for r in rows
+        ]
+
+
+def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
+    row = c.execute(
+        "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?", (key_id, day)
+    ).fetchone()
+    return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
 
 
 _KEY_COLUMNS = (

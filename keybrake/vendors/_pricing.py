@@ -1,8 +1,42 @@
-"""Types shared by every vendor's pricing rules."""
+"""What every vendor's pricing rules share: the request they see and the answers they give.
+
+A vendor's *pricer* is asked three things by the proxy:
+
+1. :meth:`Pricer.quote`, before forwarding: the most this request can cost (an upper bound,
+   in USD micro-dollars), possibly with a rewritten path or body that makes the bound hold
+   (Twilio's ``TimeLimit``). It may look things up at the vendor first (a refund without an
+   amount is bounded by its charge). It raises :class:`PricingRefusal` for a request that must
+   not be forwarded.
+2. :meth:`Pricer.outcome`, after a 2xx: what the request actually cost, or that the estimate
+   stands until the vendor reports the price (Twilio reports it late).
+3. :meth:`Pricer.reports`, on any 2xx: late prices found in the answer (for example a fetched
+   message whose ``price`` is now known), to correct earlier estimates.
+"""
 
 from __future__ import annotations
 
-__all__ = ["PricingRefusal"]
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import attrs
+
+from keybrake._common import EndpointPattern
+
+__all__ = [
+    "Lookup",
+    "Outcome",
+    "PriceReport",
+    "Pricer",
+    "PricingRefusal",
+    "Quote",
+    "VendorRequest",
+    "decimal_setting",
+    "parse_form",
+    "usd_to_micros",
+]
 
 
 class PricingRefusal(Exception):
@@ -13,3 +47,129 @@ class PricingRefusal(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@attrs.frozen
+class VendorRequest:
+    """A request as the pricer sees it; the path is already normalised into segments."""
+
+    method: str
+    segments: tuple[str, ...]
+    query: str
+    content_type: str
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return "/" + "/".join(self.segments)
+
+
+@attrs.frozen
+class Quote:
+    """The most a request may cost, and what to forward instead, if anything."""
+
+    micros: int
+    body: bytes | None = None
+    segments: tuple[str, ...] | None = None
+    content_type: str | None = None
+
+
+FREE = Quote(0)
+
+
+@attrs.frozen
+class Outcome:
+    """What a forwarded request cost: ``final`` False means an estimate awaiting a report."""
+
+    micros: int
+    final: bool = True
+    object_id: str | None = None
+
+
+@attrs.frozen
+class PriceReport:
+    """A vendor object's price, learnt after the fact."""
+
+    object_id: str
+    micros: int
+
+
+#: GET a vendor path with the real credential: the JSON object, or None if not found.
+Lookup = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+
+
+class Pricer(Protocol):
+    name: str
+
+    async def quote(self, request: VendorRequest, lookup: Lookup) -> Quote: ...
+
+    def outcome(self, request: VendorRequest, quote: Quote, body: bytes) -> Outcome: ...
+
+    def reports(self, request: VendorRequest, body: bytes) -> list[PriceReport]: ...
+
+
+def usd_to_micros(amount: Decimal) -> int:
+    """USD to micro-dollars, rounded up (a bound must never undercount)."""
+    return math.ceil(amount * 1_000_000)
+
+
+def parse_form(request: VendorRequest) -> list[tuple[str, str]]:
+    """The request's form body as pairs.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request`` for a body that is not a valid UTF-8 form, or a
+            form sent with another content type.
+    """
+    if not request.body:
+        return []
+    if not request.content_type.startswith("application/x-www-form-urlencoded"):
+        raise PricingRefusal(400, "bad_request", "request body must be form-encoded")
+    try:
+        text = request.body.decode("utf-8")
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise PricingRefusal(400, "bad_request", "request body is not a valid form") from None
+
+
+def single_values(pairs: Sequence[tuple[str, str]], repeatable: frozenset[str]) -> dict[str, str]:
+    """Pairs as a dict, refusing a repeated name unless it may repeat (or ends in ``[]``).
+
+    A repeated scalar could be read one way by us and another by the vendor.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request`` for a repeated parameter.
+    """
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form and name not in repeatable and not name.endswith("[]"):
+            raise PricingRefusal(400, "bad_request", f"parameter {name!r} is repeated")
+        form[name] = value
+    return form
+
+
+def decimal_setting(value: Any, where: str) -> Decimal:
+    """A non-negative decimal from a pricing file (strings or JSON numbers read as decimals).
+
+    Raises:
+        ValueError: not a non-negative decimal.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise ValueError(f"{where}: expected a decimal string, got {value!r}")
+    try:
+        result = Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{where}: expected a decimal string, got {value!r}") from None
+    if not result.is_finite() or result < 0:
+        raise ValueError(f"{where}: expected a non-negative decimal, got {value!r}")
+    return result
+
+
+def endpoint_patterns(values: Any, where: str) -> tuple[EndpointPattern, ...]:
+    """Parse a list of endpoint patterns from a pricing file.
+
+    Raises:
+        ValueError: not a list of valid patterns.
+    """
+    if not isinstance(values, list):
+        raise ValueError(f"{where}: expected a list of endpoint patterns")
+    return tuple(EndpointPattern.parse(v) for v in values)

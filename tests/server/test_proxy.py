@@ -212,7 +212,7 @@ async def test_wrong_vendor_is_403(proxy: Proxy, recorder: Recorder) -> None:
 async def test_unpriced_money_moving_post_is_403(proxy: Proxy, recorder: Recorder) -> None:
     key = await proxy.issue()
     status, answer = await raw_request(
-        proxy.url, "POST", "/stripe/v1/charges", token=key["token"], body=b"amount=100"
+        proxy.url, "POST", "/stripe/v1/subscriptions", token=key["token"], body=b"customer=cus_1"
     )
     assert (status, answer["code"]) == (403, "unpriced_endpoint")
     assert recorder.requests == []
