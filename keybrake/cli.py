@@ -20,7 +20,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    config = ServerConfig.from_env(database_url=args.database)
+    from keybrake.server.pricing import PricingFileError
+
+    config = ServerConfig.from_env(database_url=args.database, pricing_file=args.pricing)
 
     def announce(token: str) -> None:
         print(
@@ -29,7 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    app = create_app(config, on_new_admin_token=announce)
+    try:
+        app = create_app(config, on_new_admin_token=announce)
+    except (PricingFileError, ValueError) as exc:
+        print(f"keybrake serve: {exc}", file=sys.stderr)
+        return 2
     where = f"http://{args.host}:{args.port}"
     web.run_app(
         app,
@@ -63,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--database",
         default=None,
         help="sqlite:///path (else KEYBRAKE_DATABASE_URL, else sqlite:///keybrake.db)",
+    )
+    serve.add_argument(
+        "--pricing",
+        default=None,
+        help="JSON file overriding prices (else KEYBRAKE_PRICING_FILE); see docs/vendors",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)

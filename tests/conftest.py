@@ -12,13 +12,24 @@ from keybrake import Keybrake, RetryPolicy
 from keybrake._localstripe import localstripe_server
 from keybrake.server import ServerConfig, running_server
 from keybrake.server.app import generate_admin_token
+from tests.prism import prism_twilio_server
 
 SEED_ENDPOINTS = ["/v1/payment_intents", "/v1/payment_intents/*"]
+
+
+TWILIO_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+TWILIO_AUTH_TOKEN = "twilio-real-auth-token"
 
 
 @pytest.fixture(scope="session")
 def localstripe_url() -> Iterator[str]:
     with localstripe_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prism_url() -> Iterator[str]:
+    with prism_twilio_server() as url:
         yield url
 
 
@@ -39,6 +50,8 @@ def make_config(db_path: Path, stripe_url: str, **overrides: object) -> ServerCo
         "admin_token": generate_admin_token(),
         "stripe_secret_key": "sk_test_keybrake",
         "stripe_api_base": stripe_url,
+        "twilio_account_sid": TWILIO_ACCOUNT_SID,
+        "twilio_auth_token": TWILIO_AUTH_TOKEN,
         **overrides,
     }
     return ServerConfig(**values)  # type: ignore[arg-type]
@@ -48,6 +61,16 @@ def make_config(db_path: Path, stripe_url: str, **overrides: object) -> ServerCo
 async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningServer]:
     db_path = tmp_path / "keybrake.db"
     config = make_config(db_path, localstripe_url)
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        yield RunningServer(url, config.admin_token, db_path, config)
+
+
+@pytest.fixture
+async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[RunningServer]:
+    """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
+    db_path = tmp_path / "keybrake.db"
+    config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url)
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)

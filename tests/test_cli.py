@@ -95,3 +95,28 @@ def test_demo_tells_the_whole_story() -> None:
     assert "is now revoked" in out
     assert "REFUSED 401 key_revoked" in out
     assert "vault_key_" not in out  # the token is never printed
+
+
+def test_serve_refuses_a_malformed_pricing_file(tmp_path: Path) -> None:
+    pricing = tmp_path / "pricing.json"
+    pricing.write_text('{"stripe": {"currencies": {"eur": "1.1"}}}')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keybrake.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--database",
+            f"sqlite:///{tmp_path / 'kb.db'}",
+            "--pricing",
+            str(pricing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "stripe.currencies.eur" in result.stderr

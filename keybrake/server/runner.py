@@ -22,13 +22,15 @@ async def running_server(
     port: int = 0,
     store: Store | None = None,
     on_new_admin_token: Callable[[str], None] | None = None,
+    handler_cancellation: bool = False,
 ) -> AsyncIterator[str]:
     """Serve keybrake on ``host:port`` (port 0 picks a free one) and yield its base URL.
 
-    Everything it started is stopped on exit.
+    ``handler_cancellation`` cancels a request's handler when its client goes away (aiohttp's
+    option of that name). Everything it started is stopped on exit.
     """
     app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
