@@ -6,12 +6,12 @@ import contextlib
 import json
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -218,6 +218,32 @@ class Keybrake:
     async def get_key(self, key_id: str) -> KeyInfo:
         """Describe a key: status and spend today."""
         return KeyInfo.from_json(await self._api("GET", f"/v1/keys/{_quote(key_id)}"))
+
+    async def list_keys(
+        self, *, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[KeyInfo]:
+        """Every key of this tenant (newest first), optionally only ``active``, ``expired``
+        or ``revoked`` ones, fetched page by page as you iterate::
+
+            async for key in kb.list_keys(status="active"):
+                ...
+        """
+        after: str | None = None
+        while True:
+            query = {"limit": str(page_size)}
+            if status is not None:
+                query["status"] = status
+            if after is not None:
+                query["starting_after"] = after
+            page = await self._api("GET", "/v1/keys?" + urlencode(query))
+            data = page.get("data")
+            if not isinstance(data, list):
+                return
+            for item in data:
+                yield KeyInfo.from_json(item)
+            if not page.get("has_more") or not data:
+                return
+            after = str(data[-1]["id"])
 
     async def refresh_key(self, key_id: str, *, expires_in: str | int | timedelta) -> Lease:
         """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.

@@ -70,6 +70,9 @@ class KeybrakeError(Exception):
         self.body: Mapping[str, Any] = body or {}
         #: Seconds the server asked us to wait before retrying (``Retry-After``), if any.
         self.retry_after: float | None = None
+        #: Whether retrying may help, when the answer said so (``Stripe-Should-Retry``);
+        #: None leaves it to the status and code.
+        self.retryable: bool | None = None
 
     def __str__(self) -> str:
         parts = [self.message]

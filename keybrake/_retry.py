@@ -11,7 +11,7 @@ import aiohttp
 import attrs
 import tenacity
 
-from keybrake._errors import KeybrakeError, KeybrakeTimeout, KeybrakeUnavailable
+from keybrake._errors import KeybrakeError, KeybrakeTimeout, KeybrakeUnavailable, VendorError
 
 __all__ = ["DEFAULT_RETRY", "RetryPolicy", "is_retryable"]
 
@@ -19,13 +19,20 @@ T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Connection errors, timeouts, 5xx and 429 (except ``cap_exhausted``) are transient."""
+    """Connection errors, timeouts, 5xx and 429 (except ``cap_exhausted``) are transient.
+
+    An error whose answer said whether to retry (``exc.retryable``) is taken at its word.
+    """
     if isinstance(exc, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
         return True
+    if isinstance(exc, KeybrakeError) and exc.retryable is not None:
+        return exc.retryable
     if isinstance(exc, KeybrakeUnavailable):
         return True
-    if isinstance(exc, KeybrakeError) and exc.status == 429:
-        return exc.code != "cap_exhausted"
+    if isinstance(exc, KeybrakeError) and exc.status is not None:
+        if exc.status == 429:
+            return exc.code != "cap_exhausted"
+        return exc.status >= 500
     return False
 
 
@@ -60,23 +67,39 @@ class RetryPolicy:
         ceiling = min(self.max_wait, self.initial_wait * 2 ** (state.attempt_number - 1))
         return random.uniform(0, ceiling)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        retryable: Callable[[BaseException], bool] = is_retryable,
+    ) -> T:
         """Run ``fn`` until it succeeds, fails for good, or the policy is exhausted.
 
         Raises:
-            KeybrakeUnavailable: retries ran out on a transient failure (the last one is
-                the ``__cause__``); other errors pass through unchanged.
+            KeybrakeUnavailable: retries ran out on a transient failure of keybrake (the last
+                one is the ``__cause__``); a vendor's own error, and any error that is not
+                transient, passes through unchanged.
         """
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.attempts)
             | tenacity.stop_after_delay(self.deadline),
             wait=self._wait,
-            retry=tenacity.retry_if_exception(is_retryable),
+            retry=tenacity.retry_if_exception(retryable),
             reraise=True,
         )
         try:
             return await retrying(fn)
-        except KeybrakeUnavailable:
+        except (KeybrakeUnavailable, VendorError):
+            raise
+        except KeybrakeError as exc:
+            if is_retryable(exc):  # e.g. still rate limited after every attempt
+                raise KeybrakeUnavailable(
+                    f"keybrake still refuses after retries: {exc}",
+                    status=exc.status,
+                    code=exc.code,
+                    request_id=exc.request_id,
+                    body=exc.body,
+                ) from exc
             raise
         except asyncio.TimeoutError as exc:
             raise KeybrakeTimeout("keybrake did not answer in time") from exc

@@ -7,11 +7,13 @@ import logging
 import random
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
 
 from keybrake._client import Keybrake, cap_string, duration_seconds
 from keybrake._errors import (
@@ -24,8 +26,11 @@ from keybrake._errors import (
 from keybrake._models import IssuedKey
 from keybrake._transport import ProxyTransport
 from keybrake.vendors.stripe.client import StripeClient
+from keybrake.vendors.twilio.client import PLACEHOLDER_ACCOUNT_SID, TwilioClient
 
 if TYPE_CHECKING:
+    import stripe as stripe_sdk  # the names 'stripe' and 'twilio' are VaultKey properties
+    import twilio.rest as twilio_sdk
     from typing_extensions import Self
 
 __all__ = ["REVOKE_TIMEOUT", "VaultKey"]
@@ -36,6 +41,44 @@ log = logging.getLogger("keybrake")
 REVOKE_TIMEOUT = 10.0
 #: Keepalive refreshes at about this fraction of the TTL (like Vault's lifetime watcher).
 KEEPALIVE_FRACTION = 2 / 3
+
+
+T = TypeVar("T")
+
+
+async def _run_to_the_end(work: Awaitable[T]) -> T:
+    """Run cleanup to its end even if we are cancelled (again) meanwhile.
+
+    The work runs in its own task, awaited through :func:`asyncio.shield`; a cancellation
+    that arrives meanwhile is held until the work is done (it is bounded by timeouts of its
+    own), then re-raised.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        except BaseException:
+            if cancelled:
+                raise asyncio.CancelledError from None
+            raise
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+@attrs.frozen
+class _OfficialClient:
+    """How to close an official SDK client handed out by a key."""
+
+    close: Callable[[], object]
+    close_async: Callable[[], Awaitable[object]] | None
 
 
 class VaultKey:
@@ -115,6 +158,8 @@ class VaultKey:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._owner_task: asyncio.Task[Any] | None = None
         self._stripe: StripeClient | None = None
+        self._twilio: TwilioClient | None = None
+        self._official_clients: list[_OfficialClient] = []
 
     # -- what the block sees ---------------------------------------------------------------
 
@@ -160,11 +205,79 @@ class VaultKey:
 
     @property
     def stripe(self) -> StripeClient:
-        """Stripe through the proxy with this key."""
+        """Stripe through the proxy with this key (a typed client; see :mod:`keybrake.vendors`)."""
         self._require_issued()
         if self._stripe is None:
-            self._stripe = StripeClient(self._transport("stripe"))
+            self._stripe = StripeClient(self._transport("stripe"), retry=self._client.retry)
         return self._stripe
+
+    @property
+    def twilio(self) -> TwilioClient:
+        """Twilio through the proxy with this key (messages and calls)."""
+        self._require_issued()
+        if self._twilio is None:
+            self._twilio = TwilioClient(self._transport("twilio"), retry=self._client.retry)
+        return self._twilio
+
+    def stripe_client(self) -> stripe_sdk.StripeClient:
+        """The official ``stripe.StripeClient``, with every base address on the proxy.
+
+        It works sync and async (``..._async`` methods), and is closed when the key is.
+        Needs ``pip install 'keybrake[stripe]'``.
+
+        Raises:
+            ConfigurationError: the ``stripe`` package is missing, or the key is for
+                another vendor.
+        """
+        self._transport("stripe")  # checks the vendor
+        try:
+            import stripe as stripe_sdk
+        except ImportError:
+            raise ConfigurationError(
+                "vk.stripe_client() needs the official SDK: pip install 'keybrake[stripe]'"
+            ) from None
+        base = f"{self._client.config.proxy_url}/stripe"
+        http_client = stripe_sdk.RequestsClient(async_fallback_client=stripe_sdk.AIOHTTPClient())
+        client = stripe_sdk.StripeClient(
+            self.token,
+            base_addresses={"api": base, "connect": base, "files": base, "meter_events": base},
+            http_client=http_client,
+            max_network_retries=2,
+        )
+        self._official_clients.append(_OfficialClient(http_client.close, http_client.close_async))
+        return client
+
+    def twilio_client(self) -> twilio_sdk.Client:
+        """The official ``twilio.rest.Client``, rebased onto the proxy.
+
+        Its ``api`` domain (messages, calls, ...) goes through the proxy, which pins the
+        account; the vault key is the auth token. Closed when the key is. Needs
+        ``pip install 'keybrake[twilio]'``.
+
+        Raises:
+            ConfigurationError: the ``twilio`` package is missing, or the key is for
+                another vendor.
+        """
+        self._transport("twilio")
+        try:
+            from twilio.http.http_client import TwilioHttpClient
+            from twilio.rest import Client
+        except ImportError:
+            raise ConfigurationError(
+                "vk.twilio_client() needs the official SDK: pip install 'keybrake[twilio]'"
+            ) from None
+        http_client = TwilioHttpClient()
+        client = Client(
+            PLACEHOLDER_ACCOUNT_SID, self.token, http_client=http_client, environment={}
+        )
+        client.api.base_url = f"{self._client.config.proxy_url}/twilio"
+
+        def close() -> None:
+            if http_client.session is not None:
+                http_client.session.close()
+
+        self._official_clients.append(_OfficialClient(close, None))
+        return client
 
     def _transport(self, vendor: str) -> ProxyTransport:
         if vendor != self.vendor:
@@ -187,8 +300,8 @@ class VaultKey:
         if self._state != "unopened":
             raise ConfigurationError(f"a VaultKey can be entered only once (it is {self._state})")
         self._state = "opening"
-        try:
-            self._issued = await self._client.issue_key(
+        issue = asyncio.ensure_future(
+            self._client.issue_key(
                 self.vendor,
                 self.endpoints,
                 cap=self.cap,
@@ -198,10 +311,19 @@ class VaultKey:
                 metadata=self.metadata,
                 idempotency_key=f"kb-{uuid.uuid4()}",
             )
-        except BaseException:
+        )
+        try:
+            self._issued = await asyncio.shield(issue)
+        except BaseException as exc:
             self._state = "closed"
-            if self._owns_client:
-                await self._client.close()
+            try:
+                if isinstance(exc, asyncio.CancelledError) and not issue.done():
+                    # The server may make the key anyway: let the issuance finish (bounded),
+                    # then revoke what it made, so no key outlives a cancelled block.
+                    await _run_to_the_end(self._abandon(issue))
+            finally:
+                if self._owns_client:
+                    await self._client.close()
             raise
         self._expires_at = self._issued.expires_at
         self._state = "open"
@@ -230,17 +352,14 @@ class VaultKey:
             self._state = "closed"
             return
         self._state = "closed"
-        cancelled = False
-        work = asyncio.ensure_future(self._finish())
-        while not work.done():
-            try:
-                await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # Cancelled again while cleaning up: finish the cleanup (it is bounded by
-                # REVOKE_TIMEOUT), then let the cancellation through.
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
+        await _run_to_the_end(self._finish())
+
+    async def _abandon(self, issue: asyncio.Future[IssuedKey]) -> None:
+        try:
+            self._issued = await asyncio.wait_for(issue, REVOKE_TIMEOUT)
+        except (KeybrakeError, asyncio.TimeoutError):
+            return  # no key was made, or we can't know: its TTL ends it
+        await self._revoke()
 
     async def _finish(self) -> None:
         task, self._keepalive_task = self._keepalive_task, None
@@ -250,8 +369,19 @@ class VaultKey:
         try:
             await self._revoke()
         finally:
+            await self._close_official_clients()
             if self._owns_client:
                 await self._client.close()
+
+    async def _close_official_clients(self) -> None:
+        clients, self._official_clients = self._official_clients, []
+        for official in clients:
+            try:
+                official.close()
+                if official.close_async is not None:
+                    await official.close_async()
+            except Exception:  # closing a client must not hide the block's outcome
+                log.warning("closing an official SDK client failed", exc_info=True)
 
     async def _revoke(self) -> None:
         issued = self._issued

@@ -14,6 +14,8 @@ from keybrake.server import ServerConfig, running_server
 from keybrake.server.app import generate_admin_token
 from tests.prism import prism_twilio_server
 
+pytest_plugins = ["tests.recorder"]
+
 SEED_ENDPOINTS = ["/v1/payment_intents", "/v1/payment_intents/*"]
 
 

@@ -292,6 +292,31 @@ async def get_key(request: web.Request) -> web.Response:
     return web.json_response(key_json(key, now, spent=spend.spent))
 
 
+async def list_keys(request: web.Request) -> web.Response:
+    tenant = await _tenant(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in ("active", "expired", "revoked"):
+        raise BadRequest("'status' must be active, expired or revoked", param="status")
+    raw_limit = request.query.get("limit", "10")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise BadRequest("'limit' must be a whole number from 1 to 100", param="limit")
+    limit = int(raw_limit)
+    after = request.query.get("starting_after") or None
+    store, now = _store(request), now_micros()
+    if after is not None and await store.get_key(tenant, after) is None:
+        raise BadRequest(f"'starting_after' names no key: {after!r}", param="starting_after")
+    keys = await store.list_keys(
+        tenant, status=status, limit=limit + 1, starting_after=after, now=now
+    )
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [key_json(key, now) for key in keys[:limit]],
+            "has_more": len(keys) > limit,
+        }
+    )
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
     key = await _store(request).revoke_key(await _tenant(request), key_id, now_micros())
@@ -342,6 +367,7 @@ CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/keys", create_key)
+    app.router.add_get("/v1/keys", list_keys)
     app.router.add_get("/v1/keys/{key_id}", get_key)
     app.router.add_delete("/v1/keys/{key_id}", revoke_key)
     app.router.add_post("/v1/keys/{key_id}/refresh", refresh_key)

@@ -232,6 +232,7 @@ class ProxyHandler:
             self._log(key, method, vendor_path, refusal.code)
             return refuse(refusal.status, refusal.code, refusal.message)
         except _UpstreamDown:
+            self._log(key, method, vendor_path, "upstream_unavailable")
             return refuse(502, "upstream_unavailable", f"can't reach {vendor.name} to price this")
 
         reservation: Reservation | None = None
@@ -357,8 +358,10 @@ async def _lookup(
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),
         ) as response:
+            if response.status == 429 or response.status >= 500:
+                raise _UpstreamDown(f"{vendor.name} answered {response.status}")
             if response.status != 200:
-                return None
+                return None  # not found (or not ours to see): the pricer decides
             data = json.loads(await response.read())
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise _UpstreamDown from exc

@@ -161,6 +161,16 @@ class Store(Protocol):
 
     async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None: ...
 
+    async def list_keys(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        limit: int,
+        starting_after: str | None,
+        now: int,
+    ) -> list[KeyRecord]: ...
+
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int
     ) -> KeyRecord | None: ...
@@ -238,7 +248,7 @@ CREATE INDEX IF NOT EXISTS reservations_idem ON reservations (key_id, idem_hash)
 CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
     WHERE object_id IS NOT NULL AND final = 0;
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SQLiteStore:
@@ -285,24 +295,28 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
+            if row is not None and row[0] != SCHEMA_VERSION:
                 conn.close()
                 raise StoreUnavailable(
-                    f"unknown schema version {row[0]} in {self.path} (expected {SCHEMA_VERSION})"
+                    f"{self.path} has schema version {row[0]}; this keybrake needs"
+                    f" {SCHEMA_VERSION} and can't migrate it"
                 )
+            conn.executescript(_SCHEMA)
+            if row is None:
+                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             return conn
 
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._executor, connect)
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             self._executor.shutdown(wait=False)
             self._executor = None
-            raise StoreUnavailable(f"can't open {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"can't open {self.path}: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         if self._executor is None:
@@ -411,6 +425,32 @@ class SQLiteStore:
             ).fetchone()
         )
         return None if row is None else _key_from_row(row)
+
+    async def list_keys(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        limit: int,
+        starting_after: str | None,
+        now: int,
+    ) -> list[KeyRecord]:
+        """A tenant's keys, newest first, after the key ``starting_after`` (a cursor)."""
+        where = ["tenant = :tenant"]
+        if status is not None:
+            where.append(_STATUS_FILTERS[status])
+        if starting_after is not None:
+            where.append(
+                "(created_at, id) < (SELECT created_at, id FROM keys"
+                " WHERE tenant = :tenant AND id = :after)"
+            )
+        sql = (
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT :limit"
+        )
+        params = {"tenant": tenant, "now": now, "after": starting_after, "limit": limit}
+        rows = await self._run(lambda c: c.execute(sql, params).fetchall())
+        return [_key_from_row(row) for row in rows]
 
     async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
         def revoke(c: sqlite3.Connection) -> Any:
@@ -589,6 +629,12 @@ def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
     ).fetchone()
     return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
 
+
+_STATUS_FILTERS = {
+    "active": "revoked_at IS NULL AND expires_at > :now",
+    "expired": "revoked_at IS NULL AND expires_at <= :now",
+    "revoked": "revoked_at IS NOT NULL",
+}
 
 _KEY_COLUMNS = (
     "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"

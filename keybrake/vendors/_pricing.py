@@ -71,7 +71,6 @@ class Quote:
     micros: int
     body: bytes | None = None
     segments: tuple[str, ...] | None = None
-    content_type: str | None = None
 
 
 FREE = Quote(0)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from keybrake._common import parse_time
+from keybrake.server.store import SQLiteStore, StoreUnavailable
 from tests.conftest import RunningServer
 from tests.server.test_seed_flow import SEED_BODY
 
@@ -190,3 +193,15 @@ async def test_concurrent_issues_with_one_idempotency_key_make_one_key(
 async def test_api_routes_that_do_not_exist_are_404_not_found(server: RunningServer) -> None:
     status, body = await call(server, "GET", "/v1/nothing-here")
     assert (status, body["code"]) == (404, "not_found")
+
+
+async def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.close()
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable, match="schema version 1"):
+        await store.open()
+    await store.close()

@@ -14,7 +14,7 @@ import pytest
 from keybrake.server import running_server
 from keybrake.server.store import LedgerEntry, SQLiteStore
 from tests.conftest import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, RunningServer, make_config
-from tests.server.conftest import Proxy, Recorder, raw_request
+from tests.recorder import Proxy, Recorder, raw_request
 
 
 async def ledger_of(db_path: Path, key_id: str) -> list[LedgerEntry]:
@@ -245,3 +245,13 @@ async def test_settled_spend_comes_from_the_vendor_answer(proxy: Proxy, recorder
     )
     assert status == 200
     assert await proxy.spend(key["id"]) == "0.80"  # 100 JPY (zero-decimal) at $0.008
+
+
+async def test_a_lookup_the_vendor_cannot_answer_is_502(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    recorder.status = 503
+    status, body = await raw_request(
+        proxy.url, "POST", "/stripe/v1/refunds", token=key["token"], body=b"charge=ch_1"
+    )
+    assert (status, body["code"]) == (502, "upstream_unavailable")
+    assert [m for m, _, _, _ in recorder.requests] == ["GET"]  # the refund was not sent

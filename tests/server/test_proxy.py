@@ -11,7 +11,7 @@ import pytest
 
 from keybrake.server import running_server
 from tests.conftest import make_config
-from tests.server.conftest import Proxy, Recorder, raw_request
+from tests.recorder import Proxy, Recorder, raw_request
 
 
 @pytest.mark.parametrize(

@@ -164,3 +164,18 @@ def test_outcome_keeps_the_estimate_until_twilio_knows() -> None:
 def test_malformed_settings(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
         TwilioPricing.from_mapping(settings)
+
+
+async def test_a_call_update_cannot_lift_the_time_limit() -> None:
+    update = MESSAGES.replace("Messages.json", "Calls/CA1.json")
+    result = await quote([("TimeLimit", "99999"), ("Twiml", "<Response/>")], update)
+    assert result.micros == 0
+    assert result.body is not None
+    assert dict(parse_qsl(result.body.decode()))["TimeLimit"] == "600"
+    hang_up = await quote([("Status", "completed")], update)
+    assert (hang_up.micros, hang_up.body) == (0, None)
+
+
+async def test_a_free_channel_price_is_honoured() -> None:
+    prices: Any = {"sms_usd_per_segment": {"whatsapp:": "0", "default": "0.5"}}
+    assert (await quote([("To", "whatsapp:+15005550006")], **prices)).micros == 0

@@ -185,7 +185,9 @@ class TwilioPricer:
             price = table.get(prefix + digits[:length])
             if price is not None:
                 return price
-        price = table.get(f"{channel}:" if channel else "default") or table.get("default")
+        price = table.get(f"{channel}:") if channel else None
+        if price is None:
+            price = table.get("default")
         if price is None:
             raise PricingRefusal(
                 403, "unpriced_endpoint", f"no {what} price is configured for {to!r}"
@@ -220,8 +222,14 @@ class TwilioPricer:
         if resource == ("Calls.json",):
             micros, body = self._call_bound(pairs, form)
             return attrs.evolve(free, micros=micros, body=body)
-        if len(resource) == 2 and resource[0] in ("Messages", "Calls"):
-            return free  # updating an existing message or call (redact, cancel, hang up)
+        if len(resource) == 2 and resource[0] == "Messages":
+            return free  # redacting or cancelling an existing message
+        if len(resource) == 2 and resource[0] == "Calls":
+            # Updating a live call (new TwiML, hang up) is free, but it may not lift the cap
+            # on its length: a TimeLimit given here is cut like one given at creation.
+            if "TimeLimit" not in form:
+                return free
+            return attrs.evolve(free, body=self._time_limited(pairs, form)[1])
         raise PricingRefusal(
             403, "unpriced_endpoint", f"POST {request.path} has no Twilio price rule"
         )
@@ -245,17 +253,24 @@ class TwilioPricer:
         to = form.get("To", "")
         if not to:
             raise PricingRefusal(400, "bad_request", "'To' is required")
+        limit, body = self._time_limited(pairs, form)
+        price = self._price_for(self.settings.call_usd_per_minute, to, "call")
+        return usd_to_micros(price * math.ceil(limit / 60)), body
+
+    def _time_limited(
+        self, pairs: list[tuple[str, str]], form: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """The call's ``TimeLimit`` cut to the configured maximum, and the body saying so."""
         limit = self.settings.max_call_minutes * 60
         given = form.get("TimeLimit")
         if given is not None:
             if not given.isascii() or not given.isdigit() or int(given) <= 0:
                 raise PricingRefusal(400, "bad_request", "'TimeLimit' must be a positive integer")
             limit = min(limit, int(given))
-        price = self._price_for(self.settings.call_usd_per_minute, to, "call")
         body = urlencode(
             [(k, v) for k, v in pairs if k != "TimeLimit"] + [("TimeLimit", str(limit))]
         )
-        return usd_to_micros(price * math.ceil(limit / 60)), body.encode()
+        return limit, body.encode()
 
     def outcome(self, request: VendorRequest, quote: Quote, body: bytes) -> Outcome:
         """The price if Twilio already knows it; else the estimate, awaiting a report."""

@@ -1,4 +1,4 @@
-"""Fixtures for the server tests: a recording upstream and a proxy in front of it."""
+"""A recording upstream and a keybrake proxy in front of it (fixtures `recorder`, `proxy`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import attrs
 import pytest
 from aiohttp import web
 
+from keybrake import Keybrake, RetryPolicy
 from keybrake.server import running_server
 from tests.conftest import make_config
 
@@ -58,6 +59,10 @@ async def recorder() -> AsyncIterator[Recorder]:
 class Proxy:
     url: str
     admin_token: str
+
+    def client(self) -> Keybrake:
+        retry = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
+        return Keybrake(self.admin_token, api_url=self.url, proxy_url=self.url, retry=retry)
 
     async def issue(self, **body: Any) -> dict[str, Any]:
         payload = {
