@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -20,8 +21,16 @@ from keybrake._common import (
     to_micros,
 )
 from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
+from keybrake.server._keys import CONFIGURED_ADMIN_HASH, METRICS, STORE
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
-from keybrake.server.store import IdempotencyConflict, IdempotentIssue, KeyRecord, Store
+from keybrake.server.store import (
+    AuditEntry,
+    IdempotencyConflict,
+    IdempotentIssue,
+    KeyRecord,
+    Store,
+)
+from keybrake.server.tokens import DEFAULT_TENANT
 
 __all__ = [
     "CONFIGURED_ADMIN_HASH",
@@ -33,7 +42,6 @@ __all__ = [
     "key_json",
 ]
 
-DEFAULT_TENANT = "default"
 
 VENDORS = ("stripe", "twilio")
 MAX_ENDPOINTS = 100
@@ -289,7 +297,9 @@ async def get_key(request: web.Request) -> web.Response:
         return _not_found(key_id)
     now = now_micros()
     spend = await store.spend(key.id, utc_day(now))
-    return web.json_response(key_json(key, now, spent=spend.spent))
+    return web.json_response(
+        {**key_json(key, now, spent=spend.spent), "reserved_today_usd": format_usd(spend.reserved)}
+    )
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -355,13 +365,112 @@ async def refresh_key(request: web.Request) -> web.Response:
     )
 
 
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise BadRequest("'limit' must be a whole number from 1 to 100", param="limit")
+    return int(raw)
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "object": "audit_entry",
+        "at": format_time(to_datetime(entry.at)),
+        "key_id": entry.key_id,
+        "label": entry.label,
+        "vendor": entry.vendor,
+        "method": entry.method,
+        "path": entry.path,
+        "decision": entry.decision,
+        "status": entry.status,
+        "reserved_usd": format_usd(entry.reserved),
+        "settled_usd": format_usd(entry.settled),
+        "upstream_ms": entry.upstream_ms,
+        "vendor_request_id": entry.vendor_request_id,
+    }
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    tenant = await _tenant(request)
+    limit = _limit(request)
+    after_raw = request.query.get("starting_after") or None
+    if after_raw is not None and not after_raw.isdigit():
+        raise BadRequest("'starting_after' must be an audit entry id", param="starting_after")
+    entries = await _store(request).list_audit(
+        tenant,
+        key_id=request.query.get("key_id") or None,
+        decision=request.query.get("decision") or None,
+        limit=limit + 1,
+        starting_after=None if after_raw is None else int(after_raw),
+    )
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [audit_json(e) for e in entries[:limit]],
+            "has_more": len(entries) > limit,
+        }
+    )
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+async def list_usage(request: web.Request) -> web.Response:
+    tenant = await _tenant(request)
+    limit = _limit(request)
+    day = request.query.get("day") or None
+    if day is not None and not _DAY.match(day):
+        raise BadRequest("'day' must be a UTC date like 2026-11-27", param="day")
+    after_raw = request.query.get("starting_after") or None
+    after: tuple[str, str] | None = None
+    if after_raw is not None:
+        after_day, _, after_key = after_raw.partition(":")
+        if not _DAY.match(after_day) or not after_key:
+            raise BadRequest("'starting_after' must be '<day>:<key id>'", param="starting_after")
+        after = (after_day, after_key)
+    rows = await _store(request).usage(
+        tenant,
+        key_id=request.query.get("key_id") or None,
+        day=day,
+        limit=limit + 1,
+        starting_after=after,
+    )
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "usage",
+                    "id": f"{row.day}:{row.key_id}",
+                    "key_id": row.key_id,
+                    "label": row.label,
+                    "day": row.day,
+                    "spent_usd": format_usd(row.spent),
+                    "reserved_usd": format_usd(row.reserved),
+                    "daily_usd_cap": format_usd(row.cap),
+                }
+                for row in rows[:limit]
+            ],
+            "has_more": len(rows) > limit,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    active = await _store(request).count_active_keys(now_micros())
+    text = request.app[METRICS].render(active_keys=active)
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     await _store(request).ping()
     return web.json_response({"status": "ok"})
-
-
-STORE: web.AppKey[Store] = web.AppKey("store", Store)
-CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str)
 
 
 def add_routes(app: web.Application) -> None:
@@ -371,3 +480,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/keys/{key_id}", get_key)
     app.router.add_delete("/v1/keys/{key_id}", revoke_key)
     app.router.add_post("/v1/keys/{key_id}/refresh", refresh_key)
+    app.router.add_get("/v1/audit", list_audit)
+    app.router.add_get("/v1/usage", list_usage)
+    app.router.add_get("/metrics", metrics)

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from keybrake.server import api, proxy
-from keybrake.server._http import error_response, hash_token, now_micros
+from keybrake.server._http import error_response, hash_token
+from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, METRICS, STORE, UPSTREAM_SESSION
+from keybrake.server.audit import AuditLog
 from keybrake.server.config import ServerConfig
+from keybrake.server.metrics import Metrics
 from keybrake.server.store import Store, StoreUnavailable, open_store
+from keybrake.server.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
 log = logging.getLogger("keybrake.server")
 
-DEFAULT_TENANT = api.DEFAULT_TENANT
-ADMIN_TOKEN_PREFIX = "kb_admin_"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def generate_admin_token() -> str:
-    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def _vendor_of(request: web.Request) -> str | None:
@@ -87,32 +84,35 @@ def create_app(
         middlewares=[errors_middleware],
         client_max_size=config.max_body_size,
     )
-    app[api.STORE] = store if store is not None else open_store(config.database_url)
-    app[api.CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
+    app[STORE] = store if store is not None else open_store(config.database_url)
+    app[METRICS] = Metrics()
+    app[CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        the_store = app[api.STORE]
+        the_store = app[STORE]
         await the_store.open()
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=config.upstream_timeout),
             connector=aiohttp.TCPConnector(limit=0),
         )
-        app[proxy.UPSTREAM_SESSION] = session
+        app[UPSTREAM_SESSION] = session
+        audit = app[AUDIT] = AuditLog(the_store)
+        audit.start()
         try:
             if (
                 config.admin_token is None
                 and on_new_admin_token is not None
                 and await the_store.count_admin_tokens() == 0
             ):
-                token = generate_admin_token()
-                await the_store.add_admin_token(hash_token(token), DEFAULT_TENANT, now_micros())
+                _, token = await create_admin_token(the_store, DEFAULT_TENANT)
                 on_new_admin_token(token)
             yield
         finally:
+            await audit.close()
             await session.close()
             await the_store.close()
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
-    proxy.add_routes(app, api.STORE, config)
+    proxy.add_routes(app, config)
     return app

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,19 +33,23 @@ from yarl import URL
 
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
 from keybrake.server._http import error_response, hash_token, now_micros, utc_day
+from keybrake.server._keys import AUDIT, METRICS, STORE, UPSTREAM_SESSION, VENDORS
+from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
 from keybrake.server.pricing import load_pricers
 from keybrake.server.store import (
+    AuditEntry,
     KeyRecord,
     Reservation,
     ReserveResult,
     Settlement,
     SpendState,
     Store,
+    StoreUnavailable,
 )
 from keybrake.vendors._pricing import Pricer, PricingRefusal, Quote, VendorRequest
 
-__all__ = ["UPSTREAM_SESSION", "Vendor", "add_routes", "vendors_from_config"]
+__all__ = ["Vendor", "add_routes", "vendors_from_config"]
 
 log = logging.getLogger("keybrake.proxy")
 
@@ -128,10 +133,8 @@ def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
     }
 
 
-VENDORS: web.AppKey[dict[str, Vendor]] = web.AppKey("vendors", dict)
-UPSTREAM_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey(
-    "upstream_session", aiohttp.ClientSession
-)
+#: Longest path kept in an audit entry.
+MAX_AUDIT_PATH = 2000
 
 
 @functools.lru_cache(maxsize=4096)
@@ -159,20 +162,62 @@ class _UpstreamDown(Exception):
     pass
 
 
-class ProxyHandler:
-    def __init__(self, store_key: web.AppKey[Store]) -> None:
-        self._store_key = store_key
+@attrs.define
+class _Facts:
+    """What the audit log, the metrics and the log line say about one request."""
 
+    method: str
+    path: str
+    vendor: str | None
+    key: KeyRecord | None = None
+    decision: str = "error"
+    status: int = 500
+    reserved: int = 0
+    settled: int = 0
+    upstream_seconds: float | None = None
+    vendor_request_id: str | None = None
+
+
+class ProxyHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path.partition("?")[0]
         vendor_name = request.match_info["vendor"]
+        facts = _Facts(
+            method=request.method.upper(),
+            path=raw_path[len(vendor_name) + 1 :],
+            vendor=vendor_name if vendor_name in request.app[VENDORS] else None,
+        )
+        try:
+            return await self._handle(request, facts)
+        except StoreUnavailable:
+            facts.decision, facts.status = "store_unavailable", 503
+            raise
+        except web.HTTPRequestEntityTooLarge:
+            facts.decision, facts.status = "body_too_large", 413
+            raise
+        finally:
+            self._record(request.app, facts)
+
+    def _refuse(
+        self,
+        facts: _Facts,
+        status: int,
+        code: str,
+        message: str,
+        **extra: Any,
+    ) -> web.Response:
+        facts.decision, facts.status = code, status
+        return error_response(status, code, message, vendor=facts.vendor, **extra)
+
+    async def _handle(self, request: web.Request, facts: _Facts) -> web.StreamResponse:
         vendors = request.app[VENDORS]
-        vendor = vendors.get(vendor_name)
+        vendor = vendors.get(request.match_info["vendor"])
         if vendor is None:
-            return error_response(
-                404, "unknown_vendor", f"no vendor {vendor_name!r}; use one of {sorted(vendors)}"
+            return self._refuse(
+                facts, 404, "unknown_vendor", f"no such vendor; use one of {sorted(vendors)}"
             )
-        store = request.app[self._store_key]
-        refuse = functools.partial(error_response, vendor=vendor.name)
+        store = request.app[STORE]
+        refuse = functools.partial(self._refuse, facts)
 
         token = _vault_token(request)
         if token is None:
@@ -181,6 +226,7 @@ class ProxyHandler:
         now = now_micros()
         if key is None:
             return refuse(401, "invalid_key", "no such vault key")
+        facts.key = key
         status = key.status(now)
         if status == "revoked":
             return refuse(401, "key_revoked", f"vault key {key.id} was revoked")
@@ -193,16 +239,15 @@ class ProxyHandler:
                 f"vault key {key.id} is for {key.vendor}, not {vendor.name}",
             )
 
-        raw_path, _, query = request.raw_path.partition("?")
-        vendor_path = raw_path[len(vendor.name) + 1 :]
+        query = request.raw_path.partition("?")[2]
+        vendor_path = facts.path
         try:
             segments = normalise_path(vendor_path)
         except UnsafePathError as exc:
             return refuse(400, "bad_request", f"refused path: {exc}")
-        method = request.method.upper()
+        method = facts.method
         if not any(p.matches(method, segments) for p in _compile(key.allowed_endpoints)):
             attempted = f"{method} {vendor_path}"
-            self._log(key, method, vendor_path, "endpoint_not_allowed")
             return refuse(
                 403,
                 "endpoint_not_allowed",
@@ -229,10 +274,8 @@ class ProxyHandler:
                 vendor_request, functools.partial(_lookup, session, vendor)
             )
         except PricingRefusal as refusal:
-            self._log(key, method, vendor_path, refusal.code)
             return refuse(refusal.status, refusal.code, refusal.message)
         except _UpstreamDown:
-            self._log(key, method, vendor_path, "upstream_unavailable")
             return refuse(502, "upstream_unavailable", f"can't reach {vendor.name} to price this")
 
         reservation: Reservation | None = None
@@ -252,7 +295,7 @@ class ProxyHandler:
                 store, reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
             )
             if result is ReserveResult.CAP_EXHAUSTED:
-                self._log(key, method, vendor_path, "cap_exhausted", cost=quote.micros)
+                facts.reserved = 0
                 return refuse(
                     429,
                     "cap_exhausted",
@@ -264,9 +307,11 @@ class ProxyHandler:
                 )
             if result is ReserveResult.REPLAY:
                 reservation = None  # the vendor replays its first answer; counted once
+            else:
+                facts.reserved = quote.micros
 
         return await self._forward(
-            request, store, vendor, key, vendor_request, vendor_path, quote, reservation
+            request, store, vendor, facts, vendor_request, quote, reservation
         )
 
     async def _forward(
@@ -274,9 +319,8 @@ class ProxyHandler:
         request: web.Request,
         store: Store,
         vendor: Vendor,
-        key: KeyRecord,
+        facts: _Facts,
         vendor_request: VendorRequest,
-        vendor_path: str,
         quote: Quote,
         reservation: Reservation | None,
     ) -> web.StreamResponse:
@@ -288,12 +332,14 @@ class ProxyHandler:
         }
         assert vendor.authorization is not None
         headers["Authorization"] = vendor.authorization
-        path = "/" + "/".join(quote.segments) if quote.segments is not None else vendor_path
+        path = "/" + "/".join(quote.segments) if quote.segments is not None else facts.path
         query = vendor_request.query
         url = vendor.base_url.join(URL(path + ("?" + query if query else ""), encoded=True))
         body = quote.body if quote.body is not None else vendor_request.body
         session = request.app[UPSTREAM_SESSION]
-        refuse = functools.partial(error_response, vendor=vendor.name)
+        refuse = functools.partial(self._refuse, facts)
+        kept = Settlement(quote.micros)
+        started = time.perf_counter()
         try:
             async with session.request(
                 method, url, headers=headers, data=body or None, allow_redirects=False
@@ -302,25 +348,31 @@ class ProxyHandler:
         except aiohttp.ClientConnectorError:
             # Nothing reached the vendor: the reservation can safely go back.
             await _finish(store, reservation, None)
-            self._log(key, method, vendor_path, "upstream_unavailable")
             return refuse(502, "upstream_unavailable", f"can't reach {vendor.name}")
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             # The request may have reached the vendor: keep it counted.
-            await _finish(store, reservation, Settlement(quote.micros))
+            await _finish(store, reservation, kept)
+            facts.settled = kept.actual if reservation else 0
             timeout = isinstance(exc, asyncio.TimeoutError)
             code = "upstream_timeout" if timeout else "upstream_unavailable"
-            self._log(key, method, vendor_path, code)
             return refuse(504 if timeout else 502, code, f"{vendor.name} did not answer in full")
         except asyncio.CancelledError:
-            await _finish(store, reservation, Settlement(quote.micros))
+            await _finish(store, reservation, kept)
+            facts.decision, facts.status = "cancelled", 499
+            facts.settled = kept.actual if reservation else 0
             raise
+        facts.upstream_seconds = time.perf_counter() - started
 
         request_id = upstream.headers.get("Request-Id") or upstream.headers.get("Twilio-Request-Id")
-        cost = 0
+        facts.decision, facts.status, facts.vendor_request_id = (
+            "allowed",
+            upstream.status,
+            request_id,
+        )
         if 200 <= upstream.status < 300:
             outcome = vendor.pricer.outcome(vendor_request, quote, payload)
             if reservation is not None:
-                cost = outcome.micros
+                facts.settled = outcome.micros
                 settlement = Settlement(
                     outcome.micros, outcome.final, request_id, outcome.object_id
                 )
@@ -330,9 +382,8 @@ class ProxyHandler:
         elif 400 <= upstream.status < 500:
             await _finish(store, reservation, None)  # the vendor refused: nothing was spent
         else:
-            cost = quote.micros if reservation is not None else 0
+            facts.settled = quote.micros if reservation is not None else 0
             await _finish(store, reservation, Settlement(quote.micros, True, request_id))
-        self._log(key, method, vendor_path, "allowed", status=upstream.status, cost=cost)
         out_headers = {
             name: value
             for name, value in upstream.headers.items()
@@ -341,9 +392,48 @@ class ProxyHandler:
         return web.Response(status=upstream.status, body=payload, headers=out_headers)
 
     @staticmethod
-    def _log(key: KeyRecord, method: str, path: str, decision: str, **extra: Any) -> None:
-        details = " ".join(f"{k}={v}" for k, v in extra.items())
-        log.info("%s %s %s key=%s label=%r %s", decision, method, path, key.id, key.label, details)
+    def _record(app: web.Application, facts: _Facts) -> None:
+        key = facts.key
+        vendor = facts.vendor or "unknown"
+        metrics = app[METRICS]
+        metrics.decision(vendor, facts.decision)
+        if facts.settled:
+            metrics.spend(vendor, facts.settled)
+        if facts.upstream_seconds is not None:
+            metrics.upstream_latency(vendor, facts.upstream_seconds)
+        path = redact(facts.path)[:MAX_AUDIT_PATH]
+        label = None if key is None else redact(key.label)
+        app[AUDIT].record(
+            AuditEntry(
+                at=now_micros(),
+                tenant=None if key is None else key.tenant,
+                key_id=None if key is None else key.id,
+                label=label,
+                vendor=facts.vendor,
+                method=facts.method,
+                path=path,
+                decision=facts.decision,
+                status=facts.status,
+                reserved=facts.reserved,
+                settled=facts.settled,
+                upstream_ms=None
+                if facts.upstream_seconds is None
+                else round(facts.upstream_seconds * 1000, 3),
+                vendor_request_id=facts.vendor_request_id,
+            )
+        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %s %s key=%s label=%r status=%d settled=%s",
+                facts.decision,
+                vendor,
+                facts.method,
+                path,
+                None if key is None else key.id,
+                label,
+                facts.status,
+                format_usd(facts.settled),
+            )
 
 
 async def _lookup(
@@ -403,8 +493,6 @@ async def _finish(
         raise
 
 
-def add_routes(app: web.Application, store_key: web.AppKey[Store], config: ServerConfig) -> None:
+def add_routes(app: web.Application, config: ServerConfig) -> None:
     app[VENDORS] = vendors_from_config(config)
-    app.router.add_route(
-        "*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", ProxyHandler(store_key).handle
-    )
+    app.router.add_route("*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", ProxyHandler().handle)

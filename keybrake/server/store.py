@@ -23,6 +23,9 @@ from typing import Any, Protocol, TypeVar
 import attrs
 
 __all__ = [
+    "AdminToken",
+    "AuditEntry",
+    "UsageRow",
     "IdempotencyConflict",
     "LedgerEntry",
     "ReserveResult",
@@ -121,6 +124,46 @@ class Settlement:
 
 
 @attrs.frozen
+class AdminToken:
+    """A master token as listed (never the token itself)."""
+
+    id: str
+    tenant: str
+    created_at: int
+    revoked_at: int | None
+
+
+@attrs.frozen(kw_only=True)
+class AuditEntry:
+    """One proxy decision. ``id`` is given by the store when written."""
+
+    at: int
+    tenant: str | None
+    key_id: str | None
+    label: str | None
+    vendor: str | None
+    method: str
+    path: str
+    decision: str
+    status: int
+    reserved: int = 0
+    settled: int = 0
+    upstream_ms: float | None = None
+    vendor_request_id: str | None = None
+    id: int | None = None
+
+
+@attrs.frozen
+class UsageRow:
+    key_id: str
+    label: str
+    day: str
+    spent: int
+    reserved: int
+    cap: int
+
+
+@attrs.frozen
 class LedgerEntry:
     id: str
     key_id: str
@@ -141,11 +184,41 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def add_admin_token(self, token_hash: str, tenant: str, now: int) -> None: ...
+    async def add_admin_token(
+        self, token_id: str, token_hash: str, tenant: str, now: int
+    ) -> None: ...
+
+    async def list_admin_tokens(self) -> list[AdminToken]: ...
+
+    async def revoke_admin_token(self, token_id: str, now: int) -> bool: ...
 
     async def count_admin_tokens(self) -> int: ...
 
     async def tenant_for_admin_token(self, token_hash: str) -> str | None: ...
+
+    async def write_audit(self, entries: list[AuditEntry]) -> None: ...
+
+    async def list_audit(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        decision: str | None,
+        limit: int,
+        starting_after: int | None,
+    ) -> list[AuditEntry]: ...
+
+    async def usage(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        day: str | None,
+        limit: int,
+        starting_after: tuple[str, str] | None,
+    ) -> list[UsageRow]: ...
+
+    async def count_active_keys(self, now: int) -> int: ...
 
     async def insert_key(
         self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
@@ -194,9 +267,29 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS admin_tokens (
     token_hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
     tenant TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    tenant TEXT,
+    key_id TEXT,
+    label TEXT,
+    vendor TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    settled INTEGER NOT NULL DEFAULT 0,
+    upstream_ms REAL,
+    vendor_request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant, id);
+CREATE INDEX IF NOT EXISTS audit_key ON audit (key_id, id);
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -332,26 +425,149 @@ class SQLiteStore:
 
     # -- admin tokens ---------------------------------------------------------------------
 
-    async def add_admin_token(self, token_hash: str, tenant: str, now: int) -> None:
+    async def add_admin_token(self, token_id: str, token_hash: str, tenant: str, now: int) -> None:
         await self._run(
             lambda c: c.execute(
-                "INSERT OR IGNORE INTO admin_tokens (token_hash, tenant, created_at)"
-                " VALUES (?, ?, ?)",
-                (token_hash, tenant, now),
+                "INSERT OR IGNORE INTO admin_tokens (token_hash, id, tenant, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (token_hash, token_id, tenant, now),
             )
         )
 
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, tenant, created_at, revoked_at FROM admin_tokens ORDER BY created_at"
+            ).fetchall()
+        )
+        return [
+            AdminToken(r[0], r[1], int(r[2]), None if r[3] is None else int(r[3])) for r in rows
+        ]
+
+    async def revoke_admin_token(self, token_id: str, now: int) -> bool:
+        def revoke(c: sqlite3.Connection) -> bool:
+            c.execute(
+                "UPDATE admin_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, token_id),
+            )
+            return (
+                c.execute("SELECT 1 FROM admin_tokens WHERE id = ?", (token_id,)).fetchone()
+                is not None
+            )
+
+        return await self._run(revoke)
+
     async def count_admin_tokens(self) -> int:
-        row = await self._run(lambda c: c.execute("SELECT count(*) FROM admin_tokens").fetchone())
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL"
+            ).fetchone()
+        )
         return int(row[0])
 
     async def tenant_for_admin_token(self, token_hash: str) -> str | None:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT tenant FROM admin_tokens WHERE token_hash = ?", (token_hash,)
+                "SELECT tenant FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                (token_hash,),
             ).fetchone()
         )
         return None if row is None else str(row[0])
+
+    # -- audit and usage --------------------------------------------------------------------
+
+    async def write_audit(self, entries: list[AuditEntry]) -> None:
+        rows = [
+            (
+                e.at,
+                e.tenant,
+                e.key_id,
+                e.label,
+                e.vendor,
+                e.method,
+                e.path,
+                e.decision,
+                e.status,
+                e.reserved,
+                e.settled,
+                e.upstream_ms,
+                e.vendor_request_id,
+            )
+            for e in entries
+        ]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany(
+                "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
+                " status, reserved, settled, upstream_ms, vendor_request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            c.execute("COMMIT")
+
+        await self._run(write)
+
+    async def list_audit(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        decision: str | None,
+        limit: int,
+        starting_after: int | None,
+    ) -> list[AuditEntry]:
+        where, params = ["tenant = ?"], [tenant]
+        if key_id is not None:
+            where.append("key_id = ?")
+            params.append(key_id)
+        if decision is not None:
+            where.append("decision = ?")
+            params.append(decision)
+        if starting_after is not None:
+            where.append("id < ?")
+            params.append(str(starting_after))
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)}"
+            " ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [_audit_from_row(row) for row in rows]
+
+    async def usage(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        day: str | None,
+        limit: int,
+        starting_after: tuple[str, str] | None,
+    ) -> list[UsageRow]:
+        where, params = ["k.tenant = ?"], [tenant]
+        if key_id is not None:
+            where.append("s.key_id = ?")
+            params.append(key_id)
+        if day is not None:
+            where.append("s.day = ?")
+            params.append(day)
+        if starting_after is not None:
+            where.append("(s.day, s.key_id) < (?, ?)")
+            params.extend(starting_after)
+        sql = (
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros"
+            " FROM spend s JOIN keys k ON k.id = s.key_id"
+            f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC LIMIT ?"
+        )
+        rows = await self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+    async def count_active_keys(self, now: int) -> int:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT count(*) FROM keys WHERE revoked_at IS NULL AND expires_at > ?", (now,)
+            ).fetchone()
+        )
+        return int(row[0])
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -628,6 +844,31 @@ def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
         "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?", (key_id, day)
     ).fetchone()
     return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+
+_AUDIT_COLUMNS = (
+    "id, at, tenant, key_id, label, vendor, method, path, decision, status, reserved, settled,"
+    " upstream_ms, vendor_request_id"
+)
+
+
+def _audit_from_row(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=int(row[0]),
+        at=int(row[1]),
+        tenant=row[2],
+        key_id=row[3],
+        label=row[4],
+        vendor=row[5],
+        method=row[6],
+        path=row[7],
+        decision=row[8],
+        status=int(row[9]),
+        reserved=int(row[10]),
+        settled=int(row[11]),
+        upstream_ms=row[12],
+        vendor_request_id=row[13],
+    )
 
 
 _STATUS_FILTERS = {

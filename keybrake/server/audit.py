@@ -1,0 +1,90 @@
+"""The audit log: every proxy decision, written off the request's critical path.
+
+:meth:`AuditLog.record` only appends to memory; a background task writes batches to the
+store. :meth:`AuditLog.close` writes whatever is left, so a clean shutdown loses nothing. If
+the store is down, entries wait in memory (up to :data:`MAX_PENDING`) and are written when it
+returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+from keybrake.server.store import AuditEntry, Store, StoreUnavailable
+
+__all__ = ["MAX_PENDING", "AuditLog", "redact"]
+
+log = logging.getLogger("keybrake.audit")
+
+#: Entries kept in memory while the store can't take them; older ones are dropped beyond.
+MAX_PENDING = 100_000
+#: Seconds between writes.
+FLUSH_INTERVAL = 0.2
+#: Entries written in one statement.
+BATCH = 1000
+
+_TOKEN = re.compile(r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+")
+
+
+def redact(text: str) -> str:
+    """Hide anything that looks like a vault key or master token."""
+    return _TOKEN.sub(r"\1***", text)
+
+
+class AuditLog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[AuditEntry] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="keybrake-audit-writer")
+
+    def record(self, entry: AuditEntry) -> None:
+        """Queue one decision; never blocks, never touches the store."""
+        self._pending.append(entry)
+        if len(self._pending) > MAX_PENDING:
+            excess = len(self._pending) - MAX_PENDING
+            del self._pending[:excess]
+            self.dropped += excess
+            log.warning("audit log backlog full: dropped %d oldest entries", excess)
+        if len(self._pending) >= BATCH:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything queued so far."""
+        while self._pending:
+            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            try:
+                await self._store.write_audit(batch)
+            except BaseException:
+                self._pending[:0] = batch  # keep them for the next try
+                raise
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_INTERVAL)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except StoreUnavailable:
+                log.warning("audit log: store unavailable, %d entries waiting", len(self._pending))
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        """Stop the writer and write what is left."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            log.error("audit log: %d entries could not be written at shutdown", len(self._pending))
