@@ -23,12 +23,13 @@ from keybrake._errors import (
     VaultKeyRevoked,
     VendorError,
 )
-from keybrake._models import IssuedKey, KeyInfo, Lease, Revocation
+from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
 from keybrake._retry import RetryPolicy
 from keybrake._vault_key import VaultKey
 from keybrake._version import __version__
 
 __all__ = [
+    "AuditRecord",
     "ConfigurationError",
     "DEFAULT_API_URL",
     "DEFAULT_PROXY_URL",
@@ -49,6 +50,7 @@ __all__ = [
     "SpendCapExceeded",
     "StripeError",
     "TwilioError",
+    "UsageRecord",
     "VaultKey",
     "VaultKeyExpired",
     "VaultKeyRevoked",

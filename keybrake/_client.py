@@ -18,7 +18,7 @@ import aiohttp
 from keybrake._common import parse_duration, to_micros
 from keybrake._config import ClientConfig
 from keybrake._errors import ConfigurationError, KeybrakeError, KeybrakeUnavailable
-from keybrake._models import IssuedKey, KeyInfo, Lease, Revocation
+from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
 from keybrake._retry import DEFAULT_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ class Keybrake:
         api_url: the issuance API (else ``KEYBRAKE_API_URL``, ``KEYBRAKE_URL``, the default).
         proxy_url: the proxy (else ``KEYBRAKE_PROXY_URL``, ``KEYBRAKE_URL``, the default).
         timeout: seconds for one HTTP call.
-        retry: how issuance API calls are retried; ``RetryPolicy.off()`` disables retries.
+        retry: how calls are retried (also by the vault keys that share this client);
+            ``RetryPolicy.off()`` disables retries.
         session: an ``aiohttp.ClientSession`` to borrow.
     """
 
@@ -219,6 +220,23 @@ class Keybrake:
         """Describe a key: status and spend today."""
         return KeyInfo.from_json(await self._api("GET", f"/v1/keys/{_quote(key_id)}"))
 
+    async def _pages(
+        self, path: str, filters: Mapping[str, str | None], page_size: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a cursor-paginated listing, fetched page by page."""
+        query = {k: v for k, v in filters.items() if v is not None}
+        query["limit"] = str(page_size)
+        while True:
+            page = await self._api("GET", f"{path}?{urlencode(query)}")
+            data = page.get("data")
+            if not isinstance(data, list):
+                return
+            for item in data:
+                yield item
+            if not page.get("has_more") or not data:
+                return
+            query["starting_after"] = str(data[-1]["id"])
+
     async def list_keys(
         self, *, status: str | None = None, page_size: int = 100
     ) -> AsyncIterator[KeyInfo]:
@@ -228,22 +246,31 @@ class Keybrake:
             async for key in kb.list_keys(status="active"):
                 ...
         """
-        after: str | None = None
-        while True:
-            query = {"limit": str(page_size)}
-            if status is not None:
-                query["status"] = status
-            if after is not None:
-                query["starting_after"] = after
-            page = await self._api("GET", "/v1/keys?" + urlencode(query))
-            data = page.get("data")
-            if not isinstance(data, list):
-                return
-            for item in data:
-                yield KeyInfo.from_json(item)
-            if not page.get("has_more") or not data:
-                return
-            after = str(data[-1]["id"])
+        async for item in self._pages("/v1/keys", {"status": status}, page_size):
+            yield KeyInfo.from_json(item)
+
+    async def audit(
+        self,
+        *,
+        key_id: str | None = None,
+        decision: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[AuditRecord]:
+        """The proxy's decisions for this tenant's keys, newest first::
+
+        async for record in kb.audit(key_id=vk.id):
+            print(record.at, record.decision, record.method, record.path)
+        """
+        filters = {"key_id": key_id, "decision": decision}
+        async for item in self._pages("/v1/audit", filters, page_size):
+            yield AuditRecord.from_json(item)
+
+    async def usage(
+        self, *, key_id: str | None = None, day: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[UsageRecord]:
+        """Spend per key and UTC day (``day`` like ``"2026-11-27"``), newest first."""
+        async for item in self._pages("/v1/usage", {"key_id": key_id, "day": day}, page_size):
+            yield UsageRecord.from_json(item)
 
     async def refresh_key(self, key_id: str, *, expires_in: str | int | timedelta) -> Lease:
         """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.

@@ -11,7 +11,7 @@ import attrs
 
 from keybrake._common import parse_time
 
-__all__ = ["IssuedKey", "KeyInfo", "Lease", "Revocation"]
+__all__ = ["AuditRecord", "IssuedKey", "KeyInfo", "Lease", "Revocation", "UsageRecord"]
 
 
 def _time(data: Mapping[str, Any], name: str) -> datetime:
@@ -109,3 +109,66 @@ class Revocation:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Revocation:
         return cls(id=str(data["id"]), revoked_at=_time(data, "revoked_at"))
+
+
+@attrs.frozen(kw_only=True)
+class AuditRecord:
+    """One proxy decision from the audit log: ``decision`` is ``"allowed"`` or a refusal code."""
+
+    id: int
+    at: datetime
+    key_id: str | None
+    label: str | None
+    vendor: str | None
+    method: str
+    path: str
+    decision: str
+    status: int
+    reserved_usd: Decimal
+    settled_usd: Decimal
+    upstream_ms: float | None = None
+    vendor_request_id: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditRecord:
+        upstream_ms = data.get("upstream_ms")
+        return cls(
+            id=int(data["id"]),
+            at=_time(data, "at"),
+            key_id=data.get("key_id"),
+            label=data.get("label"),
+            vendor=data.get("vendor"),
+            method=str(data["method"]),
+            path=str(data["path"]),
+            decision=str(data["decision"]),
+            status=int(data["status"]),
+            reserved_usd=Decimal(str(data["reserved_usd"])),
+            settled_usd=Decimal(str(data["settled_usd"])),
+            upstream_ms=None if upstream_ms is None else float(upstream_ms),
+            vendor_request_id=data.get("vendor_request_id"),
+            raw=dict(data),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class UsageRecord:
+    """A key's spend on one UTC day."""
+
+    key_id: str
+    label: str
+    day: str
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    daily_usd_cap: Decimal
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UsageRecord:
+        return cls(
+            key_id=str(data["key_id"]),
+            label=str(data.get("label", "")),
+            day=str(data["day"]),
+            spent_usd=Decimal(str(data["spent_usd"])),
+            reserved_usd=Decimal(str(data["reserved_usd"])),
+            daily_usd_cap=Decimal(str(data["daily_usd_cap"])),
+        )

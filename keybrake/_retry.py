@@ -23,7 +23,9 @@ def is_retryable(exc: BaseException) -> bool:
 
     An error whose answer said whether to retry (``exc.retryable``) is taken at its word.
     """
-    if isinstance(exc, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
+    if isinstance(
+        exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+    ):
         return True
     if isinstance(exc, KeybrakeError) and exc.retryable is not None:
         return exc.retryable
@@ -42,7 +44,8 @@ def retry_after(exc: BaseException) -> float | None:
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """How calls to the issuance API are retried.
+    """How calls are retried: the issuance API's, and reads and idempotent writes through
+    the proxy (``vk.stripe``, reads of ``vk.twilio``).
 
     Exponential backoff with full jitter between ``initial_wait`` and ``max_wait`` seconds,
     at most ``attempts`` tries within ``deadline`` seconds; a server's ``Retry-After`` is
@@ -103,7 +106,7 @@ class RetryPolicy:
             raise
         except asyncio.TimeoutError as exc:
             raise KeybrakeTimeout("keybrake did not answer in time") from exc
-        except aiohttp.ClientConnectionError as exc:
+        except aiohttp.ClientError as exc:
             raise KeybrakeUnavailable(f"can't reach keybrake: {exc}") from exc
 
 

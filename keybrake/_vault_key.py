@@ -230,6 +230,7 @@ class VaultKey:
                 another vendor.
         """
         self._transport("stripe")  # checks the vendor
+        self._require_open("stripe_client()")
         try:
             import stripe as stripe_sdk
         except ImportError:
@@ -259,6 +260,7 @@ class VaultKey:
                 another vendor.
         """
         self._transport("twilio")
+        self._require_open("twilio_client()")
         try:
             from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
@@ -290,6 +292,10 @@ class VaultKey:
             check=self._check_usable,
         )
 
+    def _require_open(self, what: str) -> None:
+        if self._state != "open":
+            raise ConfigurationError(f"{what} needs an open vault key (it is {self._state})")
+
     def _check_usable(self) -> None:
         if self._lost is not None:
             raise self._lost
@@ -317,7 +323,7 @@ class VaultKey:
         except BaseException as exc:
             self._state = "closed"
             try:
-                if isinstance(exc, asyncio.CancelledError) and not issue.done():
+                if isinstance(exc, asyncio.CancelledError):
                     # The server may make the key anyway: let the issuance finish (bounded),
                     # then revoke what it made, so no key outlives a cancelled block.
                     await _run_to_the_end(self._abandon(issue))
@@ -355,6 +361,8 @@ class VaultKey:
         await _run_to_the_end(self._finish())
 
     async def _abandon(self, issue: asyncio.Future[IssuedKey]) -> None:
+        if issue.cancelled():
+            return
         try:
             self._issued = await asyncio.wait_for(issue, REVOKE_TIMEOUT)
         except (KeybrakeError, asyncio.TimeoutError):
@@ -430,8 +438,6 @@ class VaultKey:
             lost: KeybrakeError = VaultKeyRevoked(
                 f"vault key {issued.id} was revoked", status=401, code="key_revoked"
             )
-        elif isinstance(cause, VaultKeyExpired):
-            lost = cause
         else:
             lost = VaultKeyExpired(
                 f"vault key {issued.id} has expired", status=401, code="key_expired"

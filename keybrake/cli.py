@@ -21,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     from keybrake.server.pricing import PricingFileError
+    from keybrake.server.store import StoreUnavailable
 
     config = ServerConfig.from_env(database_url=args.database, pricing_file=args.pricing)
 
@@ -37,19 +38,111 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
     where = f"http://{args.host}:{args.port}"
-    web.run_app(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        print=lambda _: print(f"keybrake serving on {where} ({_store_name(config)})", flush=True),
-    )
+    try:
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=lambda _: print(
+                f"keybrake serving on {where} ({_store_name(config)})", flush=True
+            ),
+        )
+    except StoreUnavailable as exc:
+        print(f"keybrake serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _store_name(config: object) -> str:
     url = str(getattr(config, "database_url", ""))
     return url if url.startswith("sqlite:") else url.partition(":")[0]
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from keybrake.server.config import ServerConfig
+    from keybrake.server.store import StoreUnavailable, open_store
+    from keybrake.server.tokens import create_admin_token
+
+    config = ServerConfig.from_env(database_url=args.database)
+
+    async def run() -> int:
+        store = open_store(config.database_url)
+        await store.open()
+        try:
+            if args.action == "create":
+                token_id, token = await create_admin_token(store, args.tenant)
+                print(f"Created {token_id} for tenant {args.tenant!r}. It is shown only once:\n")
+                print(f"    KEYBRAKE_TOKEN={token}\n")
+            elif args.action == "list":
+                print(f"{'id':<22}{'tenant':<20}{'created (UTC)':<22}status")
+                for entry in await store.list_admin_tokens():
+                    created = _when(entry.created_at)
+                    status = "active"
+                    if entry.revoked_at is not None:
+                        status = f"revoked {_when(entry.revoked_at)}"
+                    print(f"{entry.id:<22}{entry.tenant:<20}{created:<22}{status}")
+            else:
+                if not await store.revoke_admin_token(args.token_id, _now()):
+                    print(f"keybrake tokens: no token {args.token_id!r}", file=sys.stderr)
+                    return 1
+                print(f"Revoked {args.token_id}.")
+            return 0
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"keybrake tokens: {exc}", file=sys.stderr)
+        return 2
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns() // 1000
+
+
+def _when(micros: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from keybrake import Keybrake, KeybrakeError
+
+    async def run() -> int:
+        async with Keybrake() as kb:
+            rows = []
+            async for record in kb.audit(key_id=args.key_id, decision=args.decision):
+                rows.append(record)
+                if len(rows) >= args.limit:
+                    break
+        header = (
+            f"{'time (UTC)':<20}{'key':<28}{'label':<16}{'decision':<22}"
+            f"{'method':<7}{'status':>6}{'settled':>10}  path"
+        )
+        print(header)
+        for r in rows:
+            print(
+                f"{r.at:%Y-%m-%d %H:%M:%S} {(r.key_id or '-'):<27} {(r.label or '')[:15]:<15} "
+                f"{r.decision:<21} {r.method:<6} {r.status:>6} {r.settled_usd:>10}  {r.path}"
+            )
+        if not rows:
+            print("(no audit entries)")
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except KeybrakeError as exc:
+        print(f"keybrake audit: {exc}", file=sys.stderr)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -77,6 +170,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)
+
+    tokens = commands.add_parser("tokens", help="manage master tokens (one tenant each)")
+    tokens.add_argument(
+        "--database", default=None, help="sqlite:///path (else KEYBRAKE_DATABASE_URL)"
+    )
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create = token_actions.add_parser("create", help="make a token; it is shown once")
+    create.add_argument("--tenant", default="default", help="the team it belongs to")
+    token_actions.add_parser("list", help="list tokens (ids and tenants, never the tokens)")
+    revoke = token_actions.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("token_id")
+    tokens.set_defaults(run=_tokens)
+
+    audit = commands.add_parser(
+        "audit", help="show the proxy's decisions (KEYBRAKE_TOKEN, KEYBRAKE_URL)"
+    )
+    audit.add_argument("--key-id", default=None)
+    audit.add_argument("--decision", default=None, help="allowed, cap_exhausted, ...")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.set_defaults(run=_audit)
 
     demo = commands.add_parser(
         "demo", help="run an agent-style scenario against a local server and localstripe"

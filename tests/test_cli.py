@@ -120,3 +120,31 @@ def test_serve_refuses_a_malformed_pricing_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "stripe.currencies.eur" in result.stderr
+
+
+def test_serve_refuses_a_database_of_another_schema_version(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.close()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keybrake.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--database",
+            f"sqlite:///{tmp_path / 'old.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "schema version 1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,10 +6,12 @@ import asyncio
 import random
 import sys
 import time
+from typing import Any
 
 import pytest
 
 from keybrake import (
+    ConfigurationError,
     Keybrake,
     KeybrakeError,
     KeybrakeUnavailable,
@@ -290,3 +292,31 @@ async def test_soak_1000_blocks_leave_no_key_active(server: RunningServer) -> No
     assert min(outcomes.values()) > 100
     assert await keys_of(server, "active") == []
     assert len(await keys_of(server)) == 1000
+
+
+async def test_cancelled_right_after_issuance_still_revokes(server: RunningServer) -> None:
+    """The cancellation lands after the key was made but before the block resumed."""
+
+    class CancelOnIssue(Keybrake):
+        async def issue_key(self, *args: Any, **kwargs: Any) -> Any:
+            issued = await super().issue_key(*args, **kwargs)
+            task = asyncio.current_task()
+            assert task is not None
+            owner.cancel()
+            return issued
+
+    async with CancelOnIssue(
+        server.admin_token, api_url=server.url, proxy_url=server.url, retry=FAST
+    ) as kb:
+        owner = asyncio.create_task(run_block(kb, [], asyncio.Event()))
+        with pytest.raises(asyncio.CancelledError):
+            await owner
+    assert len(await keys_of(server)) == 1
+    assert await keys_of(server, "active") == []
+
+
+async def test_official_clients_need_an_open_key(kb: Keybrake) -> None:
+    async with VaultKey("stripe", SEED_ENDPOINTS, cap=1, ttl="1m", client=kb) as vk:
+        pass
+    with pytest.raises(ConfigurationError, match="open vault key"):
+        vk.stripe_client()

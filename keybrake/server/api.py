@@ -23,6 +23,7 @@ from keybrake._common import (
 from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
 from keybrake.server._keys import CONFIGURED_ADMIN_HASH, METRICS, STORE
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
+from keybrake.server.openapi import openapi_document
 from keybrake.server.store import (
     AuditEntry,
     IdempotencyConflict,
@@ -162,7 +163,7 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         raise BadRequest(str(exc), param="daily_usd_cap") from None
     expires_in = _duration(data, "expires_in")
-    if data.get("max_lifetime") is None:
+    if "max_lifetime" not in data:
         max_lifetime = max(expires_in, timedelta(seconds=DEFAULT_MAX_LIFETIME_SECONDS))
     else:
         max_lifetime = _duration(data, "max_lifetime")
@@ -170,7 +171,7 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(
                 "'max_lifetime' must not be shorter than 'expires_in'", param="max_lifetime"
             )
-    metadata = data.get("metadata") or {}
+    metadata = data.get("metadata", {})
     if (
         not isinstance(metadata, dict)
         or len(metadata) > MAX_METADATA
@@ -304,7 +305,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
-    status = request.query.get("status") or None
+    status = request.query.get("status")
     if status is not None and status not in ("active", "expired", "revoked"):
         raise BadRequest("'status' must be active, expired or revoked", param="status")
     raw_limit = request.query.get("limit", "10")
@@ -314,7 +315,7 @@ async def list_keys(request: web.Request) -> web.Response:
     after = request.query.get("starting_after") or None
     store, now = _store(request), now_micros()
     if after is not None and await store.get_key(tenant, after) is None:
-        raise BadRequest(f"'starting_after' names no key: {after!r}", param="starting_after")
+        return _not_found(after)
     keys = await store.list_keys(
         tenant, status=status, limit=limit + 1, starting_after=after, now=now
     )
@@ -419,10 +420,10 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 async def list_usage(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     limit = _limit(request)
-    day = request.query.get("day") or None
+    day = request.query.get("day")
     if day is not None and not _DAY.match(day):
         raise BadRequest("'day' must be a UTC date like 2026-11-27", param="day")
-    after_raw = request.query.get("starting_after") or None
+    after_raw = request.query.get("starting_after")
     after: tuple[str, str] | None = None
     if after_raw is not None:
         after_day, _, after_key = after_raw.partition(":")
@@ -468,6 +469,10 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
 async def healthz(request: web.Request) -> web.Response:
     await _store(request).ping()
     return web.json_response({"status": "ok"})
@@ -483,3 +488,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/v1/usage", list_usage)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)

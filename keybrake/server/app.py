@@ -50,7 +50,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
-        return error_response(exc.status, code, exc.reason, vendor=vendor)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, code, exc.reason, vendor=vendor, headers=allow)
     except StoreUnavailable:
         log.exception("store unavailable")
         return error_response(
