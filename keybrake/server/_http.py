@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from datetime import datetime, timezone
@@ -26,8 +27,13 @@ def to_datetime(micros: int) -> datetime:
 
 
 def utc_day(micros: int) -> str:
-    """The spend window a moment falls in: its UTC calendar day."""
-    return to_datetime(micros).strftime("%Y-%m-%d")
+    """The spend window a moment falls in: its UTC calendar day (``"2026-11-27"``)."""
+    return _day_name(micros // 86_400_000_000)
+
+
+@functools.lru_cache(maxsize=8)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 _STRIPE_TYPES = {502: "api_error", 503: "api_error", 504: "api_error"}

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import re
 
+import attrs
+
 from keybrake.server.store import AuditEntry, Store, StoreUnavailable
 
 __all__ = ["MAX_PENDING", "AuditLog", "redact"]
@@ -24,7 +26,7 @@ MAX_PENDING = 100_000
 #: Seconds between writes.
 FLUSH_INTERVAL = 0.2
 #: Entries written in one statement.
-BATCH = 1000
+BATCH = 200
 
 _TOKEN = re.compile(r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+")
 
@@ -60,11 +62,21 @@ class AuditLog:
         """Write everything queued so far."""
         while self._pending:
             batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            # Redacted here, off the request path: nothing token-like reaches the store.
+            batch = [
+                attrs.evolve(
+                    e,
+                    path=redact(e.path),
+                    label=None if e.label is None else redact(e.label),
+                )
+                for e in batch
+            ]
             try:
                 await self._store.write_audit(batch)
             except BaseException:
                 self._pending[:0] = batch  # keep them for the next try
                 raise
+            await asyncio.sleep(0)  # let requests through between batches
 
     async def _run(self) -> None:
         while True:

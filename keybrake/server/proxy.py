@@ -401,8 +401,8 @@ class ProxyHandler:
             metrics.spend(vendor, facts.settled)
         if facts.upstream_seconds is not None:
             metrics.upstream_latency(vendor, facts.upstream_seconds)
-        path = redact(facts.path)[:MAX_AUDIT_PATH]
-        label = None if key is None else redact(key.label)
+        path = facts.path[:MAX_AUDIT_PATH]
+        label = None if key is None else key.label
         app[AUDIT].record(
             AuditEntry(
                 at=now_micros(),
@@ -423,6 +423,7 @@ class ProxyHandler:
             )
         )
         if log.isEnabledFor(logging.INFO):
+            path, label = redact(path), None if label is None else redact(label)
             log.info(
                 "%s %s %s %s key=%s label=%r status=%d settled=%s",
                 facts.decision,

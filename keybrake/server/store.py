@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("keybrake.store")
 
 
 class StoreUnavailable(Exception):
@@ -342,56 +346,61 @@ CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
     WHERE object_id IS NOT NULL AND final = 0;
 """
 SCHEMA_VERSION = 2
+#: Longest a write waits for a lock held by another process before failing closed.
+BUSY_TIMEOUT_MS = 250
+#: Seconds between background WAL checkpoints.
+CHECKPOINT_INTERVAL = 1.0
 
 
 class SQLiteStore:
-    """The embedded store: one SQLite file in WAL mode, used from one worker thread.
+    """The embedded store: one SQLite file in WAL mode, for one server process.
 
-    All statements run on a single dedicated thread, so the connection is never shared
-    between threads and the event loop never blocks on disk.
+    Statements run on the event loop's own thread: each takes microseconds, far less than a
+    hand-off to a worker thread would. What can take long, the WAL checkpoint that writes
+    pages back and syncs the file, never runs there: automatic checkpoints are off, and a
+    background thread checkpoints (``PASSIVE``, so it never blocks a writer) every
+    :data:`CHECKPOINT_INTERVAL` seconds. A write that finds the database locked by another
+    process waits at most :data:`BUSY_TIMEOUT_MS`, then fails closed.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None or self._conn is None:
-            raise StoreUnavailable("store is not open")
         conn = self._conn
-
-        def call() -> T:
-            try:
-                return fn(conn)
-            except IdempotencyConflict:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise StoreUnavailable(f"SQLite error: {exc}") from exc
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if conn is None:
+            raise StoreUnavailable("store is not open")
+        try:
+            return fn(conn)
+        except IdempotencyConflict:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            raise StoreUnavailable(f"SQLite error: {exc}") from exc
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-sqlite")
-
-        def connect() -> sqlite3.Connection:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"can't open {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             if row is not None and row[0] != SCHEMA_VERSION:
-                conn.close()
                 raise StoreUnavailable(
                     f"{self.path} has schema version {row[0]}; this keybrake needs"
                     f" {SCHEMA_VERSION} and can't migrate it"
@@ -399,26 +408,46 @@ class SQLiteStore:
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            return conn
-
-        loop = asyncio.get_running_loop()
-        try:
-            self._conn = await loop.run_in_executor(self._executor, connect)
         except BaseException as exc:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreUnavailable(f"can't open {self.path}: {exc}") from exc
             raise
+        self._conn = conn
+        if self.path != ":memory:":
+            self._checkpointer = asyncio.create_task(
+                self._checkpoint_forever(), name="keybrake-sqlite-checkpoint"
+            )
+
+    async def _checkpoint_forever(self) -> None:
+        """Write the WAL back into the database file, off the event loop."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-checkpoint")
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(
+            executor, functools.partial(sqlite3.connect, self.path, check_same_thread=False)
+        )
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL)
+                try:
+                    await loop.run_in_executor(
+                        executor, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                    )
+                except sqlite3.Error:
+                    log.warning("WAL checkpoint of %s failed; will retry", self.path)
+        finally:
+            # Runs to the end even when cancelled: the executor must not leak.
+            await asyncio.shield(loop.run_in_executor(executor, conn.close))
+            executor.shutdown(wait=False)
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
+        task, self._checkpointer = self._checkpointer, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         conn, self._conn = self._conn, None
         if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+            conn.close()
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -733,15 +762,13 @@ class SQLiteStore:
                 if earlier is not None:
                     c.execute("COMMIT")
                     return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
-            c.execute(
-                "INSERT INTO spend (key_id, day) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                (r.key_id, r.day),
-            )
-            # The whole check-and-add is this one statement.
+            # The whole check-and-add is this one statement: it creates the day's row, or adds
+            # to it, only while spent + reserved + x stays within the cap.
             row = c.execute(
-                "UPDATE spend SET reserved = reserved + :x"
-                " WHERE key_id = :k AND day = :d"
-                " AND spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
+                "INSERT INTO spend (key_id, day, spent, reserved)"
+                " SELECT :k, :d, 0, :x FROM keys WHERE id = :k AND :x <= cap_micros"
+                " ON CONFLICT (key_id, day) DO UPDATE SET reserved = reserved + :x"
+                " WHERE spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
                 " RETURNING spent, reserved",
                 {"x": r.amount, "k": r.key_id, "d": r.day},
             ).fetchone()

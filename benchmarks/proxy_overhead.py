@@ -1,0 +1,316 @@
+"""What the keybrake proxy adds to a vendor call, against a bare pass-through proxy.
+
+One run starts, each in its own process, all on 127.0.0.1:
+
+- a fast local upstream that answers ``POST /v1/payment_intents`` with a small JSON body;
+- a bare aiohttp pass-through proxy (no policy, no store);
+- ``keybrake serve`` (SQLite, full policy: key lookup, allowlist, pricing, atomic reservation,
+  settlement, audit log);
+- a load generator, also a separate process, that sends the same priced POST through each.
+
+It prints p50/p99 latency added over calling the upstream directly, at 1 and 32 connections,
+throughput, and the ratios keybrake/bare; then the round trip of ``async with VaultKey``
+(issue + revoke). Targets: added latency within 1.3x of the bare proxy's, throughput at least
+0.75x of it.
+
+    python benchmarks/proxy_overhead.py [--requests 2000] [--store sqlite|postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+HERE = Path(__file__).resolve()
+BODY = "amount=100&currency=usd"
+INTENT = {"id": "pi_bench", "object": "payment_intent", "amount": 100, "currency": "usd"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the roles, each run in its own process ---------------------------------------------------
+
+
+def run_upstream(port: int) -> None:
+    payload = json.dumps(INTENT).encode()
+
+    async def intent(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=payload, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", intent)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_bare_proxy(port: int, upstream: str) -> None:
+    """Forward everything under /stripe/ to the upstream: what any reverse proxy does."""
+
+    async def lifecycle(app: web.Application) -> object:
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[SESSION].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {
+            "Content-Type": request.headers.get("Content-Type", ""),
+            "Authorization": "Bearer sk_test_bench",
+        }
+        path = request.raw_path[len("/stripe") :]
+        async with request.app[SESSION].request(
+            request.method, upstream + path, data=body, headers=headers
+        ) as response:
+            payload = await response.read()
+            return web.Response(
+                status=response.status,
+                body=payload,
+                content_type=response.content_type,
+            )
+
+    app = web.Application()
+    app.cleanup_ctx.append(lifecycle)  # type: ignore[arg-type]
+    app.router.add_route("*", "/stripe/{tail:.*}", forward)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+
+
+def run_load(url: str, token: str, connections: int, requests: int) -> None:
+    """Send ``requests`` priced POSTs over ``connections`` connections; print JSON results."""
+
+    async def main() -> None:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def worker(count: int, record: bool) -> None:
+                for _ in range(count):
+                    started = time.perf_counter()
+                    async with http.post(url, data=BODY, headers=headers) as response:
+                        await response.read()
+                    if record:
+                        latencies.append(time.perf_counter() - started)
+                        statuses[response.status] = statuses.get(response.status, 0) + 1
+
+            warmup = max(connections * 5, 50)
+            await asyncio.gather(
+                *(worker(warmup // connections, False) for _ in range(connections))
+            )
+            started = time.perf_counter()
+            per = requests // connections
+            await asyncio.gather(*(worker(per, True) for _ in range(connections)))
+            elapsed = time.perf_counter() - started
+        print(json.dumps({"latencies": latencies, "elapsed": elapsed, "statuses": statuses}))
+
+    asyncio.run(main())
+
+
+# -- the orchestra --------------------------------------------------------------------------
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def wait_for(url: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def load(url: str, token: str, connections: int, requests: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE),
+            "--role",
+            "load",
+            "--url",
+            url,
+            "--token",
+            token,
+            "--connections",
+            str(connections),
+            "--requests",
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    ordered = sorted(result["latencies"])
+    ok = result["statuses"].get("200", 0)
+    if ok != len(ordered):
+        raise RuntimeError(f"not every request succeeded: {result['statuses']}")
+    return {
+        "p50": statistics.median(ordered) * 1000,
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "rps": len(ordered) / result["elapsed"],
+    }
+
+
+async def issue_bench_key(url: str, admin: str) -> tuple[str, list[float]]:
+    from keybrake import Keybrake, VaultKey
+
+    async with Keybrake(admin, api_url=url, proxy_url=url) as kb:
+        issued = await kb.issue_key(
+            "stripe", ["POST /v1/payment_intents"], cap=10_000_000, ttl="2h"
+        )
+        round_trips = []
+        for _ in range(220):
+            started = time.perf_counter()
+            async with VaultKey("stripe", ["/v1/payment_intents"], cap=1, ttl="1m", client=kb):
+                pass
+            round_trips.append((time.perf_counter() - started) * 1000)
+    return issued.token, round_trips[20:]
+
+
+def orchestrate(requests: int, store: str) -> None:
+    upstream_port, bare_port, kb_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    admin = "kb_admin_benchmark"
+    with tempfile.TemporaryDirectory() as tmp:
+        database = f"sqlite:///{Path(tmp) / 'bench.db'}" if store == "sqlite" else store
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KEYBRAKE_")},
+            "KEYBRAKE_ADMIN_TOKEN": admin,
+            "KEYBRAKE_STRIPE_SECRET_KEY": "sk_test_bench",
+            "KEYBRAKE_STRIPE_API_BASE": upstream,
+        }
+        with (
+            process(str(HERE), "--role", "upstream", "--port", str(upstream_port)),
+            process(str(HERE), "--role", "bare", "--port", str(bare_port), "--url", upstream),
+            process(
+                "-m",
+                "keybrake.cli",
+                "serve",
+                "--port",
+                str(kb_port),
+                "--database",
+                database,
+                "--log-level",
+                "warning",
+                env=env,
+            ),
+        ):
+            for url in (
+                upstream,
+                f"http://127.0.0.1:{bare_port}/stripe/",
+                f"http://127.0.0.1:{kb_port}/healthz",
+            ):
+                wait_for(url)
+            keybrake_url = f"http://127.0.0.1:{kb_port}"
+            token, round_trips = asyncio.run(issue_bench_key(keybrake_url, admin))
+            rows = []
+            for connections in (1, 32):
+                n = requests if connections == 32 else max(200, requests // 4)
+                direct = load(f"{upstream}/v1/payment_intents", "x", connections, n)
+                bare = load(
+                    f"http://127.0.0.1:{bare_port}/stripe/v1/payment_intents", "x", connections, n
+                )
+                kb = load(f"{keybrake_url}/stripe/v1/payment_intents", token, connections, n)
+                rows.append((connections, direct, bare, kb))
+
+    print(
+        f"store: {'sqlite' if store == 'sqlite' else store.partition(':')[0]}, "
+        f"{requests} requests at 32 connections, {max(200, requests // 4)} at 1"
+    )
+    print(
+        f"{'conns':>5} {'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
+        f"{'req/s':>9}"
+    )
+    for connections, direct, bare, kb in rows:
+        for name, r in (("direct", direct), ("bare", bare), ("keybrake", kb)):
+            added50 = r["p50"] - direct["p50"]
+            added99 = r["p99"] - direct["p99"]
+            print(
+                f"{connections:>5} {name:<10}{r['p50']:>9.3f}{r['p99']:>9.3f}"
+                f"{added50:>9.3f}{added99:>9.3f}{r['rps']:>9.0f}"
+            )
+    print()
+    print(
+        f"{'conns':>5} {'added p50 kb/bare':>19}{'added p99 kb/bare':>19}{'throughput kb/bare':>20}"
+    )
+    for connections, direct, bare, kb in rows:
+        ratio50 = (kb["p50"] - direct["p50"]) / max(bare["p50"] - direct["p50"], 1e-9)
+        ratio99 = (kb["p99"] - direct["p99"]) / max(bare["p99"] - direct["p99"], 1e-9)
+        print(f"{connections:>5} {ratio50:>19.2f}{ratio99:>19.2f}{kb['rps'] / bare['rps']:>20.2f}")
+    ordered = sorted(round_trips)
+    print()
+    print(
+        f"async with VaultKey (issue + revoke): p50 {statistics.median(ordered):.2f} ms, "
+        f"p99 {ordered[int(len(ordered) * 0.99) - 1]:.2f} ms (n={len(ordered)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=["main", "upstream", "bare", "load"], default="main")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--url", default="")
+    parser.add_argument("--token", default="")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--store", default="sqlite", help="sqlite, or a postgresql:// URL")
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port)
+    elif args.role == "bare":
+        run_bare_proxy(args.port, args.url)
+    elif args.role == "load":
+        run_load(args.url, args.token, args.connections, args.requests)
+    else:
+        orchestrate(args.requests, args.store)
+
+
+if __name__ == "__main__":
+    main()
