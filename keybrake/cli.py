@@ -145,6 +145,39 @@ def _audit(args: argparse.Namespace) -> int:
         return 2
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from keybrake.server.config import ServerConfig
+    from keybrake.server.store import StoreUnavailable
+
+    config = ServerConfig.from_env(database_url=args.database)
+    if not config.database_url.startswith(("postgresql://", "postgres://")):
+        print("keybrake migrate: SQLite needs no migration (its schema is made on start)")
+        return 0
+
+    async def run() -> list[int]:
+        from keybrake.server.postgres import PostgresStore
+
+        store = PostgresStore(config.database_url)
+        await store.open(check_schema=False)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        applied = asyncio.run(run())
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"keybrake migrate: {exc}", file=sys.stderr)
+        return 2
+    if applied:
+        print(f"applied schema versions {', '.join(map(str, applied))}")
+    else:
+        print("the schema is up to date")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from keybrake._demo import run_demo
 
@@ -161,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--database",
         default=None,
-        help="sqlite:///path (else KEYBRAKE_DATABASE_URL, else sqlite:///keybrake.db)",
+        help="sqlite:///path or postgresql://... (else KEYBRAKE_DATABASE_URL, else"
+        " sqlite:///keybrake.db)",
     )
     serve.add_argument(
         "--pricing",
@@ -170,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
+    migrate.add_argument(
+        "--database", default=None, help="postgresql://... (else KEYBRAKE_DATABASE_URL)"
+    )
+    migrate.set_defaults(run=_migrate)
 
     tokens = commands.add_parser("tokens", help="manage master tokens (one tenant each)")
     tokens.add_argument(

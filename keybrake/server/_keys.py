@@ -8,17 +8,27 @@ import aiohttp
 from aiohttp import web
 
 from keybrake.server.audit import AuditLog
+from keybrake.server.ledger import Ledger
 from keybrake.server.metrics import Metrics
 from keybrake.server.store import Store
 
 if TYPE_CHECKING:
     from keybrake.server.proxy import Vendor
 
-__all__ = ["AUDIT", "CONFIGURED_ADMIN_HASH", "METRICS", "STORE", "UPSTREAM_SESSION", "VENDORS"]
+__all__ = [
+    "AUDIT",
+    "CONFIGURED_ADMIN_HASH",
+    "LEDGER",
+    "METRICS",
+    "STORE",
+    "UPSTREAM_SESSION",
+    "VENDORS",
+]
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
+LEDGER: web.AppKey[Ledger] = web.AppKey("ledger", Ledger)
 #: SHA-256 of the master token given by configuration ("" when none is).
 CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str)
 VENDORS: web.AppKey[dict[str, Vendor]] = web.AppKey("vendors", dict)

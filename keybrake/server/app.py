@@ -10,9 +10,17 @@ from aiohttp import web
 
 from keybrake.server import api, proxy
 from keybrake.server._http import error_response, hash_token
-from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, METRICS, STORE, UPSTREAM_SESSION
+from keybrake.server._keys import (
+    AUDIT,
+    CONFIGURED_ADMIN_HASH,
+    LEDGER,
+    METRICS,
+    STORE,
+    UPSTREAM_SESSION,
+)
 from keybrake.server.audit import AuditLog
 from keybrake.server.config import ServerConfig
+from keybrake.server.ledger import Ledger
 from keybrake.server.metrics import Metrics
 from keybrake.server.store import Store, StoreUnavailable, open_store
 from keybrake.server.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
@@ -99,6 +107,8 @@ def create_app(
         app[UPSTREAM_SESSION] = session
         audit = app[AUDIT] = AuditLog(the_store)
         audit.start()
+        ledger = app[LEDGER] = Ledger(the_store)
+        ledger.start()
         try:
             if (
                 config.admin_token is None
@@ -109,6 +119,7 @@ def create_app(
                 on_new_admin_token(token)
             yield
         finally:
+            await ledger.close()
             await audit.close()
             await session.close()
             await the_store.close()

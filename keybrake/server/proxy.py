@@ -33,7 +33,7 @@ from yarl import URL
 
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
 from keybrake.server._http import error_response, hash_token, now_micros, utc_day
-from keybrake.server._keys import AUDIT, METRICS, STORE, UPSTREAM_SESSION, VENDORS
+from keybrake.server._keys import AUDIT, LEDGER, METRICS, STORE, UPSTREAM_SESSION, VENDORS
 from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
 from keybrake.server.pricing import load_pricers
@@ -43,7 +43,6 @@ from keybrake.server.store import (
     Reservation,
     ReserveResult,
     Settlement,
-    SpendState,
     Store,
     StoreUnavailable,
 )
@@ -291,8 +290,8 @@ class ProxyHandler:
                 amount=quote.micros,
                 idem_hash=idem_hash,
             )
-            result, spend = await _reserve(
-                store, reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
+            result, spend = await request.app[LEDGER].reserve(
+                reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
             )
             if result is ReserveResult.CAP_EXHAUSTED:
                 facts.reserved = 0
@@ -338,6 +337,7 @@ class ProxyHandler:
         body = quote.body if quote.body is not None else vendor_request.body
         session = request.app[UPSTREAM_SESSION]
         refuse = functools.partial(self._refuse, facts)
+        ledger = request.app[LEDGER]
         kept = Settlement(quote.micros)
         started = time.perf_counter()
         try:
@@ -347,17 +347,17 @@ class ProxyHandler:
                 payload = await upstream.read()
         except aiohttp.ClientConnectorError:
             # Nothing reached the vendor: the reservation can safely go back.
-            await _finish(store, reservation, None)
+            await ledger.finish(reservation, None)
             return refuse(502, "upstream_unavailable", f"can't reach {vendor.name}")
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             # The request may have reached the vendor: keep it counted.
-            await _finish(store, reservation, kept)
+            await ledger.finish(reservation, kept)
             facts.settled = kept.actual if reservation else 0
             timeout = isinstance(exc, asyncio.TimeoutError)
             code = "upstream_timeout" if timeout else "upstream_unavailable"
             return refuse(504 if timeout else 502, code, f"{vendor.name} did not answer in full")
         except asyncio.CancelledError:
-            await _finish(store, reservation, kept)
+            await ledger.finish(reservation, kept)
             facts.decision, facts.status = "cancelled", 499
             facts.settled = kept.actual if reservation else 0
             raise
@@ -376,14 +376,14 @@ class ProxyHandler:
                 settlement = Settlement(
                     outcome.micros, outcome.final, request_id, outcome.object_id
                 )
-                await _finish(store, reservation, settlement)
+                await ledger.finish(reservation, settlement)
             for report in vendor.pricer.reports(vendor_request, payload):
                 await store.correct_price(report.object_id, report.micros, now_micros())
         elif 400 <= upstream.status < 500:
-            await _finish(store, reservation, None)  # the vendor refused: nothing was spent
+            await ledger.finish(reservation, None)  # the vendor refused: nothing was spent
         else:
             facts.settled = quote.micros if reservation is not None else 0
-            await _finish(store, reservation, Settlement(quote.micros, True, request_id))
+            await ledger.finish(reservation, Settlement(quote.micros, True, request_id))
         out_headers = {
             name: value
             for name, value in upstream.headers.items()
@@ -459,39 +459,6 @@ async def _lookup(
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-async def _reserve(
-    store: Store, reservation: Reservation, now: int, *, replay_after: int
-) -> tuple[ReserveResult, SpendState]:
-    """Reserve; if the handler is cancelled meanwhile, give back what was reserved."""
-    task = asyncio.ensure_future(store.reserve(reservation, now, replay_after=replay_after))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        result, _ = await task
-        if result is ReserveResult.RESERVED:
-            await store.release(reservation.id, now_micros())
-        raise
-
-
-async def _finish(
-    store: Store, reservation: Reservation | None, settlement: Settlement | None
-) -> None:
-    """Settle (or, without a settlement, release) a reservation, even if cancelled meanwhile."""
-    if reservation is None:
-        return
-    now = now_micros()
-    if settlement is not None:
-        work = store.settle(reservation.id, settlement, now)
-    else:
-        work = store.release(reservation.id, now)
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
 
 
 def add_routes(app: web.Application, config: ServerConfig) -> None:

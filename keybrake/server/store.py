@@ -466,7 +466,8 @@ class SQLiteStore:
     async def list_admin_tokens(self) -> list[AdminToken]:
         rows = await self._run(
             lambda c: c.execute(
-                "SELECT id, tenant, created_at, revoked_at FROM admin_tokens ORDER BY created_at"
+                "SELECT id, tenant, created_at, revoked_at FROM admin_tokens"
+                " ORDER BY created_at, id"
             ).fetchall()
         )
         return [
@@ -928,7 +929,8 @@ def _key_from_row(row: Any) -> KeyRecord:
 
 
 def open_store(database_url: str) -> Store:
-    """Build the store a database URL names (``sqlite:///path``; ``sqlite:///:memory:``).
+    """Build the store a database URL names: ``sqlite:///path`` (``sqlite:///:memory:``) or
+    ``postgresql://user@host:port/db`` (with optional ``?schema=...&pool_size=...``).
 
     Raises:
         ValueError: an unsupported or malformed URL.
@@ -936,6 +938,8 @@ def open_store(database_url: str) -> Store:
     if database_url.startswith("sqlite:///"):
         return SQLiteStore(database_url[len("sqlite:///") :])
     if database_url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("the PostgreSQL store is not available yet; use sqlite:///path")
+        from keybrake.server.postgres import PostgresStore
+
+        return PostgresStore(database_url)
     scheme = database_url.partition(":")[0]
     raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite:///path)")

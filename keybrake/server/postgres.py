@@ -1,0 +1,684 @@
+"""The PostgreSQL store: many ``keybrake serve`` replicas, one truth (``keybrake[postgres]``).
+
+Same contract as :class:`~keybrake.server.store.SQLiteStore`, on an asyncpg connection pool:
+
+- nothing authoritative is kept in a replica's memory: every request reads the key (so a
+  revocation through any replica holds on the very next request through every other) and
+  every reservation is one conditional ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
+  spent + reserved + x <= cap RETURNING``, atomic under any number of replicas;
+- the schema is created and upgraded by ``keybrake migrate``; the server refuses to start on
+  a schema version it doesn't know;
+- when PostgreSQL can't be reached every call raises
+  :class:`~keybrake.server.store.StoreUnavailable` (the server answers 503 and forwards
+  nothing); the pool reconnects on its own when the database is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from keybrake.server.store import (
+    AdminToken,
+    AuditEntry,
+    IdempotencyConflict,
+    IdempotentIssue,
+    KeyRecord,
+    LedgerEntry,
+    Reservation,
+    ReserveResult,
+    Settlement,
+    SpendState,
+    StoreUnavailable,
+    UsageRow,
+)
+
+if TYPE_CHECKING:
+    import asyncpg
+
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "SchemaMismatch",
+]
+
+T = TypeVar("T")
+
+#: Connections per replica when the URL doesn't say (``?pool_size=N``).
+DEFAULT_POOL_SIZE = 10
+#: Seconds to wait for a connection or a statement before failing closed.
+COMMAND_TIMEOUT = 5.0
+MIGRATIONS = ("postgres_001_initial.sql",)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaMismatch(StoreUnavailable):
+    """The database's schema is not the one this keybrake knows: run ``keybrake migrate``."""
+
+
+def _split_url(url: str) -> tuple[str, str | None, int]:
+    """The DSN for asyncpg, and our own options: ``schema`` and ``pool_size``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("schema", "pool_size")}
+    rest = [(k, v) for k, v in query if k not in ("schema", "pool_size")]
+    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
+    pool_size = int(ours.get("pool_size", DEFAULT_POOL_SIZE))
+    if not 1 <= pool_size <= 1000:
+        raise ValueError("pool_size must be from 1 to 1000")
+    return dsn, ours.get("schema") or None, pool_size
+
+
+def _key(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        token_hash=row["token_hash"],
+        vendor=row["vendor"],
+        label=row["label"],
+        allowed_endpoints=tuple(json.loads(row["allowed_endpoints"])),
+        cap_micros=int(row["cap_micros"]),
+        created_at=int(row["created_at"]),
+        expires_at=int(row["expires_at"]),
+        max_expires_at=int(row["max_expires_at"]),
+        revoked_at=None if row["revoked_at"] is None else int(row["revoked_at"]),
+        metadata=dict(json.loads(row["metadata"])),
+    )
+
+
+def _audit(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=int(row["id"]),
+        at=int(row["at"]),
+        tenant=row["tenant"],
+        key_id=row["key_id"],
+        label=row["label"],
+        vendor=row["vendor"],
+        method=row["method"],
+        path=row["path"],
+        decision=row["decision"],
+        status=int(row["status"]),
+        reserved=int(row["reserved"]),
+        settled=int(row["settled"]),
+        upstream_ms=row["upstream_ms"],
+        vendor_request_id=row["vendor_request_id"],
+    )
+
+
+_STATUS_FILTERS = {
+    "active": "revoked_at IS NULL AND expires_at > $now",
+    "expired": "revoked_at IS NULL AND expires_at <= $now",
+    "revoked": "revoked_at IS NOT NULL",
+}
+
+
+class PostgresStore:
+    """The store on PostgreSQL. ``url``: ``postgresql://user@host:port/db?schema=s&pool_size=n``.
+
+    ``schema`` (optional) puts keybrake's tables in their own schema (its ``search_path``);
+    ``pool_size`` sets the connections of this replica's pool.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._dsn, self.schema, self.pool_size = _split_url(url)
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        host = urlsplit(self._dsn).hostname
+        return f"PostgresStore(host={host!r}, schema={self.schema!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @staticmethod
+    def _asyncpg() -> Any:
+        try:
+            import asyncpg
+        except ImportError:
+            raise StoreUnavailable(
+                "the PostgreSQL store needs asyncpg: pip install 'keybrake[postgres]'"
+            ) from None
+        return asyncpg
+
+    def _settings(self) -> dict[str, str]:
+        return {"search_path": self.schema} if self.schema else {}
+
+    async def open(self, *, check_schema: bool = True) -> None:
+        asyncpg = self._asyncpg()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=0,
+                max_size=self.pool_size,
+                command_timeout=COMMAND_TIMEOUT,
+                timeout=COMMAND_TIMEOUT,
+                server_settings=self._settings(),
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"can't reach PostgreSQL: {exc}") from exc
+        if check_schema:
+            version = await self.schema_version()
+            if version != SCHEMA_VERSION:
+                await self.close()
+                raise SchemaMismatch(
+                    f"the database has schema version {version}, this keybrake needs"
+                    f" {SCHEMA_VERSION}: run 'keybrake migrate --database ...'"
+                )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; any failure to reach or use the database fails closed."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is not open")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except (IdempotencyConflict, StoreUnavailable):
+            raise
+        except Exception as exc:
+            # Refused or reset connections, a server shutting down, a connection left in a
+            # broken state by one (asyncpg's InternalClientError): all fail closed.
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, transaction: bool = False) -> T:
+        async with self._connection() as conn:
+            if not transaction:
+                return await fn(conn)
+            async with conn.transaction():
+                return await fn(conn)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.fetchval("SELECT 1"))
+
+    # -- schema ---------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        async def read(c: Any) -> int:
+            exists = await c.fetchval("SELECT to_regclass('keybrake_schema_version')")
+            if exists is None:
+                return 0
+            return int(await c.fetchval("SELECT max(version) FROM keybrake_schema_version"))
+
+        return await self._run(read)
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks, in order; return the versions applied."""
+
+        async def apply(c: Any) -> list[int]:
+            if self.schema:
+                await c.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS keybrake_schema_version"
+                " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            # One migrator at a time, whatever the number of replicas started together.
+            await c.execute("SELECT pg_advisory_xact_lock(hashtext('keybrake_migrate'))")
+            current = await c.fetchval(
+                "SELECT coalesce(max(version), 0) FROM keybrake_schema_version"
+            )
+            if current > SCHEMA_VERSION:
+                raise SchemaMismatch(
+                    f"the database has schema version {current}, newer than this keybrake's"
+                    f" {SCHEMA_VERSION}"
+                )
+            applied = []
+            for version, name in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                sql = resources.files("keybrake.server.migrations").joinpath(name).read_text()
+                await c.execute(sql)
+                await c.execute(
+                    "INSERT INTO keybrake_schema_version (version) VALUES ($1)", version
+                )
+                applied.append(version)
+            return applied
+
+        return await self._run(apply, transaction=True)
+
+    # -- admin tokens ---------------------------------------------------------------------
+
+    async def add_admin_token(self, token_id: str, token_hash: str, tenant: str, now: int) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO admin_tokens (token_hash, id, tenant, created_at)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                token_hash,
+                token_id,
+                tenant,
+                now,
+            )
+        )
+
+    async def list_admin_tokens(self) -> list[AdminToken]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT id, tenant, created_at, revoked_at FROM admin_tokens"
+                " ORDER BY created_at, id"
+            )
+        )
+        return [
+            AdminToken(r["id"], r["tenant"], int(r["created_at"]), r["revoked_at"]) for r in rows
+        ]
+
+    async def revoke_admin_token(self, token_id: str, now: int) -> bool:
+        async def revoke(c: Any) -> bool:
+            await c.execute(
+                "UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                now,
+                token_id,
+            )
+            return (
+                await c.fetchval("SELECT 1 FROM admin_tokens WHERE id = $1", token_id) is not None
+            )
+
+        return await self._run(revoke)
+
+    async def count_admin_tokens(self) -> int:
+        return int(
+            await self._run(
+                lambda c: c.fetchval("SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")
+            )
+        )
+
+    async def tenant_for_admin_token(self, token_hash: str) -> str | None:
+        tenant = await self._run(
+            lambda c: c.fetchval(
+                "SELECT tenant FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                token_hash,
+            )
+        )
+        return None if tenant is None else str(tenant)
+
+    # -- keys -----------------------------------------------------------------------------
+
+    async def insert_key(
+        self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
+    ) -> None:
+        async def insert(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
+                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                key.id,
+                key.tenant,
+                key.token_hash,
+                key.vendor,
+                key.label,
+                json.dumps(list(key.allowed_endpoints)),
+                key.cap_micros,
+                key.created_at,
+                key.expires_at,
+                key.max_expires_at,
+                key.revoked_at,
+                json.dumps(key.metadata),
+            )
+            if idempotency is not None:
+                idem_hash, issue = idempotency
+                claimed = await c.fetchval(
+                    "INSERT INTO issue_idempotency"
+                    " (tenant, idem_hash, key_id, fingerprint, sealed_token, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+                    key.tenant,
+                    idem_hash,
+                    key.id,
+                    issue.fingerprint,
+                    issue.sealed_token,
+                    key.created_at,
+                )
+                if claimed is None:
+                    raise IdempotencyConflict
+
+        await self._run(insert, transaction=True)
+
+    async def find_idempotent_issue(self, tenant: str, idem_hash: str) -> IdempotentIssue | None:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT key_id, fingerprint, sealed_token FROM issue_idempotency"
+                " WHERE tenant = $1 AND idem_hash = $2",
+                tenant,
+                idem_hash,
+            )
+        )
+        return None if row is None else IdempotentIssue(row[0], row[1], row[2])
+
+    async def get_key(self, tenant: str, key_id: str) -> KeyRecord | None:
+        row = await self._run(
+            lambda c: c.fetchrow("SELECT * FROM keys WHERE tenant = $1 AND id = $2", tenant, key_id)
+        )
+        return None if row is None else _key(row)
+
+    async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None:
+        row = await self._run(
+            lambda c: c.fetchrow("SELECT * FROM keys WHERE token_hash = $1", token_hash)
+        )
+        return None if row is None else _key(row)
+
+    async def list_keys(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        limit: int,
+        starting_after: str | None,
+        now: int,
+    ) -> list[KeyRecord]:
+        where, args = ["tenant = $1"], [tenant]
+        if status is not None:
+            condition = _STATUS_FILTERS[status]
+            if "$now" in condition:
+                args.append(now)  # type: ignore[arg-type]
+                condition = condition.replace("$now", f"${len(args)}")
+            where.append(condition)
+        if starting_after is not None:
+            n = len(args) + 1
+            where.append(
+                f"(created_at, id) < (SELECT created_at, id FROM keys WHERE tenant = $1"
+                f" AND id = ${n})"
+            )
+            args.append(starting_after)
+        sql = (
+            f"SELECT * FROM keys WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}"
+        )
+        rows = await self._run(lambda c: c.fetch(sql, *args, limit))
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
+        async def revoke(c: Any) -> Any:
+            await c.execute(
+                "UPDATE keys SET revoked_at = $1 WHERE tenant = $2 AND id = $3"
+                " AND revoked_at IS NULL",
+                now,
+                tenant,
+                key_id,
+            )
+            return await c.fetchrow(
+                "SELECT * FROM keys WHERE tenant = $1 AND id = $2", tenant, key_id
+            )
+
+        row = await self._run(revoke, transaction=True)
+        return None if row is None else _key(row)
+
+    async def extend_key(
+        self, tenant: str, key_id: str, now: int, new_expires_at: int
+    ) -> KeyRecord | None:
+        async def extend(c: Any) -> Any:
+            await c.execute(
+                "UPDATE keys SET expires_at = least($1, max_expires_at)"
+                " WHERE tenant = $2 AND id = $3 AND revoked_at IS NULL AND expires_at > $4",
+                new_expires_at,
+                tenant,
+                key_id,
+                now,
+            )
+            return await c.fetchrow(
+                "SELECT * FROM keys WHERE tenant = $1 AND id = $2", tenant, key_id
+            )
+
+        row = await self._run(extend, transaction=True)
+        return None if row is None else _key(row)
+
+    # -- spend ledger ---------------------------------------------------------------------
+
+    async def spend(self, key_id: str, day: str) -> SpendState:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT spent, reserved FROM spend WHERE key_id = $1 AND day = $2", key_id, day
+            )
+        )
+        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+    async def reserve(
+        self, reservation: Reservation, now: int, *, replay_after: int = 0
+    ) -> tuple[ReserveResult, SpendState]:
+        r = reservation
+
+        async def reserve(c: Any) -> tuple[ReserveResult, SpendState]:
+            if r.idem_hash is not None:
+                # Replays of one idempotency key take turns, so only the first reserves.
+                await c.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1::text || ':' || $2::text))",
+                    r.key_id,
+                    r.idem_hash,
+                )
+                earlier = await c.fetchval(
+                    "SELECT 1 FROM reservations WHERE key_id = $1 AND idem_hash = $2"
+                    " AND state <> 'released' AND created_at >= $3",
+                    r.key_id,
+                    r.idem_hash,
+                    replay_after,
+                )
+                if earlier is not None:
+                    return ReserveResult.REPLAY, await self._spend_in(c, r.key_id, r.day)
+            # The whole check-and-add is this one statement; concurrent ones on the same
+            # row wait for each other and re-check the cap against what is committed.
+            row = await c.fetchrow(
+                "INSERT INTO spend AS s (key_id, day, spent, reserved)"
+                " SELECT $1, $2, 0, $3 FROM keys WHERE id = $1 AND $3 <= cap_micros"
+                " ON CONFLICT (key_id, day) DO UPDATE SET reserved = s.reserved + $3"
+                " WHERE s.spent + s.reserved + $3"
+                " <= (SELECT cap_micros FROM keys WHERE id = $1)"
+                " RETURNING spent, reserved",
+                r.key_id,
+                r.day,
+                r.amount,
+            )
+            if row is None:
+                return ReserveResult.CAP_EXHAUSTED, await self._spend_in(c, r.key_id, r.day)
+            await c.execute(
+                "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
+                " VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+                r.id,
+                r.key_id,
+                r.day,
+                r.amount,
+                r.idem_hash,
+                now,
+            )
+            return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
+
+        return await self._run(reserve, transaction=True)
+
+    @staticmethod
+    async def _spend_in(c: Any, key_id: str, day: str) -> SpendState:
+        row = await c.fetchrow(
+            "SELECT spent, reserved FROM spend WHERE key_id = $1 AND day = $2", key_id, day
+        )
+        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+    async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
+        s = settlement
+
+        async def settle(c: Any) -> bool:
+            row = await c.fetchrow(
+                "UPDATE reservations SET state = 'settled', settled_amount = $1, final = $2,"
+                " vendor_request_id = $3, object_id = $4, finished_at = $5"
+                " WHERE id = $6 AND state = 'pending' RETURNING key_id, day, amount",
+                s.actual,
+                s.final,
+                s.vendor_request_id,
+                s.object_id,
+                now,
+                reservation_id,
+            )
+            if row is not None:
+                await c.execute(
+                    "UPDATE spend SET reserved = reserved - $1, spent = spent + $2"
+                    " WHERE key_id = $3 AND day = $4",
+                    row["amount"],
+                    s.actual,
+                    row["key_id"],
+                    row["day"],
+                )
+            return row is not None
+
+        return await self._run(settle, transaction=True)
+
+    async def release(self, reservation_id: str, now: int) -> bool:
+        async def release(c: Any) -> bool:
+            row = await c.fetchrow(
+                "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = $1"
+                " WHERE id = $2 AND state = 'pending' RETURNING key_id, day, amount",
+                now,
+                reservation_id,
+            )
+            if row is not None:
+                await c.execute(
+                    "UPDATE spend SET reserved = reserved - $1 WHERE key_id = $2 AND day = $3",
+                    row["amount"],
+                    row["key_id"],
+                    row["day"],
+                )
+            return row is not None
+
+        return await self._run(release, transaction=True)
+
+    async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
+        async def correct(c: Any) -> bool:
+            row = await c.fetchrow(
+                "SELECT id, key_id, day, settled_amount FROM reservations"
+                " WHERE object_id = $1 AND NOT final AND state = 'settled'"
+                " LIMIT 1 FOR UPDATE",
+                object_id,
+            )
+            if row is None:
+                return False
+            await c.execute(
+                "UPDATE reservations SET settled_amount = $1, final = TRUE, finished_at = $2"
+                " WHERE id = $3",
+                actual,
+                now,
+                row["id"],
+            )
+            await c.execute(
+                "UPDATE spend SET spent = spent - $1 + $2 WHERE key_id = $3 AND day = $4",
+                row["settled_amount"],
+                actual,
+                row["key_id"],
+                row["day"],
+            )
+            return True
+
+        return await self._run(correct, transaction=True)
+
+    async def ledger(self, key_id: str) -> list[LedgerEntry]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                "SELECT id, key_id, day, amount, state, settled_amount, final, object_id"
+                " FROM reservations WHERE key_id = $1 ORDER BY created_at, id",
+                key_id,
+            )
+        )
+        return [
+            LedgerEntry(
+                r["id"],
+                r["key_id"],
+                r["day"],
+                int(r["amount"]),
+                r["state"],
+                None if r["settled_amount"] is None else int(r["settled_amount"]),
+                bool(r["final"]),
+                r["object_id"],
+            )
+            for r in rows
+        ]
+
+    # -- audit and usage ------------------------------------------------------------------
+
+    async def write_audit(self, entries: list[AuditEntry]) -> None:
+        rows = [
+            (
+                e.at,
+                e.tenant,
+                e.key_id,
+                e.label,
+                e.vendor,
+                e.method,
+                e.path,
+                e.decision,
+                e.status,
+                e.reserved,
+                e.settled,
+                e.upstream_ms,
+                e.vendor_request_id,
+            )
+            for e in entries
+        ]
+        await self._run(
+            lambda c: c.executemany(
+                "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
+                " status, reserved, settled, upstream_ms, vendor_request_id)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                rows,
+            )
+        )
+
+    async def list_audit(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        decision: str | None,
+        limit: int,
+        starting_after: int | None,
+    ) -> list[AuditEntry]:
+        where, args = ["tenant = $1"], [tenant]
+        for column, value in (("key_id", key_id), ("decision", decision)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if starting_after is not None:
+            args.append(starting_after)  # type: ignore[arg-type]
+            where.append(f"id < ${len(args)}")
+        sql = (
+            f"SELECT * FROM audit WHERE {' AND '.join(where)}"
+            f" ORDER BY id DESC LIMIT ${len(args) + 1}"
+        )
+        rows = await self._run(lambda c: c.fetch(sql, *args, limit))
+        return [_audit(row) for row in rows]
+
+    async def usage(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        day: str | None,
+        limit: int,
+        starting_after: tuple[str, str] | None,
+    ) -> list[UsageRow]:
+        where, args = ["k.tenant = $1"], [tenant]
+        for column, value in (("s.key_id", key_id), ("s.day", day)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if starting_after is not None:
+            args.extend(starting_after)
+            where.append(f"(s.day, s.key_id) < (${len(args) - 1}, ${len(args)})")
+        sql = (
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros"
+            " FROM spend s JOIN keys k ON k.id = s.key_id"
+            f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC"
+            f" LIMIT ${len(args) + 1}"
+        )
+        rows = await self._run(lambda c: c.fetch(sql, *args, limit))
+        return [UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
+
+    async def count_active_keys(self, now: int) -> int:
+        return int(
+            await self._run(
+                lambda c: c.fetchval(
+                    "SELECT count(*) FROM keys WHERE revoked_at IS NULL AND expires_at > $1", now
+                )
+            )
+        )

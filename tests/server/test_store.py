@@ -1,0 +1,239 @@
+"""The same store contract, run against both stores: SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from keybrake.server.postgres import PostgresStore, SchemaMismatch
+from keybrake.server.store import (
+    AuditEntry,
+    IdempotencyConflict,
+    IdempotentIssue,
+    KeyRecord,
+    Reservation,
+    ReserveResult,
+    Settlement,
+    SQLiteStore,
+    Store,
+    StoreUnavailable,
+)
+from tests.pg import PG_URL, migrated_schema
+
+DAY = "2026-11-27"
+NOW = 1_000_000
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        the_store: Store = SQLiteStore(tmp_path / "kb.db")
+        await the_store.open()
+        yield the_store
+        await the_store.close()
+    else:
+        async with migrated_schema() as url:
+            the_store = PostgresStore(url)
+            await the_store.open()
+            yield the_store
+            await the_store.close()
+
+
+def key(
+    key_id: str = "vk_1",
+    *,
+    tenant: str = "default",
+    cap: int = 10_000_000,
+    expires_at: int = NOW + 10**9,
+    created_at: int = NOW,
+) -> KeyRecord:
+    return KeyRecord(
+        id=key_id,
+        tenant=tenant,
+        token_hash=f"hash-{key_id}",
+        vendor="stripe",
+        label="l",
+        allowed_endpoints=("/v1/**",),
+        cap_micros=cap,
+        created_at=created_at,
+        expires_at=expires_at,
+        max_expires_at=NOW + 2 * 10**9,
+        metadata={"a": "b"},
+    )
+
+
+async def test_keys(store: Store) -> None:
+    await store.insert_key(key("vk_1", created_at=NOW))
+    await store.insert_key(key("vk_2", created_at=NOW + 1, expires_at=NOW + 5))
+    await store.insert_key(key("vk_3", created_at=NOW + 2, tenant="other"))
+    assert await store.get_key("default", "vk_1") == key("vk_1")
+    assert await store.get_key("other", "vk_1") is None
+    assert (await store.get_key_by_token_hash("hash-vk_2")) == key(
+        "vk_2", created_at=NOW + 1, expires_at=NOW + 5
+    )
+
+    async def ids(**options: object) -> list[str]:
+        args: dict[str, object] = {
+            "status": None,
+            "limit": 10,
+            "starting_after": None,
+            "now": NOW + 10,
+            **options,
+        }
+        return [k.id for k in await store.list_keys("default", **args)]  # type: ignore[arg-type]
+
+    assert await ids() == ["vk_2", "vk_1"]
+    assert await ids(status="active") == ["vk_1"]
+    assert await ids(status="expired") == ["vk_2"]
+    assert await ids(limit=1) == ["vk_2"]
+    assert await ids(starting_after="vk_2") == ["vk_1"]
+
+    revoked = await store.revoke_key("default", "vk_1", NOW + 20)
+    assert revoked is not None
+    assert revoked.revoked_at == NOW + 20
+    again = await store.revoke_key("default", "vk_1", NOW + 30)
+    assert again is not None
+    assert again.revoked_at == NOW + 20
+    assert await ids(status="revoked") == ["vk_1"]
+    assert await store.revoke_key("other", "vk_1", NOW) is None
+    assert await store.count_active_keys(NOW + 10) == 1  # vk_3 of the other tenant
+
+    await store.insert_key(key("vk_4"))
+    extended = await store.extend_key("default", "vk_4", NOW, NOW + 3 * 10**9)
+    assert extended is not None
+    assert extended.expires_at == extended.max_expires_at  # never past it
+
+
+async def test_idempotent_issue(store: Store) -> None:
+    issue = IdempotentIssue("vk_1", "fp", "sealed")
+    await store.insert_key(key("vk_1"), idempotency=("idem", issue))
+    assert await store.find_idempotent_issue("default", "idem") == issue
+    with pytest.raises(IdempotencyConflict):
+        await store.insert_key(key("vk_2"), idempotency=("idem", issue))
+    assert await store.get_key("default", "vk_2") is None  # all or nothing
+
+
+async def test_reservations_race_the_cap(store: Store) -> None:
+    await store.insert_key(key(cap=1_000_000))
+
+    async def reserve(i: int) -> ReserveResult:
+        result, _ = await store.reserve(Reservation(f"r{i}", "vk_1", DAY, 30_000), NOW)
+        return result
+
+    results = await asyncio.gather(*(reserve(i) for i in range(100)))
+    assert results.count(ReserveResult.RESERVED) == 33
+    state = await store.spend("vk_1", DAY)
+    assert (state.spent, state.reserved) == (0, 990_000)
+
+
+async def test_settle_release_and_correct_happen_once(store: Store) -> None:
+    await store.insert_key(key(cap=1_000_000))
+    for i in range(3):
+        result, _ = await store.reserve(Reservation(f"r{i}", "vk_1", DAY, 100_000), NOW)
+        assert result is ReserveResult.RESERVED
+    assert await store.settle("r0", Settlement(80_000), NOW)
+    assert not await store.settle("r0", Settlement(80_000), NOW)
+    assert not await store.release("r0", NOW)
+    assert await store.release("r1", NOW)
+    assert not await store.release("r1", NOW)
+    assert not await store.release("nope", NOW)
+    assert await store.settle("r2", Settlement(100_000, final=False, object_id="SM1"), NOW)
+    assert await store.correct_price("SM1", 70_000, NOW)
+    assert not await store.correct_price("SM1", 1, NOW)
+    state = await store.spend("vk_1", DAY)
+    assert (state.spent, state.reserved) == (150_000, 0)
+    ledger = {e.id: (e.state, e.settled_amount, e.final) for e in await store.ledger("vk_1")}
+    assert ledger == {
+        "r0": ("settled", 80_000, True),
+        "r1": ("released", 0, True),
+        "r2": ("settled", 70_000, True),
+    }
+
+
+async def test_replays_reserve_once(store: Store) -> None:
+    await store.insert_key(key(cap=1_000_000))
+    results = await asyncio.gather(
+        *(
+            store.reserve(Reservation(f"r{i}", "vk_1", DAY, 1000, idem_hash="k"), NOW)
+            for i in range(10)
+        )
+    )
+    assert [r for r, _ in results].count(ReserveResult.RESERVED) == 1
+    assert (await store.spend("vk_1", DAY)).reserved == 1000
+    # A released request may be sent again under its key: it is reserved again.
+    first = next(e for e in await store.ledger("vk_1"))
+    await store.release(first.id, NOW)
+    result, _ = await store.reserve(Reservation("again", "vk_1", DAY, 1000, idem_hash="k"), NOW)
+    assert result is ReserveResult.RESERVED
+
+
+async def test_admin_tokens_audit_and_usage(store: Store) -> None:
+    await store.add_admin_token("tok_1", "h1", "team-a", NOW)
+    await store.add_admin_token("tok_2", "h2", "team-b", NOW)
+    assert await store.tenant_for_admin_token("h1") == "team-a"
+    assert await store.revoke_admin_token("tok_1", NOW)
+    assert not await store.revoke_admin_token("tok_nope", NOW)
+    assert await store.tenant_for_admin_token("h1") is None
+    assert await store.count_admin_tokens() == 1
+    assert [t.id for t in await store.list_admin_tokens()] == ["tok_1", "tok_2"]
+
+    entries = [
+        AuditEntry(
+            at=NOW + i,
+            tenant="team-a",
+            key_id="vk_1",
+            label="l",
+            vendor="stripe",
+            method="POST",
+            path="/v1/x",
+            decision="allowed" if i % 2 else "cap_exhausted",
+            status=200,
+            reserved=i,
+            settled=i,
+            upstream_ms=1.5,
+        )
+        for i in range(5)
+    ]
+    await store.write_audit(entries)
+    listed = await store.list_audit(
+        "team-a", key_id=None, decision=None, limit=10, starting_after=None
+    )
+    assert [e.reserved for e in listed] == [4, 3, 2, 1, 0]
+    assert listed[0].id is not None
+    page = await store.list_audit(
+        "team-a", key_id="vk_1", decision="allowed", limit=1, starting_after=listed[0].id
+    )
+    assert [e.reserved for e in page] == [3]
+    assert (
+        await store.list_audit("team-b", key_id=None, decision=None, limit=10, starting_after=None)
+        == []
+    )
+
+    await store.insert_key(key("vk_9", tenant="team-a"))
+    await store.reserve(Reservation("r", "vk_9", DAY, 5), NOW)
+    rows = await store.usage("team-a", key_id=None, day=None, limit=10, starting_after=None)
+    assert [(r.key_id, r.reserved) for r in rows] == [("vk_9", 5)]
+    assert await store.usage("team-b", key_id=None, day=None, limit=10, starting_after=None) == []
+
+
+async def test_postgres_refuses_an_unknown_schema() -> None:
+    async with migrated_schema() as url:
+        import asyncpg
+
+        schema = url.rpartition("schema=")[2]
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'INSERT INTO "{schema}".keybrake_schema_version VALUES (99)')
+        finally:
+            await conn.close()
+        with pytest.raises(SchemaMismatch, match="keybrake migrate"):
+            await PostgresStore(url).open()
+
+
+async def test_postgres_unreachable_fails_closed() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:9/none")
+    with pytest.raises(StoreUnavailable):
+        await store.open()
