@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -29,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -96,8 +96,9 @@ def run_bare_proxy(port: int, upstream: str) -> None:
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
 
-def run_load(url: str, token: str, connections: int, requests: int) -> None:
-    """Send ``requests`` priced POSTs over ``connections`` connections; print JSON results."""
+def run_load(urls: list[str], token: str, connections: int, requests: int) -> None:
+    """Send ``requests`` priced POSTs over ``connections`` connections, spread over ``urls``;
+    print JSON results."""
 
     async def main() -> None:
         headers = {
@@ -109,7 +110,8 @@ def run_load(url: str, token: str, connections: int, requests: int) -> None:
         connector = aiohttp.TCPConnector(limit=connections)
         async with aiohttp.ClientSession(connector=connector) as http:
 
-            async def worker(count: int, record: bool) -> None:
+            async def worker(index: int, count: int, record: bool) -> None:
+                url = urls[index % len(urls)]
                 for _ in range(count):
                     started = time.perf_counter()
                     async with http.post(url, data=BODY, headers=headers) as response:
@@ -120,11 +122,11 @@ def run_load(url: str, token: str, connections: int, requests: int) -> None:
 
             warmup = max(connections * 5, 50)
             await asyncio.gather(
-                *(worker(warmup // connections, False) for _ in range(connections))
+                *(worker(i, warmup // connections, False) for i in range(connections))
             )
             started = time.perf_counter()
             per = requests // connections
-            await asyncio.gather(*(worker(per, True) for _ in range(connections)))
+            await asyncio.gather(*(worker(i, per, True) for i in range(connections)))
             elapsed = time.perf_counter() - started
         print(json.dumps({"latencies": latencies, "elapsed": elapsed, "statuses": statuses}))
 
@@ -134,7 +136,7 @@ def run_load(url: str, token: str, connections: int, requests: int) -> None:
 # -- the orchestra --------------------------------------------------------------------------
 
 
-@contextmanager
+@contextlib.contextmanager
 def process(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, *args],
@@ -167,6 +169,7 @@ def wait_for(url: str) -> None:
 
 
 def load(url: str, token: str, connections: int, requests: int) -> dict[str, float]:
+    """Run the load generator in its own process; ``url`` may list several, comma-separated."""
     out = subprocess.run(
         [
             sys.executable,
@@ -198,20 +201,22 @@ def load(url: str, token: str, connections: int, requests: int) -> dict[str, flo
     }
 
 
-async def issue_bench_key(url: str, admin: str) -> tuple[str, list[float]]:
+async def issue_bench_key(
+    url: str, admin: str, *, round_trips: int = 220
+) -> tuple[str, list[float]]:
     from keybrake import Keybrake, VaultKey
 
     async with Keybrake(admin, api_url=url, proxy_url=url) as kb:
         issued = await kb.issue_key(
             "stripe", ["POST /v1/payment_intents"], cap=10_000_000, ttl="2h"
         )
-        round_trips = []
-        for _ in range(220):
+        times = []
+        for _ in range(round_trips):
             started = time.perf_counter()
             async with VaultKey("stripe", ["/v1/payment_intents"], cap=1, ttl="1m", client=kb):
                 pass
-            round_trips.append((time.perf_counter() - started) * 1000)
-    return issued.token, round_trips[20:]
+            times.append((time.perf_counter() - started) * 1000)
+    return issued.token, times[20:]
 
 
 def orchestrate(requests: int, store: str) -> None:
@@ -292,6 +297,73 @@ def orchestrate(requests: int, store: str) -> None:
     )
 
 
+def scaling(requests: int, database: str, counts: list[int]) -> None:
+    """keybrake on PostgreSQL with 1, 2, 4 ... replicas sharing it, under 32 connections."""
+    import secrets
+
+    from keybrake.server.postgres import PostgresStore
+
+    schema = "kb_bench_" + secrets.token_hex(4)
+    url = f"{database}{'&' if '?' in database else '?'}schema={schema}"
+
+    async def migrate(drop: bool) -> None:
+        store = PostgresStore(url)
+        await store.open(check_schema=False)
+        try:
+            if drop:
+                await store._run(lambda c: c.execute(f'DROP SCHEMA "{schema}" CASCADE'))
+            else:
+                await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate(drop=False))
+    upstream_port = free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    admin = "kb_admin_benchmark"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEYBRAKE_")},
+        "KEYBRAKE_ADMIN_TOKEN": admin,
+        "KEYBRAKE_STRIPE_SECRET_KEY": "sk_test_bench",
+        "KEYBRAKE_STRIPE_API_BASE": upstream,
+        "KEYBRAKE_DATABASE_URL": url,
+    }
+    rows = []
+    try:
+        with process(str(HERE), "--role", "upstream", "--port", str(upstream_port)):
+            wait_for(upstream)
+            for count in counts:
+                ports = [free_port() for _ in range(count)]
+                with contextlib.ExitStack() as stack:
+                    for port in ports:
+                        stack.enter_context(
+                            process(
+                                "-m",
+                                "keybrake.cli",
+                                "serve",
+                                "--port",
+                                str(port),
+                                "--log-level",
+                                "warning",
+                                env=env,
+                            )
+                        )
+                    for port in ports:
+                        wait_for(f"http://127.0.0.1:{port}/healthz")
+                    first = f"http://127.0.0.1:{ports[0]}"
+                    token, _ = asyncio.run(issue_bench_key(first, admin, round_trips=0))
+                    targets = ",".join(
+                        f"http://127.0.0.1:{port}/stripe/v1/payment_intents" for port in ports
+                    )
+                    rows.append((count, load(targets, token, 32, requests)))
+    finally:
+        asyncio.run(migrate(drop=True))
+    print(f"store: postgresql, {requests} priced requests at 32 connections, spread evenly")
+    print(f"{'replicas':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+    for count, r in rows:
+        print(f"{count:>8}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['rps']:>9.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=["main", "upstream", "bare", "load"], default="main")
@@ -300,14 +372,21 @@ def main() -> None:
     parser.add_argument("--token", default="")
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--store", default="sqlite", help="sqlite, or a postgresql:// URL")
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (against a bare proxy), or a postgresql:// URL (replica scaling)",
+    )
+    parser.add_argument("--replicas", default="1,2,4", help="with PostgreSQL: replica counts")
     args = parser.parse_args()
     if args.role == "upstream":
         run_upstream(args.port)
     elif args.role == "bare":
         run_bare_proxy(args.port, args.url)
     elif args.role == "load":
-        run_load(args.url, args.token, args.connections, args.requests)
+        run_load(args.url.split(","), args.token, args.connections, args.requests)
+    elif args.store.startswith("postgresql://"):
+        scaling(args.requests, args.store, [int(n) for n in args.replicas.split(",")])
     else:
         orchestrate(args.requests, args.store)
 

@@ -38,12 +38,14 @@ class KeyInfo:
     status: str
     revoked_at: datetime | None = None
     spent_today_usd: Decimal | None = None
+    reserved_today_usd: Decimal | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod
     def _fields_from_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         spent = data.get("spent_today_usd")
+        reserved = data.get("reserved_today_usd")
         return {
             "id": str(data["id"]),
             "vendor": str(data["vendor"]),
@@ -56,6 +58,7 @@ class KeyInfo:
             "status": str(data["status"]),
             "revoked_at": _opt_time(data, "revoked_at"),
             "spent_today_usd": None if spent is None else Decimal(str(spent)),
+            "reserved_today_usd": None if reserved is None else Decimal(str(reserved)),
             "metadata": dict(data.get("metadata") or {}),
             "raw": dict(data),
         }

@@ -212,14 +212,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.set_defaults(run=_migrate)
 
     tokens = commands.add_parser("tokens", help="manage master tokens (one tenant each)")
-    tokens.add_argument(
-        "--database", default=None, help="sqlite:///path (else KEYBRAKE_DATABASE_URL)"
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database",
+        default=argparse.SUPPRESS,
+        help="sqlite:///path or postgresql://... (else KEYBRAKE_DATABASE_URL)",
     )
+    tokens.add_argument("--database", default=None, help=argparse.SUPPRESS)
     token_actions = tokens.add_subparsers(dest="action", required=True)
-    create = token_actions.add_parser("create", help="make a token; it is shown once")
+    create = token_actions.add_parser(
+        "create", help="make a token; it is shown once", parents=[database]
+    )
     create.add_argument("--tenant", default="default", help="the team it belongs to")
-    token_actions.add_parser("list", help="list tokens (ids and tenants, never the tokens)")
-    revoke = token_actions.add_parser("revoke", help="revoke a token by id")
+    token_actions.add_parser(
+        "list", help="list tokens (ids and tenants, never the tokens)", parents=[database]
+    )
+    revoke = token_actions.add_parser("revoke", help="revoke a token by id", parents=[database])
     revoke.add_argument("token_id")
     tokens.set_defaults(run=_tokens)
 

@@ -117,7 +117,24 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    if not _encodable(data):
+        raise BadRequest("request body has a string that is not valid Unicode (lone surrogate)")
     return data
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in a JSON value can be stored as UTF-8 (``"\\ud800"`` can't)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
 
 
 def _duration(data: dict[str, Any], name: str) -> timedelta:

@@ -53,8 +53,9 @@ class AuditLog:
         if len(self._pending) > MAX_PENDING:
             excess = len(self._pending) - MAX_PENDING
             del self._pending[:excess]
+            if not self.dropped:  # once per backlog, not once per request
+                log.warning("audit log backlog full: the oldest entries are dropped")
             self.dropped += excess
-            log.warning("audit log backlog full: dropped %d oldest entries", excess)
         if len(self._pending) >= BATCH:
             self._wake.set()
 
@@ -88,6 +89,13 @@ class AuditLog:
             except StoreUnavailable:
                 log.warning("audit log: store unavailable, %d entries waiting", len(self._pending))
                 await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("audit log: writing failed; will retry")
+                await asyncio.sleep(1.0)
+            else:
+                if self.dropped:
+                    log.warning("audit log: %d entries were dropped while backlogged", self.dropped)
+                    self.dropped = 0
 
     async def close(self) -> None:
         """Stop the writer and write what is left."""

@@ -111,6 +111,55 @@ def _audit(row: Any) -> AuditEntry:
     )
 
 
+# Reserve: a replay of an idempotency key reserves nothing; otherwise create the day's spend
+# row or add to it, only while spent + reserved + amount stays within the cap, and record the
+# reservation, all in one statement.
+_RESERVE = """
+WITH earlier AS (
+    SELECT 1 FROM reservations
+    WHERE $5::text IS NOT NULL AND key_id = $1 AND idem_hash = $5
+      AND state <> 'released' AND created_at >= $6
+    LIMIT 1
+), cap AS (
+    SELECT cap_micros FROM keys WHERE id = $1
+), up AS (
+    INSERT INTO spend AS s (key_id, day, spent, reserved)
+    SELECT $1, $2, 0, $3 FROM cap WHERE $3 <= cap_micros AND NOT EXISTS (SELECT 1 FROM earlier)
+    ON CONFLICT (key_id, day) DO UPDATE SET reserved = s.reserved + EXCLUDED.reserved
+    WHERE s.spent + s.reserved + EXCLUDED.reserved <= (SELECT cap_micros FROM cap)
+    RETURNING s.spent, s.reserved
+), recorded AS (
+    INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)
+    SELECT $4, $1, $2, $3, 'pending', $5, $7 FROM up
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM earlier) AS replay,
+       (SELECT spent FROM up) AS spent,
+       (SELECT reserved FROM up) AS reserved,
+       (SELECT count(*) FROM recorded) AS recorded
+"""
+_SETTLE = """
+WITH r AS (
+    UPDATE reservations SET state = 'settled', settled_amount = $1, final = $2,
+        vendor_request_id = $3, object_id = $4, finished_at = $5
+    WHERE id = $6 AND state = 'pending'
+    RETURNING key_id, day, amount
+)
+UPDATE spend AS s SET reserved = s.reserved - r.amount, spent = s.spent + $1
+FROM r WHERE s.key_id = r.key_id AND s.day = r.day
+RETURNING 1
+"""
+_RELEASE = """
+WITH r AS (
+    UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = $1
+    WHERE id = $2 AND state = 'pending'
+    RETURNING key_id, day, amount
+)
+UPDATE spend AS s SET reserved = s.reserved - r.amount
+FROM r WHERE s.key_id = r.key_id AND s.day = r.day
+RETURNING 1
+"""
+
 _STATUS_FILTERS = {
     "active": "revoked_at IS NULL AND expires_at > $now",
     "expired": "revoked_at IS NULL AND expires_at <= $now",
@@ -285,11 +334,7 @@ class PostgresStore:
         return await self._run(revoke)
 
     async def count_admin_tokens(self) -> int:
-        return int(
-            await self._run(
-                lambda c: c.fetchval("SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL")
-            )
-        )
+        return int(await self._run(lambda c: c.fetchval("SELECT count(*) FROM admin_tokens")))
 
     async def tenant_for_admin_token(self, token_hash: str) -> str | None:
         tenant = await self._run(
@@ -442,107 +487,51 @@ class PostgresStore:
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
     ) -> tuple[ReserveResult, SpendState]:
-        r = reservation
+        """Reserve in one statement (one round trip), committed durably before it answers.
 
-        async def reserve(c: Any) -> tuple[ReserveResult, SpendState]:
-            if r.idem_hash is not None:
+        Concurrent reservations on the same key and day wait for each other on the spend
+        row and re-check the cap against what is committed.
+        """
+        r = reservation
+        args = (r.key_id, r.day, r.amount, r.id, r.idem_hash, replay_after, now)
+        if r.idem_hash is None:
+            row = await self._run(lambda c: c.fetchrow(_RESERVE, *args))
+        else:
+
+            async def serialised(c: Any) -> Any:
                 # Replays of one idempotency key take turns, so only the first reserves.
                 await c.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1::text || ':' || $2::text))",
                     r.key_id,
                     r.idem_hash,
                 )
-                earlier = await c.fetchval(
-                    "SELECT 1 FROM reservations WHERE key_id = $1 AND idem_hash = $2"
-                    " AND state <> 'released' AND created_at >= $3",
-                    r.key_id,
-                    r.idem_hash,
-                    replay_after,
-                )
-                if earlier is not None:
-                    return ReserveResult.REPLAY, await self._spend_in(c, r.key_id, r.day)
-            # The whole check-and-add is this one statement; concurrent ones on the same
-            # row wait for each other and re-check the cap against what is committed.
-            row = await c.fetchrow(
-                "INSERT INTO spend AS s (key_id, day, spent, reserved)"
-                " SELECT $1, $2, 0, $3 FROM keys WHERE id = $1 AND $3 <= cap_micros"
-                " ON CONFLICT (key_id, day) DO UPDATE SET reserved = s.reserved + $3"
-                " WHERE s.spent + s.reserved + $3"
-                " <= (SELECT cap_micros FROM keys WHERE id = $1)"
-                " RETURNING spent, reserved",
-                r.key_id,
-                r.day,
-                r.amount,
-            )
-            if row is None:
-                return ReserveResult.CAP_EXHAUSTED, await self._spend_in(c, r.key_id, r.day)
-            await c.execute(
-                "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
-                " VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
-                r.id,
-                r.key_id,
-                r.day,
-                r.amount,
-                r.idem_hash,
-                now,
-            )
-            return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
+                return await c.fetchrow(_RESERVE, *args)
 
-        return await self._run(reserve, transaction=True)
+            row = await self._run(serialised, transaction=True)
+        if row["replay"]:
+            return ReserveResult.REPLAY, await self.spend(r.key_id, r.day)
+        if row["spent"] is None:
+            return ReserveResult.CAP_EXHAUSTED, await self.spend(r.key_id, r.day)
+        return ReserveResult.RESERVED, SpendState(int(row["spent"]), int(row["reserved"]))
 
-    @staticmethod
-    async def _spend_in(c: Any, key_id: str, day: str) -> SpendState:
-        row = await c.fetchrow(
-            "SELECT spent, reserved FROM spend WHERE key_id = $1 AND day = $2", key_id, day
-        )
-        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+    async def _finish(self, sql: str, *args: Any) -> bool:
+        """Settle or release in one statement. Its commit need not wait for the disk: if a
+        crash loses it, the money stays reserved (counted too much, never too little)."""
+
+        async def finish(c: Any) -> bool:
+            await c.execute("SET LOCAL synchronous_commit TO OFF")
+            return await c.fetchval(sql, *args) is not None
+
+        return await self._run(finish, transaction=True)
 
     async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
         s = settlement
-
-        async def settle(c: Any) -> bool:
-            row = await c.fetchrow(
-                "UPDATE reservations SET state = 'settled', settled_amount = $1, final = $2,"
-                " vendor_request_id = $3, object_id = $4, finished_at = $5"
-                " WHERE id = $6 AND state = 'pending' RETURNING key_id, day, amount",
-                s.actual,
-                s.final,
-                s.vendor_request_id,
-                s.object_id,
-                now,
-                reservation_id,
-            )
-            if row is not None:
-                await c.execute(
-                    "UPDATE spend SET reserved = reserved - $1, spent = spent + $2"
-                    " WHERE key_id = $3 AND day = $4",
-                    row["amount"],
-                    s.actual,
-                    row["key_id"],
-                    row["day"],
-                )
-            return row is not None
-
-        return await self._run(settle, transaction=True)
+        return await self._finish(
+            _SETTLE, s.actual, s.final, s.vendor_request_id, s.object_id, now, reservation_id
+        )
 
     async def release(self, reservation_id: str, now: int) -> bool:
-        async def release(c: Any) -> bool:
-            row = await c.fetchrow(
-                "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = $1"
-                " WHERE id = $2 AND state = 'pending' RETURNING key_id, day, amount",
-                now,
-                reservation_id,
-            )
-            if row is not None:
-                await c.execute(
-                    "UPDATE spend SET reserved = reserved - $1 WHERE key_id = $2 AND day = $3",
-                    row["amount"],
-                    row["key_id"],
-                    row["day"],
-                )
-            return row is not None
-
-        return await self._run(release, transaction=True)
+        return await self._finish(_RELEASE, now, reservation_id)
 
     async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
         async def correct(c: Any) -> bool:

@@ -377,14 +377,13 @@ class SQLiteStore:
             raise StoreUnavailable("store is not open")
         try:
             return fn(conn)
-        except IdempotencyConflict:
+        except BaseException as exc:
+            # Whatever went wrong, never leave a transaction open behind it.
             if conn.in_transaction:
                 conn.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"SQLite error: {exc}") from exc
             raise
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            raise StoreUnavailable(f"SQLite error: {exc}") from exc
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -488,11 +487,7 @@ class SQLiteStore:
         return await self._run(revoke)
 
     async def count_admin_tokens(self) -> int:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL"
-            ).fetchone()
-        )
+        row = await self._run(lambda c: c.execute("SELECT count(*) FROM admin_tokens").fetchone())
         return int(row[0])
 
     async def tenant_for_admin_token(self, token_hash: str) -> str | None:

@@ -205,3 +205,17 @@ async def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -
     with pytest.raises(StoreUnavailable, match="schema version 1"):
         await store.open()
     await store.close()
+
+
+async def test_a_lone_surrogate_is_400_and_the_store_stays_usable(server: RunningServer) -> None:
+    status, body = await call(
+        server,
+        "POST",
+        "/v1/keys",
+        raw=b'{"vendor": "stripe", "allowed_endpoints": ["/v1/x"], "daily_usd_cap": 1,'
+        b' "expires_in": 60, "label": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert (status, body["code"]) == (400, "bad_request")
+    status, _ = await call(server, "POST", "/v1/keys", body=SEED_BODY)
+    assert status == 201
