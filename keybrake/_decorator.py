@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,22 +17,41 @@ __all__ = ["vault_key"]
 R = TypeVar("R")
 
 
-def _key_parameter(fn: Callable[..., Any]) -> str:
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The function's annotations, resolved in its own module where that is possible.
+
+    The wrapper has no ``__wrapped__`` (frameworks must not find the hidden parameter through
+    it), so ``typing.get_type_hints(wrapper)`` would look names up in *this* module: string
+    annotations (``from __future__ import annotations``) are therefore resolved here, once.
+    """
     try:
-        hints = typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception:  # unresolved forward references: fall back to the raw annotations
-        hints = dict(getattr(fn, "__annotations__", {}))
-    names = [
-        name
-        for name, hint in hints.items()
-        if name != "return" and (hint is VaultKey or hint == "VaultKey")
-    ]
+        return dict(getattr(fn, "__annotations__", {}))
+
+
+def _is_vault_key(hint: Any) -> bool:
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint is VaultKey or hint == "VaultKey"
+
+
+def _key_parameter(fn: Callable[..., Any], hints: dict[str, Any]) -> str:
+    names = [name for name, hint in hints.items() if name != "return" and _is_vault_key(hint)]
     if len(names) != 1:
         raise TypeError(
             f"@vault_key needs exactly one parameter of {fn.__qualname__} annotated"
             f" 'VaultKey', found {len(names)}"
         )
     return names[0]
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """``fn``'s signature, its string annotations evaluated in ``fn``'s module if they can be."""
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:  # unresolved forward references: keep them as strings
+        return inspect.signature(fn)
 
 
 def vault_key(
@@ -43,7 +62,7 @@ def vault_key(
     ttl: str | int | timedelta,
     label: str | None = None,
     **options: Any,
-) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Coroutine[Any, Any, R]]]:
     """Issue a vault key for each call of the decorated ``async def`` and revoke it after.
 
     The parameter annotated ``VaultKey`` is filled in by the decorator and removed from the
@@ -52,6 +71,11 @@ def vault_key(
 
         @vault_key("stripe", ["/v1/refunds"], cap=100, ttl="2m")
         async def refund(charge_id: str, amount: int, vk: VaultKey) -> dict: ...
+
+    Every other parameter stays as it is, in its place: a framework's context parameter
+    (``RunContextWrapper``, ``RunContext``, an arq ``ctx``) stays first. The wrapper's
+    annotations are resolved in the function's module when it is decorated (string
+    annotations included), so frameworks that read type hints see real types.
 
     Args:
         vendor, endpoints, cap, ttl: as for :class:`VaultKey`.
@@ -64,13 +88,14 @@ def vault_key(
     # Validate the key options once, at decoration time, not on the first call.
     VaultKey(vendor, endpoints, cap, ttl, **{**options, "keepalive": False})
 
-    def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Coroutine[Any, Any, R]]:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(
                 f"@vault_key needs an 'async def' function; {fn.__qualname__} is not one"
             )
-        hidden = _key_parameter(fn)
-        full = inspect.signature(fn)
+        hints = _type_hints(fn)
+        hidden = _key_parameter(fn, hints)
+        full = _signature(fn)
         visible = full.replace(parameters=[p for p in full.parameters.values() if p.name != hidden])
         key_label = label or fn.__qualname__
         # With a *args parameter, everything before it must be passed by position.
@@ -104,9 +129,7 @@ def vault_key(
                 return await fn(*call_args, **call_kwargs)
 
         wrapper.__signature__ = visible  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {
-            k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != hidden
-        }
+        wrapper.__annotations__ = {k: v for k, v in hints.items() if k != hidden}
         del wrapper.__wrapped__  # frameworks must not find the hidden parameter through it
         return wrapper
 

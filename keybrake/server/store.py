@@ -487,6 +487,7 @@ class SQLiteStore:
         return await self._run(revoke)
 
     async def count_admin_tokens(self) -> int:
+        """Every master token ever made, revoked ones included."""
         row = await self._run(lambda c: c.execute("SELECT count(*) FROM admin_tokens").fetchone())
         return int(row[0])
 

@@ -78,8 +78,13 @@ async def test_abandoned_requests_leave_no_pending_reservation(
                         headers={"Authorization": f"Bearer {key['token']}"},
                     ) as response:
                         await response.read()
-        await asyncio.sleep(0.8)  # let the abandoned handlers finish or unwind
-        entries = await ledger_of(tmp_path / "kb.db", key["id"])
+        # Let the abandoned handlers finish (or unwind): each has its upstream answer 0.5 s
+        # after it started.
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            entries = await ledger_of(tmp_path / "kb.db", key["id"])
+            if len(entries) == 3 and all(e.state != "pending" for e in entries):
+                break
         assert len(entries) == 3
         assert not [e for e in entries if e.state == "pending"]
         # Cancelled mid-flight, a request may have reached the vendor: kept counted. Left

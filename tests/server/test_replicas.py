@@ -132,7 +132,7 @@ async def test_postgres_restart_fails_closed_then_recovers(localstripe_url: str)
             with replicas(database, localstripe_url, 2) as urls:
                 async with Keybrake(ADMIN, api_url=urls[0], proxy_url=urls[0]) as kb:
                     issued = await kb.issue_key(
-                        "stripe", ["/v1/payment_intents"], cap=1000, ttl="10m"
+                        "stripe", ["/v1/payment_intents"], cap=1_000_000, ttl="10m"
                     )
                 seen: list[tuple[float, int, str | None]] = []
                 stop = asyncio.Event()

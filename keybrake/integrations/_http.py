@@ -1,0 +1,51 @@
+"""What the web integrations share: labels from request headers, the 503 answer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_LABEL_HEADERS",
+    "UNAVAILABLE_CODE",
+    "request_label",
+    "unavailable_body",
+]
+
+#: Request headers whose values label a request's vault key, by default.
+DEFAULT_LABEL_HEADERS: tuple[str, ...] = ("X-User-Id", "X-Agent-Run-Id")
+#: The ``code`` of the 503 answer when a request's vault key can't be issued.
+UNAVAILABLE_CODE = "vault_key_unavailable"
+
+MAX_LABEL = 200  # what the issuance API accepts
+MAX_VALUE = 64  # of one header value, in a label or in metadata
+
+
+def _clean(value: str) -> str:
+    """A header value as it may appear in a label: printable, short."""
+    return "".join(c for c in value if c.isprintable()).strip()[:MAX_VALUE]
+
+
+def request_label(
+    base: str, headers: Mapping[str, str], names: Sequence[str]
+) -> tuple[str, dict[str, str]]:
+    """The label and metadata of a request's key: ``base`` plus the named headers' values.
+
+    ``request_label("POST /pay", {"X-User-Id": "u1"}, ["X-User-Id"])`` is
+    ``("POST /pay x-user-id=u1", {"x-user-id": "u1"})``. Absent or empty headers are left
+    out; values are cut to 64 printable characters and the label to 200.
+    """
+    metadata: dict[str, str] = {}
+    for name in names:
+        value = _clean(headers.get(name, ""))
+        if value:
+            metadata[name.lower()] = value
+    label = " ".join([base, *(f"{k}={v}" for k, v in metadata.items())])
+    return label[:MAX_LABEL], metadata
+
+
+def unavailable_body(vendor: str) -> dict[str, str]:
+    """The JSON body of the 503 answer: what failed, without the underlying details."""
+    return {
+        "code": UNAVAILABLE_CODE,
+        "message": f"a {vendor} vault key for this request could not be issued; try again later",
+    }

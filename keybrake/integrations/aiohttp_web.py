@@ -1,0 +1,146 @@
+"""aiohttp.web: a middleware that gives each request a vault key and revokes it after.
+
+::
+
+    from aiohttp import web
+    from keybrake.integrations.aiohttp_web import VAULT_KEY, vault_key_middleware
+
+    async def pay(request: web.Request) -> web.Response:
+        vk = request[VAULT_KEY]
+        pi = await vk.stripe.payment_intents.create(amount=2000, currency="usd")
+        return web.json_response({"id": pi.id})
+
+    payments = web.Application(
+        middlewares=[vault_key_middleware("stripe", ["/v1/payment_intents"], cap=500, ttl="5m")]
+    )
+    payments.router.add_post("/pay", pay)
+    app = web.Application()
+    app.add_subapp("/payments/", payments)   # only the sub-app's routes get a key
+
+Needs aiohttp 3.14 or later (``web.RequestKey``): ``pip install 'keybrake[aiohttp-web]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from keybrake._errors import KeybrakeError
+from keybrake._vault_key import VaultKey
+from keybrake.integrations._extras import missing_extra
+from keybrake.integrations._http import (
+    DEFAULT_LABEL_HEADERS,
+    UNAVAILABLE_CODE,
+    request_label,
+    unavailable_body,
+)
+
+try:
+    from aiohttp import web
+    from aiohttp.typedefs import Handler, Middleware
+
+    web.RequestKey  # noqa: B018 - aiohttp 3.14 and later
+except (ImportError, AttributeError) as exc:
+    raise missing_extra("aiohttp_web", "aiohttp 3.14 or later", "aiohttp-web") from exc
+
+__all__ = [
+    "DEFAULT_LABEL_HEADERS",
+    "UNAVAILABLE_CODE",
+    "VAULT_KEY",
+    "vault_key_middleware",
+]
+
+log = logging.getLogger("keybrake")
+
+#: Where :func:`vault_key_middleware` puts a request's key: ``request[VAULT_KEY]``.
+VAULT_KEY: web.RequestKey[VaultKey] = web.RequestKey("vault_key", VaultKey)
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    return f"{request.method} {path}"
+
+
+def vault_key_middleware(
+    vendor: str,
+    endpoints: list[str] | tuple[str, ...],
+    *,
+    cap: int | str | Decimal,
+    ttl: str | int | timedelta,
+    path_prefix: str = "/",
+    label: str | None = None,
+    label_headers: Sequence[str] = DEFAULT_LABEL_HEADERS,
+    request_key: web.RequestKey[VaultKey] = VAULT_KEY,
+    **key_options: Any,
+) -> Middleware:
+    """An aiohttp.web middleware that issues a vault key for each request it handles.
+
+    Requests whose path starts with ``path_prefix`` get a key in ``request[request_key]``
+    (:data:`VAULT_KEY` by default); others pass through untouched. Put it in a sub-app's
+    ``middlewares`` to scope keys to that sub-app; give nested scopes their own
+    ``web.RequestKey`` so that one key doesn't hide the other.
+
+    The key is revoked when the handler is done: after a ``web.StreamResponse`` (SSE and
+    other streams written by the handler) has been written to its end, which the
+    middleware makes sure of before revoking; a ``web.Response`` body is complete by then.
+
+    The key's label is ``label`` (default: the method and route, like ``"POST /pay"``)
+    followed by the values of ``label_headers`` present on the request; the same values go
+    into its metadata. If the key can't be issued (keybrake down or refusing), the request
+    is answered ``503 {"code": "vault_key_unavailable", "message": ...}`` without calling
+    the handler.
+
+    Args:
+        vendor: ``"stripe"`` or ``"twilio"``.
+        endpoints: the endpoint patterns the key allows.
+        cap: daily spend cap in USD.
+        ttl: the key's time to live (keepalive extends it while the request runs).
+        path_prefix: only requests under this path get a key.
+        label: the start of the key's label.
+        label_headers: request headers whose values label the key.
+        request_key: where the key goes on the request.
+        **key_options: any other :class:`keybrake.VaultKey` option; pass ``client`` to share
+            one :class:`keybrake.Keybrake` client (and its HTTP session) across requests.
+
+    Raises:
+        ConfigurationError: a bad key option (checked here, not on the first request).
+    """
+    VaultKey(vendor, endpoints, cap, ttl, **{**key_options, "keepalive": False})
+    metadata = dict(key_options.pop("metadata", None) or {})
+    names = tuple(label_headers)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(path_prefix) or request.match_info.http_exception:
+            return await handler(request)  # not ours, or no route (404, 405): no key
+        key_label, from_headers = request_label(
+            label or _route_template(request), request.headers, names
+        )
+        key = VaultKey(
+            vendor,
+            endpoints,
+            cap,
+            ttl,
+            label=key_label,
+            metadata={**from_headers, **metadata},
+            **key_options,
+        )
+        try:
+            await key.__aenter__()
+        except KeybrakeError as exc:
+            log.warning("no vault key for %s: %s", key_label, exc)
+            return web.json_response(unavailable_body(vendor), status=503)
+        try:
+            request[request_key] = key
+            response = await handler(request)
+            if response.prepared:  # a stream the handler wrote: finish it while the key lives
+                await response.write_eof()
+            return response
+        finally:
+            await key.aclose()
+
+    return middleware

@@ -1,0 +1,90 @@
+"""LangChain: structured tools that issue a vault key per call, which the model never sees.
+
+::
+
+    from keybrake import VaultKey
+    from keybrake.integrations.langchain import vault_key_tool
+
+    @vault_key_tool("stripe", ["/v1/payment_intents"], cap=50, ttl="2m")
+    async def create_payment(amount: int, currency: str, vk: VaultKey) -> str:
+        "Create a payment intent of `amount` cents."
+        return (await vk.stripe.payment_intents.create(amount=amount, currency=currency)).id
+
+    model_with_tools = chat_model.bind_tools([create_payment])
+
+``@tool`` over :func:`keybrake.vault_key` builds the same schema; :func:`vault_key_tool` also
+turns keybrake's errors into tool messages the model can read. Needs
+``pip install 'keybrake[langchain]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from keybrake._decorator import vault_key
+from keybrake._errors import KeybrakeError
+from keybrake.integrations._extras import missing_extra
+from keybrake.integrations._tools import model_message, report_key_errors
+
+try:
+    from langchain_core.tools import StructuredTool, ToolException
+except ImportError as exc:
+    raise missing_extra("langchain", "LangChain (langchain-core)", "langchain") from exc
+
+__all__ = ["vault_key_tool"]
+
+
+def _tool_exception(exc: KeybrakeError) -> ToolException:
+    return ToolException(model_message(exc))
+
+
+def vault_key_tool(
+    vendor: str,
+    endpoints: list[str] | tuple[str, ...],
+    *,
+    cap: int | str | Decimal,
+    ttl: str | int | timedelta,
+    label: str | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    parse_docstring: bool = False,
+    **key_options: Any,
+) -> Callable[[Callable[..., Awaitable[Any]]], StructuredTool]:
+    """Make an ``async def`` a ``StructuredTool`` that gets a fresh vault key for each call.
+
+    The parameter annotated ``VaultKey`` is left out of ``args_schema`` and
+    ``tool_call_schema`` and filled in for each call; the key is revoked when the call
+    returns. When keybrake refuses or is down, the tool answers with an error
+    ``ToolMessage`` (``status="error"``) that says why, instead of raising. Use it with
+    ``await tool.ainvoke(...)``: the key is issued on the running event loop.
+
+    Args:
+        vendor: ``"stripe"`` or ``"twilio"``.
+        endpoints: the endpoint patterns the key allows.
+        cap: daily spend cap in USD.
+        ttl: the key's time to live.
+        label: the key's label; defaults to the function's qualified name.
+        name: the tool's name; defaults to the function's name.
+        description: the tool's description; defaults to the docstring.
+        parse_docstring: take argument descriptions from a Google-style docstring.
+        **key_options: any other :class:`keybrake.VaultKey` option (``client``, ...).
+
+    Raises:
+        TypeError: the function is not ``async def`` or has no single ``VaultKey``
+            parameter.
+    """
+    with_key = vault_key(vendor, endpoints, cap=cap, ttl=ttl, label=label, **key_options)
+
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> StructuredTool:
+        return StructuredTool.from_function(
+            coroutine=report_key_errors(with_key(fn), _tool_exception),
+            name=name,
+            description=description,
+            parse_docstring=parse_docstring,
+            handle_tool_error=True,
+        )
+
+    return decorate
