@@ -37,6 +37,7 @@ RETRY_INTERVAL = 0.5
 class Ledger:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._inline = bool(getattr(store, "runs_inline", False))
         self._owed: dict[str, Settlement | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -71,6 +72,14 @@ class Ledger:
             StoreUnavailable: the store failed; whatever it may have reserved is released
                 as soon as it can be.
         """
+        if self._inline:
+            # The store answers without ever suspending: no cancellation can land between
+            # the reservation and its result, so there is nothing to shield.
+            try:
+                return await self._store.reserve(reservation, now, replay_after=replay_after)
+            except StoreUnavailable:
+                self._owe(reservation.id, None)
+                raise
         task = asyncio.ensure_future(
             self._store.reserve(reservation, now, replay_after=replay_after)
         )
@@ -94,6 +103,9 @@ class Ledger:
     async def finish(self, reservation: Reservation | None, settlement: Settlement | None) -> None:
         """Settle (or, without a settlement, release) a reservation, even if cancelled."""
         if reservation is None:
+            return
+        if self._inline:
+            await self._apply(reservation.id, settlement)  # never suspends: nothing to shield
             return
         task = asyncio.ensure_future(self._apply(reservation.id, settlement))
         try:

@@ -363,6 +363,9 @@ class SQLiteStore:
     process waits at most :data:`BUSY_TIMEOUT_MS`, then fails closed.
     """
 
+    #: Every call completes without suspending the event loop (see the class docstring).
+    runs_inline = True
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
