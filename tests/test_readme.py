@@ -27,3 +27,13 @@ def test_readme_opens_with_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert readme_commands()[1] in ci.splitlines()
+
+
+def test_readme_python_examples_compile() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)\n```", text, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        # Top-level `async with` is valid in an async context; wrap each example in one.
+        body = "\n".join("    " + line for line in block.splitlines())
+        compile(f"async def _example():\n{body}\n", "README.md", "exec")
