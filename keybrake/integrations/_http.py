@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+from keybrake._errors import KeybrakeError
+from keybrake._vault_key import VaultKey
 
 __all__ = [
     "DEFAULT_LABEL_HEADERS",
     "UNAVAILABLE_CODE",
+    "open_request_key",
     "request_label",
     "unavailable_body",
 ]
+
+log = logging.getLogger("keybrake")
 
 #: Request headers whose values label a request's vault key, by default.
 DEFAULT_LABEL_HEADERS: tuple[str, ...] = ("X-User-Id", "X-Agent-Run-Id")
@@ -41,6 +49,41 @@ def request_label(
             metadata[name.lower()] = value
     label = " ".join([base, *(f"{k}={v}" for k, v in metadata.items())])
     return label[:MAX_LABEL], metadata
+
+
+async def open_request_key(
+    vendor: str,
+    endpoints: Sequence[str],
+    cap: Any,
+    ttl: Any,
+    *,
+    label: str,
+    headers: Mapping[str, str],
+    label_headers: Sequence[str],
+    metadata: Mapping[str, str],
+    key_options: Mapping[str, Any],
+) -> VaultKey:
+    """Issue (enter) a request's vault key, labelled from its headers.
+
+    Raises:
+        KeybrakeError: keybrake could not issue it (logged; the caller answers 503).
+    """
+    key_label, from_headers = request_label(label, headers, label_headers)
+    key = VaultKey(
+        vendor,
+        list(endpoints),
+        cap,
+        ttl,
+        label=key_label,
+        metadata={**from_headers, **metadata},
+        **key_options,
+    )
+    try:
+        await key.__aenter__()
+    except KeybrakeError as exc:
+        log.warning("no vault key for %s: %s", key_label, exc)
+        raise
+    return key
 
 
 def unavailable_body(vendor: str) -> dict[str, str]:

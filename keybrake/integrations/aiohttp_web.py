@@ -34,7 +34,7 @@ from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._http import (
     DEFAULT_LABEL_HEADERS,
     UNAVAILABLE_CODE,
-    request_label,
+    open_request_key,
     unavailable_body,
 )
 
@@ -117,22 +117,19 @@ def vault_key_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(path_prefix) or request.match_info.http_exception:
             return await handler(request)  # not ours, or no route (404, 405): no key
-        key_label, from_headers = request_label(
-            label or _route_template(request), request.headers, names
-        )
-        key = VaultKey(
-            vendor,
-            endpoints,
-            cap,
-            ttl,
-            label=key_label,
-            metadata={**from_headers, **metadata},
-            **key_options,
-        )
         try:
-            await key.__aenter__()
-        except KeybrakeError as exc:
-            log.warning("no vault key for %s: %s", key_label, exc)
+            key = await open_request_key(
+                vendor,
+                endpoints,
+                cap,
+                ttl,
+                label=label or _route_template(request),
+                headers=request.headers,
+                label_headers=names,
+                metadata=metadata,
+                key_options=key_options,
+            )
+        except KeybrakeError:
             return web.json_response(unavailable_body(vendor), status=503)
         try:
             request[request_key] = key

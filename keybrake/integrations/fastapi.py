@@ -37,7 +37,7 @@ from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._http import (
     DEFAULT_LABEL_HEADERS,
     UNAVAILABLE_CODE,
-    request_label,
+    open_request_key,
     unavailable_body,
 )
 
@@ -139,22 +139,19 @@ def vault_key_dependency(
     names = tuple(label_headers)
 
     async def issue_vault_key(request: Request) -> AsyncIterator[VaultKey]:
-        key_label, from_headers = request_label(
-            label or _route_template(request), request.headers, names
-        )
-        key = VaultKey(
-            vendor,
-            endpoints,
-            cap,
-            ttl,
-            label=key_label,
-            metadata={**from_headers, **metadata},
-            **key_options,
-        )
         try:
-            await key.__aenter__()
+            key = await open_request_key(
+                vendor,
+                endpoints,
+                cap,
+                ttl,
+                label=label or _route_template(request),
+                headers=request.headers,
+                label_headers=names,
+                metadata=metadata,
+                key_options=key_options,
+            )
         except KeybrakeError as exc:
-            log.warning("no vault key for %s: %s", key_label, exc)
             raise VaultKeyUnavailable(vendor) from exc
         try:
             yield key
