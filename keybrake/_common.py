@@ -152,7 +152,8 @@ class EndpointPattern:
     """One allowlist entry: ``"[METHOD ]/path"``.
 
     ``*`` matches exactly one path segment; a trailing ``/**`` matches any number of further
-    segments (at least one); no method means any method.
+    segments, none included (``/v1/refunds/**`` matches ``/v1/refunds`` and everything below
+    it); no method means any method.
     """
 
     text: str
@@ -199,7 +200,7 @@ class EndpointPattern:
             return False
         n = len(self.segments)
         if self.open_ended:
-            if len(segments) <= n:
+            if len(segments) < n:
                 return False
         elif len(segments) != n:
             return False

@@ -83,7 +83,9 @@ def test_parse_time_accepts_z() -> None:
         ("/v1/payment_intents/*", "GET", "/v1/payment_intents/pi_1", True),
         ("/v1/payment_intents/*", "GET", "/v1/payment_intents/pi_1/confirm", False),
         ("/v1/payment_intents/**", "POST", "/v1/payment_intents/pi_1/confirm", True),
-        ("/v1/payment_intents/**", "POST", "/v1/payment_intents", False),
+        ("/v1/payment_intents/**", "POST", "/v1/payment_intents", True),  # any number: 0 too
+        ("/v1/payment_intents/**", "POST", "/v1/payment_intent", False),
+        ("/v1/payment_intents/**", "POST", "/v1", False),
         ("GET /v1/charges/*", "GET", "/v1/charges/ch_1", True),
         ("GET /v1/charges/*", "POST", "/v1/charges/ch_1", False),
         ("post /v1/refunds", "POST", "/v1/refunds", True),
