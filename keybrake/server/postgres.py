@@ -35,6 +35,7 @@ from keybrake.server.store import (
     SpendState,
     StoreUnavailable,
     UsageRow,
+    audit_row,
 )
 
 if TYPE_CHECKING:
@@ -586,24 +587,7 @@ class PostgresStore:
     # -- audit and usage ------------------------------------------------------------------
 
     async def write_audit(self, entries: list[AuditEntry]) -> None:
-        rows = [
-            (
-                e.at,
-                e.tenant,
-                e.key_id,
-                e.label,
-                e.vendor,
-                e.method,
-                e.path,
-                e.decision,
-                e.status,
-                e.reserved,
-                e.settled,
-                e.upstream_ms,
-                e.vendor_request_id,
-            )
-            for e in entries
-        ]
+        rows = [audit_row(e) for e in entries]
         await self._run(
             lambda c: c.executemany(
                 "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"

@@ -28,6 +28,7 @@ __all__ = [
     "AdminToken",
     "AuditEntry",
     "UsageRow",
+    "audit_row",
     "IdempotencyConflict",
     "LedgerEntry",
     "ReserveResult",
@@ -155,6 +156,25 @@ class AuditEntry:
     upstream_ms: float | None = None
     vendor_request_id: str | None = None
     id: int | None = None
+
+
+def audit_row(e: AuditEntry) -> tuple[Any, ...]:
+    """An audit entry's column values, in the order both stores insert them."""
+    return (
+        e.at,
+        e.tenant,
+        e.key_id,
+        e.label,
+        e.vendor,
+        e.method,
+        e.path,
+        e.decision,
+        e.status,
+        e.reserved,
+        e.settled,
+        e.upstream_ms,
+        e.vendor_request_id,
+    )
 
 
 @attrs.frozen
@@ -506,24 +526,7 @@ class SQLiteStore:
     # -- audit and usage --------------------------------------------------------------------
 
     async def write_audit(self, entries: list[AuditEntry]) -> None:
-        rows = [
-            (
-                e.at,
-                e.tenant,
-                e.key_id,
-                e.label,
-                e.vendor,
-                e.method,
-                e.path,
-                e.decision,
-                e.status,
-                e.reserved,
-                e.settled,
-                e.upstream_ms,
-                e.vendor_request_id,
-            )
-            for e in entries
-        ]
+        rows = [audit_row(e) for e in entries]
 
         def write(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
