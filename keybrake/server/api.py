@@ -21,7 +21,7 @@ from keybrake._common import (
     to_micros,
 )
 from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
-from keybrake.server._keys import CONFIGURED_ADMIN_HASH, METRICS, STORE
+from keybrake.server._keys import CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.openapi import openapi_document
 from keybrake.server.store import (
@@ -314,6 +314,7 @@ async def get_key(request: web.Request) -> web.Response:
     if key is None:
         return _not_found(key_id)
     now = now_micros()
+    await request.app[LEDGER].flush()  # spend as of every request answered so far
     spend = await store.spend(key.id, utc_day(now))
     return web.json_response(
         {**key_json(key, now, spent=spend.spent), "reserved_today_usd": format_usd(spend.reserved)}
@@ -447,6 +448,7 @@ async def list_usage(request: web.Request) -> web.Response:
         if not _DAY.match(after_day) or not after_key:
             raise BadRequest("'starting_after' must be '<day>:<key id>'", param="starting_after")
         after = (after_day, after_key)
+    await request.app[LEDGER].flush()  # spend as of every request answered so far
     rows = await _store(request).usage(
         tenant,
         key_id=request.query.get("key_id") or None,

@@ -8,6 +8,17 @@ once, whatever happens to the request in between:
 - when the store is down, a settlement (or the release of a reservation whose outcome is
   unknown) waits in memory and is retried until the store answers. Until then the money
   stays reserved, so the cap errs on the side of counting too much, never too little.
+
+With a store that runs in the event loop's thread (SQLite), the ledger also **batches**: every
+operation asked for during one turn of the event loop runs in one transaction with one
+commit, at the start of the next turn (group commit). A reservation still waits for that
+commit before its request is forwarded, and each is still its own conditional statement, in
+the order they were asked for, so the cap holds exactly. A settlement doesn't wait: the
+answer goes back to the client while it is queued, and the commit follows before the server
+reads anything else off the network. A crash between the two leaves the reservation pending
+at its bound: counted too much, never too little. :meth:`Ledger.flush` writes the queue
+now; the API calls it before reading spend, so what it shows includes every request
+answered so far.
 """
 
 from __future__ import annotations
@@ -15,10 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from keybrake.server._http import now_micros
 from keybrake.server.store import (
+    CorrectPriceOp,
+    FinishOp,
+    LedgerOp,
     Reservation,
+    ReserveOp,
     ReserveResult,
     Settlement,
     SpendState,
@@ -34,13 +51,31 @@ log = logging.getLogger("keybrake.ledger")
 RETRY_INTERVAL = 0.5
 
 
+@runtime_checkable
+class BatchingStore(Protocol):
+    """A store that runs ledger operations in the caller's thread, several per commit."""
+
+    def apply_ledger_ops(self, ops: Sequence[LedgerOp]) -> list[Any]: ...
+
+
+_Queued = tuple[LedgerOp, "asyncio.Future[Any] | None"]
+
+
 class Ledger:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._inline = bool(getattr(store, "runs_inline", False))
+        self._batching: BatchingStore | None = store if isinstance(store, BatchingStore) else None
+        self._queue: list[_Queued] = []
+        self._flush_scheduled = False
         self._owed: dict[str, Settlement | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """How many operations wait for the next batch."""
+        return len(self._queue)
 
     @property
     def owed(self) -> int:
@@ -56,6 +91,7 @@ class Ledger:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._flush_queue()
         await self._retry_owed()
         if self._owed:
             log.error(
@@ -72,6 +108,8 @@ class Ledger:
             StoreUnavailable: the store failed; whatever it may have reserved is released
                 as soon as it can be.
         """
+        if self._batching is not None:
+            return await self._reserve_batched(reservation, now, replay_after)
         if self._inline:
             # The store answers without ever suspending: no cancellation can land between
             # the reservation and its result, so there is nothing to shield.
@@ -104,6 +142,9 @@ class Ledger:
         """Settle (or, without a settlement, release) a reservation, even if cancelled."""
         if reservation is None:
             return
+        if self._batching is not None:
+            self._enqueue(FinishOp(reservation.id, settlement, now_micros()), None)
+            return
         if self._inline:
             await self._apply(reservation.id, settlement)  # never suspends: nothing to shield
             return
@@ -113,6 +154,73 @@ class Ledger:
         except asyncio.CancelledError:
             await task
             raise
+
+    async def correct_price(self, object_id: str, actual: int) -> None:
+        """Replace an estimate with the price the vendor reported for ``object_id``.
+
+        Raises:
+            StoreUnavailable: the store failed (a batching ledger logs it instead: the
+                estimate, an upper bound, stays counted).
+        """
+        if self._batching is not None:
+            self._enqueue(CorrectPriceOp(object_id, actual, now_micros()), None)
+            return
+        await self._store.correct_price(object_id, actual, now_micros())
+
+    async def flush(self) -> None:
+        """Write every queued operation now (a no-op unless the store batches)."""
+        self._flush_queue()
+
+    async def _reserve_batched(
+        self, reservation: Reservation, now: int, replay_after: int
+    ) -> tuple[ReserveResult, SpendState]:
+        done: asyncio.Future[tuple[ReserveResult, SpendState]]
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(ReserveOp(reservation, now, replay_after), done)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # Cancelled before the batch ran: the batch skips it. After: give back what it
+            # reserved (the batch runs in one go, so there is no third case).
+            if (
+                done.done()
+                and not done.cancelled()
+                and done.exception() is None
+                and done.result()[0] is ReserveResult.RESERVED
+            ):
+                self._enqueue(FinishOp(reservation.id, None, now_micros()), None)
+            raise
+
+    def _enqueue(self, op: LedgerOp, done: asyncio.Future[Any] | None) -> None:
+        self._queue.append((op, done))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_queue)
+
+    def _flush_queue(self) -> None:
+        """Run the queue in one transaction; never raises."""
+        self._flush_scheduled = False
+        store, queue, self._queue = self._batching, self._queue, []
+        live = [(op, done) for op, done in queue if done is None or not done.cancelled()]
+        if store is None or not live:
+            return
+        try:
+            results = store.apply_ledger_ops([op for op, _ in live])
+        except StoreUnavailable as exc:
+            for op, done in live:
+                if isinstance(op, ReserveOp):
+                    # Nothing was committed, but release anyway, as the unbatched path does.
+                    self._owe(op.reservation.id, None)
+                    if done is not None:
+                        done.set_exception(StoreUnavailable(str(exc)))
+                elif isinstance(op, FinishOp):
+                    self._owe(op.reservation_id, op.settlement)
+                else:
+                    log.warning("store unavailable: the price of %s stays estimated", op.object_id)
+            return
+        for (_, done), result in zip(live, results, strict=True):
+            if done is not None:
+                done.set_result(result)
 
     async def _apply(self, reservation_id: str, settlement: Settlement | None) -> None:
         try:

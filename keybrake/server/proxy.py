@@ -378,7 +378,7 @@ class ProxyHandler:
                 )
                 await ledger.finish(reservation, settlement)
             for report in vendor.pricer.reports(vendor_request, payload):
-                await store.correct_price(report.object_id, report.micros, now_micros())
+                await ledger.correct_price(report.object_id, report.micros)
         elif 400 <= upstream.status < 500:
             await ledger.finish(reservation, None)  # the vendor refused: nothing was spent
         else:

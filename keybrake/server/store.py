@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -27,6 +27,10 @@ import attrs
 __all__ = [
     "AdminToken",
     "AuditEntry",
+    "CorrectPriceOp",
+    "FinishOp",
+    "LedgerOp",
+    "ReserveOp",
     "UsageRow",
     "audit_row",
     "IdempotencyConflict",
@@ -126,6 +130,37 @@ class Settlement:
     final: bool = True
     vendor_request_id: str | None = None
     object_id: str | None = None
+
+
+@attrs.define(slots=True)
+class ReserveOp:
+    """:meth:`SQLiteStore.reserve` as one step of a batch; gives ``(ReserveResult, SpendState)``."""
+
+    reservation: Reservation
+    now: int
+    replay_after: int = 0
+
+
+@attrs.define(slots=True)
+class FinishOp:
+    """Settle a pending reservation, or release it when ``settlement`` is None; gives a bool."""
+
+    reservation_id: str
+    settlement: Settlement | None
+    now: int
+
+
+@attrs.define(slots=True)
+class CorrectPriceOp:
+    """:meth:`SQLiteStore.correct_price` as one step of a batch; gives a bool."""
+
+    object_id: str
+    actual: int
+    now: int
+
+
+#: One step of :meth:`SQLiteStore.apply_ledger_ops`.
+LedgerOp = ReserveOp | FinishOp | CorrectPriceOp
 
 
 @attrs.frozen
@@ -366,6 +401,8 @@ CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
     WHERE object_id IS NOT NULL AND final = 0;
 """
 SCHEMA_VERSION = 2
+#: Keys kept in :class:`SQLiteStore`'s look-up cache; it starts over when full.
+KEY_CACHE_SIZE = 10_000
 #: Longest a write waits for a lock held by another process before failing closed.
 BUSY_TIMEOUT_MS = 250
 #: Seconds between background WAL checkpoints.
@@ -389,12 +426,17 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
+        self._keys_by_hash: dict[str, KeyRecord] = {}
+        self._cache_version: int | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._run_now(fn)
+
+    def _run_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("store is not open")
@@ -468,6 +510,8 @@ class SQLiteStore:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         conn, self._conn = self._conn, None
+        self._keys_by_hash.clear()
+        self._cache_version = None
         if conn is not None:
             conn.close()
 
@@ -667,12 +711,35 @@ class SQLiteStore:
         return None if row is None else _key_from_row(row)
 
     async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None:
-        row = await self._run(
-            lambda c: c.execute(
+        """The key a token hash names, from the cache when nothing has changed the keys.
+
+        The proxy asks this on every request. A key's record changes only when it is revoked
+        or refreshed: through this connection, which forgets the cache then, or through
+        another connection (another process on the same file), which SQLite's
+        ``data_version`` reveals, and the cache is forgotten too. So a revocation or refresh
+        takes effect on the very next request.
+        """
+
+        def find(c: sqlite3.Connection) -> KeyRecord | None:
+            version = c.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cache_version:
+                self._keys_by_hash.clear()
+                self._cache_version = version
+            key = self._keys_by_hash.get(token_hash)
+            if key is not None:
+                return key
+            row = c.execute(
                 f"SELECT {_KEY_COLUMNS} FROM keys WHERE token_hash = ?", (token_hash,)
             ).fetchone()
-        )
-        return None if row is None else _key_from_row(row)
+            if row is None:
+                return None  # unknown tokens are never cached: asked afresh every time
+            key = _key_from_row(row)
+            if len(self._keys_by_hash) >= KEY_CACHE_SIZE:
+                self._keys_by_hash.clear()
+            self._keys_by_hash[token_hash] = key
+            return key
+
+        return await self._run(find)
 
     async def list_keys(
         self,
@@ -702,6 +769,7 @@ class SQLiteStore:
 
     async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
         def revoke(c: sqlite3.Connection) -> Any:
+            self._keys_by_hash.clear()
             c.execute(
                 "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND id = ? AND revoked_at IS NULL",
                 (now, tenant, key_id),
@@ -722,6 +790,7 @@ class SQLiteStore:
         """
 
         def extend(c: sqlite3.Connection) -> Any:
+            self._keys_by_hash.clear()
             c.execute(
                 "UPDATE keys SET expires_at = min(?, max_expires_at)"
                 " WHERE tenant = ? AND id = ? AND revoked_at IS NULL AND expires_at > ?",
@@ -752,109 +821,44 @@ class SQLiteStore:
         With ``reservation.idem_hash``, a request this key already sent (since
         ``replay_after``) and that was not refused is a replay: nothing is reserved.
         """
-        r = reservation
-
-        def reserve(c: sqlite3.Connection) -> tuple[ReserveResult, SpendState]:
-            c.execute("BEGIN IMMEDIATE")
-            if r.idem_hash is not None:
-                earlier = c.execute(
-                    "SELECT 1 FROM reservations WHERE key_id = ? AND idem_hash = ?"
-                    " AND state != 'released' AND created_at >= ?",
-                    (r.key_id, r.idem_hash, replay_after),
-                ).fetchone()
-                if earlier is not None:
-                    c.execute("COMMIT")
-                    return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
-            # The whole check-and-add is this one statement: it creates the day's row, or adds
-            # to it, only while spent + reserved + x stays within the cap.
-            row = c.execute(
-                "INSERT INTO spend (key_id, day, spent, reserved)"
-                " SELECT :k, :d, 0, :x FROM keys WHERE id = :k AND :x <= cap_micros"
-                " ON CONFLICT (key_id, day) DO UPDATE SET reserved = reserved + :x"
-                " WHERE spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
-                " RETURNING spent, reserved",
-                {"x": r.amount, "k": r.key_id, "d": r.day},
-            ).fetchone()
-            if row is None:
-                c.execute("COMMIT")
-                return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
-            c.execute(
-                "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                (r.id, r.key_id, r.day, r.amount, r.idem_hash, now),
-            )
-            c.execute("COMMIT")
-            return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
-
-        return await self._run(reserve)
+        return await self._run(
+            lambda c: _transaction(c, lambda: _reserve(c, reservation, now, replay_after))
+        )
 
     async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
         """Turn a pending reservation into spend; False if it was not pending."""
-        s = settlement
-
-        def settle(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            row = c.execute(
-                "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
-                " vendor_request_id = ?, object_id = ?, finished_at = ?"
-                " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
-                (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
-            ).fetchone()
-            if row is not None:
-                c.execute(
-                    "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
-                    " WHERE key_id = ? AND day = ?",
-                    (row[2], s.actual, row[0], row[1]),
-                )
-            c.execute("COMMIT")
-            return row is not None
-
-        return await self._run(settle)
+        return await self._run(
+            lambda c: _transaction(c, lambda: _finish(c, reservation_id, settlement, now))
+        )
 
     async def release(self, reservation_id: str, now: int) -> bool:
         """Give a pending reservation back; False if it was not pending."""
-
-        def release(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            row = c.execute(
-                "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
-                " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
-                (now, reservation_id),
-            ).fetchone()
-            if row is not None:
-                c.execute(
-                    "UPDATE spend SET reserved = reserved - ? WHERE key_id = ? AND day = ?",
-                    (row[2], row[0], row[1]),
-                )
-            c.execute("COMMIT")
-            return row is not None
-
-        return await self._run(release)
+        return await self._run(
+            lambda c: _transaction(c, lambda: _finish(c, reservation_id, None, now))
+        )
 
     async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
         """Replace an estimate with the price the vendor reported for ``object_id``."""
+        return await self._run(
+            lambda c: _transaction(c, lambda: _correct_price(c, object_id, actual, now))
+        )
 
-        def correct(c: sqlite3.Connection) -> bool:
-            c.execute("BEGIN IMMEDIATE")
-            row = c.execute(
-                "SELECT id, key_id, day, settled_amount FROM reservations"
-                " WHERE object_id = ? AND final = 0 AND state = 'settled'",
-                (object_id,),
-            ).fetchone()
-            if row is not None:
-                c.execute(
-                    "UPDATE reservations SET settled_amount = ?, final = 1, finished_at = ?"
-                    " WHERE id = ?",
-                    (actual, now, row[0]),
-                )
-                c.execute(
-                    "UPDATE spend SET spent = spent - ? + ? WHERE key_id = ? AND day = ?",
-                    (row[3], actual, row[1], row[2]),
-                )
-            c.execute("COMMIT")
-            return row is not None
+    def apply_ledger_ops(self, ops: Sequence[LedgerOp]) -> list[Any]:
+        """Run ledger operations in order, in one transaction with one commit.
 
-        return await self._run(correct)
+        Each operation gives what its method would (:meth:`reserve`, :meth:`settle` or
+        :meth:`release`, :meth:`correct_price`); every reservation is still its own
+        conditional statement, checked against what the operations before it left, so the
+        cap holds exactly. All or nothing: on failure none of them happened.
+
+        Raises:
+            StoreUnavailable: the store failed (nothing was written).
+        """
+
+        def apply(c: sqlite3.Connection) -> list[Any]:
+            return _transaction(c, lambda: [_apply_op(c, op) for op in ops])
+
+        return self._run_now(apply)
 
     async def ledger(self, key_id: str) -> list[LedgerEntry]:
         rows = await self._run(
@@ -867,6 +871,98 @@ class SQLiteStore:
         return [
             LedgerEntry(r[0], r[1], r[2], int(r[3]), r[4], r[5], bool(r[6]), r[7]) for r in rows
         ]
+
+
+def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
+    c.execute("BEGIN IMMEDIATE")
+    result = body()
+    c.execute("COMMIT")
+    return result
+
+
+def _apply_op(c: sqlite3.Connection, op: LedgerOp) -> Any:
+    if isinstance(op, FinishOp):
+        return _finish(c, op.reservation_id, op.settlement, op.now)
+    if isinstance(op, ReserveOp):
+        return _reserve(c, op.reservation, op.now, op.replay_after)
+    return _correct_price(c, op.object_id, op.actual, op.now)
+
+
+def _reserve(
+    c: sqlite3.Connection, r: Reservation, now: int, replay_after: int
+) -> tuple[ReserveResult, SpendState]:
+    if r.idem_hash is not None:
+        earlier = c.execute(
+            "SELECT 1 FROM reservations WHERE key_id = ? AND idem_hash = ?"
+            " AND state != 'released' AND created_at >= ?",
+            (r.key_id, r.idem_hash, replay_after),
+        ).fetchone()
+        if earlier is not None:
+            return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
+    # The whole check-and-add is this one statement: it creates the day's row, or adds to it,
+    # only while spent + reserved + x stays within the cap.
+    row = c.execute(
+        "INSERT INTO spend (key_id, day, spent, reserved)"
+        " SELECT :k, :d, 0, :x FROM keys WHERE id = :k AND :x <= cap_micros"
+        " ON CONFLICT (key_id, day) DO UPDATE SET reserved = reserved + :x"
+        " WHERE spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
+        " RETURNING spent, reserved",
+        {"x": r.amount, "k": r.key_id, "d": r.day},
+    ).fetchone()
+    if row is None:
+        return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
+    c.execute(
+        "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
+        " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        (r.id, r.key_id, r.day, r.amount, r.idem_hash, now),
+    )
+    return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
+
+
+def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int) -> bool:
+    if s is None:
+        row = c.execute(
+            "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            (now, reservation_id),
+        ).fetchone()
+        if row is not None:
+            c.execute(
+                "UPDATE spend SET reserved = reserved - ? WHERE key_id = ? AND day = ?",
+                (row[2], row[0], row[1]),
+            )
+        return row is not None
+    row = c.execute(
+        "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
+        " vendor_request_id = ?, object_id = ?, finished_at = ?"
+        " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+        (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
+    ).fetchone()
+    if row is not None:
+        c.execute(
+            "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
+            " WHERE key_id = ? AND day = ?",
+            (row[2], s.actual, row[0], row[1]),
+        )
+    return row is not None
+
+
+def _correct_price(c: sqlite3.Connection, object_id: str, actual: int, now: int) -> bool:
+    row = c.execute(
+        "SELECT id, key_id, day, settled_amount FROM reservations"
+        " WHERE object_id = ? AND final = 0 AND state = 'settled'",
+        (object_id,),
+    ).fetchone()
+    if row is not None:
+        c.execute(
+            "UPDATE reservations SET settled_amount = ?, final = 1, finished_at = ? WHERE id = ?",
+            (actual, now, row[0]),
+        )
+        c.execute(
+            "UPDATE spend SET spent = spent - ? + ? WHERE key_id = ? AND day = ?",
+            (row[3], actual, row[1], row[2]),
+        )
+    return row is not None
 
 
 def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
