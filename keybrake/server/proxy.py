@@ -19,6 +19,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import secrets
@@ -101,6 +102,12 @@ class Vendor:
     pricer: Pricer
     #: The vendor replays requests that repeat an ``Idempotency-Key`` (so we must not recount).
     honours_idempotency: bool = False
+    #: ``base_url`` as text without a trailing ``/``: vendor paths are appended to it.
+    base: str = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(lambda self: str(self.base_url).rstrip("/"), takes_self=True),
+    )
 
 
 def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
@@ -141,6 +148,30 @@ def _compile(patterns: tuple[str, ...]) -> tuple[EndpointPattern, ...]:
     return tuple(EndpointPattern.parse(p) for p in patterns)
 
 
+#: The same paths come again and again; a path that can't be normalised raises every time.
+_normalise = functools.lru_cache(maxsize=4096)(normalise_path)
+
+
+@functools.lru_cache(maxsize=16384)
+def _allowed(patterns: tuple[str, ...], method: str, segments: tuple[str, ...]) -> bool:
+    return any(p.matches(method, segments) for p in _compile(patterns))
+
+
+class _ReservationIds:
+    """Unique reservation ids that sort by creation: ``rsv_`` + start time + random + count.
+
+    Ids that grow keep inserts at the end of the ledger's index, and need no system call
+    each (unlike ``secrets``); the random part keeps them apart across processes.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = f"rsv_{now_micros():014x}{secrets.token_hex(4)}"
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):010x}"
+
+
 def _vault_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -178,16 +209,25 @@ class _Facts:
 
 
 class ProxyHandler:
+    def __init__(self) -> None:
+        self._ids = _ReservationIds()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        app = request.app
         raw_path = request.raw_path.partition("?")[0]
         vendor_name = request.match_info["vendor"]
         facts = _Facts(
             method=request.method.upper(),
             path=raw_path[len(vendor_name) + 1 :],
-            vendor=vendor_name if vendor_name in request.app[VENDORS] else None,
+            vendor=vendor_name if vendor_name in app[VENDORS] else None,
         )
         try:
-            return await self._handle(request, facts)
+            response = await self._handle(request, facts)
+            if facts.decision == "allowed":
+                # Send the vendor's answer now: what follows (audit, metrics) is ours alone.
+                await response.prepare(request)
+                await response.write_eof()
+            return response
         except StoreUnavailable:
             facts.decision, facts.status = "store_unavailable", 503
             raise
@@ -195,7 +235,7 @@ class ProxyHandler:
             facts.decision, facts.status = "body_too_large", 413
             raise
         finally:
-            self._record(request.app, facts)
+            self._record(app, facts)
 
     def _refuse(
         self,
@@ -209,30 +249,34 @@ class ProxyHandler:
         return error_response(status, code, message, vendor=facts.vendor, **extra)
 
     async def _handle(self, request: web.Request, facts: _Facts) -> web.StreamResponse:
-        vendors = request.app[VENDORS]
+        app = request.app
+        vendors = app[VENDORS]
         vendor = vendors.get(request.match_info["vendor"])
+        refuse = self._refuse
         if vendor is None:
-            return self._refuse(
+            return refuse(
                 facts, 404, "unknown_vendor", f"no such vendor; use one of {sorted(vendors)}"
             )
-        store = request.app[STORE]
-        refuse = functools.partial(self._refuse, facts)
+        store = app[STORE]
 
         token = _vault_token(request)
         if token is None:
-            return refuse(401, "invalid_key", "missing vault key (Authorization: Bearer ...)")
+            return refuse(
+                facts, 401, "invalid_key", "missing vault key (Authorization: Bearer ...)"
+            )
         key = await store.get_key_by_token_hash(hash_token(token))
         now = now_micros()
         if key is None:
-            return refuse(401, "invalid_key", "no such vault key")
+            return refuse(facts, 401, "invalid_key", "no such vault key")
         facts.key = key
         status = key.status(now)
         if status == "revoked":
-            return refuse(401, "key_revoked", f"vault key {key.id} was revoked")
+            return refuse(facts, 401, "key_revoked", f"vault key {key.id} was revoked")
         if status == "expired":
-            return refuse(401, "key_expired", f"vault key {key.id} has expired")
+            return refuse(facts, 401, "key_expired", f"vault key {key.id} has expired")
         if key.vendor != vendor.name:
             return refuse(
+                facts,
                 403,
                 "vendor_mismatch",
                 f"vault key {key.id} is for {key.vendor}, not {vendor.name}",
@@ -241,13 +285,14 @@ class ProxyHandler:
         query = request.raw_path.partition("?")[2]
         vendor_path = facts.path
         try:
-            segments = normalise_path(vendor_path)
+            segments = _normalise(vendor_path)
         except UnsafePathError as exc:
-            return refuse(400, "bad_request", f"refused path: {exc}")
+            return refuse(facts, 400, "bad_request", f"refused path: {exc}")
         method = facts.method
-        if not any(p.matches(method, segments) for p in _compile(key.allowed_endpoints)):
+        if not _allowed(key.allowed_endpoints, method, segments):
             attempted = f"{method} {vendor_path}"
             return refuse(
+                facts,
                 403,
                 "endpoint_not_allowed",
                 f"{attempted} is not in this key's allowed endpoints",
@@ -256,7 +301,7 @@ class ProxyHandler:
             )
         if vendor.authorization is None:
             return refuse(
-                503, "vendor_not_configured", f"the server has no {vendor.name} credentials"
+                facts, 503, "vendor_not_configured", f"the server has no {vendor.name} credentials"
             )
 
         body = await request.read()
@@ -267,15 +312,17 @@ class ProxyHandler:
             content_type=request.headers.get("Content-Type", ""),
             body=body,
         )
-        session = request.app[UPSTREAM_SESSION]
+        session = app[UPSTREAM_SESSION]
         try:
             quote = await vendor.pricer.quote(
                 vendor_request, functools.partial(_lookup, session, vendor)
             )
         except PricingRefusal as refusal:
-            return refuse(refusal.status, refusal.code, refusal.message)
+            return refuse(facts, refusal.status, refusal.code, refusal.message)
         except _UpstreamDown:
-            return refuse(502, "upstream_unavailable", f"can't reach {vendor.name} to price this")
+            return refuse(
+                facts, 502, "upstream_unavailable", f"can't reach {vendor.name} to price this"
+            )
 
         reservation: Reservation | None = None
         if quote.micros > 0:
@@ -284,18 +331,19 @@ class ProxyHandler:
             if vendor.honours_idempotency and idem_key:
                 idem_hash = hashlib.sha256(f"{key.id}\0{idem_key}".encode()).hexdigest()
             reservation = Reservation(
-                id="rsv_" + secrets.token_hex(12),
+                id=self._ids.next(),
                 key_id=key.id,
                 day=utc_day(now),
                 amount=quote.micros,
                 idem_hash=idem_hash,
             )
-            result, spend = await request.app[LEDGER].reserve(
+            result, spend = await app[LEDGER].reserve(
                 reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
             )
             if result is ReserveResult.CAP_EXHAUSTED:
                 facts.reserved = 0
                 return refuse(
+                    facts,
                     429,
                     "cap_exhausted",
                     f"this request (${format_usd(quote.micros)}) would take vault key {key.id}"
@@ -333,10 +381,10 @@ class ProxyHandler:
         headers["Authorization"] = vendor.authorization
         path = "/" + "/".join(quote.segments) if quote.segments is not None else facts.path
         query = vendor_request.query
-        url = vendor.base_url.join(URL(path + ("?" + query if query else ""), encoded=True))
+        url = URL(vendor.base + path + ("?" + query if query else ""), encoded=True)
         body = quote.body if quote.body is not None else vendor_request.body
         session = request.app[UPSTREAM_SESSION]
-        refuse = functools.partial(self._refuse, facts)
+        refuse = self._refuse
         ledger = request.app[LEDGER]
         kept = Settlement(quote.micros)
         started = time.perf_counter()
@@ -348,14 +396,16 @@ class ProxyHandler:
         except aiohttp.ClientConnectorError:
             # Nothing reached the vendor: the reservation can safely go back.
             await ledger.finish(reservation, None)
-            return refuse(502, "upstream_unavailable", f"can't reach {vendor.name}")
+            return refuse(facts, 502, "upstream_unavailable", f"can't reach {vendor.name}")
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             # The request may have reached the vendor: keep it counted.
             await ledger.finish(reservation, kept)
             facts.settled = kept.actual if reservation else 0
             timeout = isinstance(exc, asyncio.TimeoutError)
             code = "upstream_timeout" if timeout else "upstream_unavailable"
-            return refuse(504 if timeout else 502, code, f"{vendor.name} did not answer in full")
+            return refuse(
+                facts, 504 if timeout else 502, code, f"{vendor.name} did not answer in full"
+            )
         except asyncio.CancelledError:
             await ledger.finish(reservation, kept)
             facts.decision, facts.status = "cancelled", 499
@@ -444,7 +494,7 @@ async def _lookup(
     assert vendor.authorization is not None
     try:
         async with session.get(
-            vendor.base_url.join(URL(path, encoded=True)),
+            URL(vendor.base + path, encoded=True),
             headers={"Authorization": vendor.authorization},
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keybrake.server._http import hash_token, now_micros, utc_day
 from keybrake.server.ledger import Ledger
 from keybrake.server.store import (
+    CorrectPriceOp,
     FinishOp,
     KeyRecord,
     LedgerOp,
@@ -252,3 +256,98 @@ async def test_unknown_tokens_are_never_cached(store: CountingStore) -> None:
     assert await store.get_key_by_token_hash(late.token_hash) is None
     await store.insert_key(late)
     assert await store.get_key_by_token_hash(late.token_hash) == late
+
+
+# -- a batch does what the operations one by one would -------------------------------------
+
+
+KEYS = ("vk_a", "vk_b", "vk_missing")
+DAYS = ("2026-11-26", "2026-11-27")
+
+
+@st.composite
+def op_sequences(draw: st.DrawFn) -> list[LedgerOp]:
+    ops: list[LedgerOp] = []
+    ids: list[str] = ["rsv_unknown"]
+    for n in range(draw(st.integers(min_value=1, max_value=40))):
+        kind = draw(st.sampled_from(["reserve", "reserve", "finish", "finish", "correct"]))
+        if kind == "reserve":
+            rid = f"rsv_{n:03d}"
+            ids.append(rid)
+            idem = draw(st.sampled_from([None, None, None, "idem_1", "idem_2"]))
+            r = Reservation(
+                rid,
+                draw(st.sampled_from(KEYS)),
+                draw(st.sampled_from(DAYS)),
+                draw(st.sampled_from([0, 1, 2, 3, 5])) * DOLLAR,
+                idem,
+            )
+            ops.append(ReserveOp(r, 1_000 + n, draw(st.sampled_from([0, 1_005]))))
+        elif kind == "finish":
+            settlement = draw(
+                st.sampled_from(
+                    [
+                        None,
+                        Settlement(DOLLAR),
+                        Settlement(0),
+                        Settlement(2 * DOLLAR, final=False, object_id="obj_1"),
+                    ]
+                )
+            )
+            ops.append(FinishOp(draw(st.sampled_from(ids)), settlement, 2_000 + n))
+        else:
+            ops.append(CorrectPriceOp("obj_1", draw(st.sampled_from([0, DOLLAR])), 3_000 + n))
+    return ops
+
+
+async def _fresh_store() -> SQLiteStore:
+    store = SQLiteStore(":memory:")
+    await store.open()
+    await store.insert_key(key_record("vk_a", cap=6 * DOLLAR))
+    await store.insert_key(key_record("vk_b", cap=3 * DOLLAR))
+    return store
+
+
+async def _tables(store: SQLiteStore) -> tuple[list[Any], list[Any]]:
+    conn = store._conn
+    assert conn is not None
+    spend = conn.execute("SELECT * FROM spend ORDER BY key_id, day").fetchall()
+    reservations = conn.execute("SELECT * FROM reservations ORDER BY id").fetchall()
+    return spend, reservations
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=op_sequences(), cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=6))
+def test_a_batch_gives_what_the_operations_one_by_one_give(
+    ops: list[LedgerOp], cuts: list[int]
+) -> None:
+    async def main() -> None:
+        one_by_one, batched = await _fresh_store(), await _fresh_store()
+        try:
+            expected: list[Any] = []
+            for op in ops:
+                if isinstance(op, ReserveOp):
+                    expected.append(
+                        await one_by_one.reserve(
+                            op.reservation, op.now, replay_after=op.replay_after
+                        )
+                    )
+                elif isinstance(op, FinishOp):
+                    if op.settlement is None:
+                        done = await one_by_one.release(op.reservation_id, op.now)
+                    else:
+                        done = await one_by_one.settle(op.reservation_id, op.settlement, op.now)
+                    expected.append(done)
+                else:
+                    expected.append(await one_by_one.correct_price(op.object_id, op.actual, op.now))
+            got: list[Any] = []
+            bounds = sorted({0, len(ops), *(c for c in cuts if c < len(ops))})
+            for start, end in itertools.pairwise(bounds):
+                got += batched.apply_ledger_ops(ops[start:end])
+            assert got == expected
+            assert await _tables(batched) == await _tables(one_by_one)
+        finally:
+            await one_by_one.close()
+            await batched.close()
+
+    asyncio.run(main())

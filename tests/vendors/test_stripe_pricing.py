@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keybrake._common import EndpointPattern, normalise_path
-from keybrake.vendors._pricing import PricingRefusal, VendorRequest
+from keybrake.vendors._pricing import PricingRefusal, VendorRequest, usd_to_micros
 from keybrake.vendors.stripe.pricing import StripePricer, StripePricing
 
 FORM = "application/x-www-form-urlencoded"
@@ -53,6 +56,19 @@ async def test_conversion_rounds_up() -> None:
     assert pricer.to_usd_micros(1, "vnd") == 45
     assert pricer.to_usd_micros(1, "sek") == 1_100
     assert pricer.to_usd_micros(1, "inr") == 130
+
+
+@given(
+    amount=st.integers(min_value=0, max_value=99_999_999_999),
+    rate=st.decimals(min_value="0.000001", max_value="10000", places=6),
+    exponent=st.sampled_from([0, 2, 3]),
+)
+def test_integer_conversion_is_the_decimal_one_exactly(
+    amount: int, rate: Decimal, exponent: int
+) -> None:
+    pricer = StripePricer(StripePricing(currencies={"xts": (exponent, rate)}))
+    expected = usd_to_micros(Decimal(amount) * rate / (Decimal(10) ** exponent))
+    assert pricer.to_usd_micros(amount, "xts") == expected
 
 
 @pytest.mark.parametrize(

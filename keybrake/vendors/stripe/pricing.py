@@ -39,7 +39,6 @@ from keybrake.vendors._pricing import (
     endpoint_patterns,
     parse_form,
     single_values,
-    usd_to_micros,
 )
 
 __all__ = ["DEFAULT_CURRENCIES", "MAX_AMOUNT", "StripePricer", "StripePricing"]
@@ -172,6 +171,12 @@ class StripePricer:
 
     def __init__(self, settings: StripePricing | None = None) -> None:
         self.settings = settings or StripePricing()
+        # Each rate as an exact fraction micro-dollars per minor unit, numerator/denominator:
+        # the conversion is then integer arithmetic, exact for any amount.
+        self._fractions: dict[str, tuple[int, int]] = {}
+        for code, (exponent, rate) in self.settings.currencies.items():
+            numerator, denominator = rate.as_integer_ratio()
+            self._fractions[code] = (numerator * 1_000_000, denominator * 10**exponent)
 
     def to_usd_micros(self, amount: int, currency: str) -> int:
         """An amount in a currency's minor units, in USD micro-dollars, rounded up.
@@ -179,13 +184,13 @@ class StripePricer:
         Raises:
             PricingRefusal: 400 ``unsupported_currency`` for a currency without a rate.
         """
-        entry = self.settings.currencies.get(currency.lower())
-        if entry is None:
+        fraction = self._fractions.get(currency.lower())
+        if fraction is None:
             raise PricingRefusal(
                 400, "unsupported_currency", f"currency {currency!r} has no USD rate configured"
             )
-        exponent, rate = entry
-        return usd_to_micros(Decimal(amount) * rate / (Decimal(10) ** exponent))
+        numerator, denominator = fraction
+        return -(-amount * numerator // denominator)  # rounded up: a bound never undercounts
 
     async def quote(self, request: VendorRequest, lookup: Lookup) -> Quote:
         """The most the request can cost.
