@@ -40,6 +40,28 @@ BODY = "amount=100&currency=usd"
 INTENT = {"id": "pi_bench", "object": "payment_intent", "amount": 100, "currency": "usd"}
 
 
+def new_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """The event loop every role runs on, so that all of them run on the same stack."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop()
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def loop_name(choice: str) -> str:
+    loop = new_loop(choice)
+    try:
+        return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    finally:
+        loop.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,7 +72,7 @@ def free_port() -> int:
 # -- the roles, each run in its own process ---------------------------------------------------
 
 
-def run_upstream(port: int) -> None:
+def run_upstream(port: int, loop: str) -> None:
     payload = json.dumps(INTENT).encode()
 
     async def intent(request: web.Request) -> web.Response:
@@ -59,10 +81,10 @@ def run_upstream(port: int) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", intent)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_loop(loop))
 
 
-def run_bare_proxy(port: int, upstream: str) -> None:
+def run_bare_proxy(port: int, upstream: str, loop: str) -> None:
     """Forward everything under /stripe/ to the upstream: what any reverse proxy does."""
 
     async def lifecycle(app: web.Application) -> object:
@@ -90,13 +112,16 @@ def run_bare_proxy(port: int, upstream: str) -> None:
     app = web.Application()
     app.cleanup_ctx.append(lifecycle)  # type: ignore[arg-type]
     app.router.add_route("*", "/stripe/{tail:.*}", forward)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_loop(loop))
 
+
+#: The event loop every process runs on (``--loop``).
+LOOP = "auto"
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
 
-def run_load(urls: list[str], token: str, connections: int, requests: int) -> None:
+def run_load(urls: list[str], token: str, connections: int, requests: int, loop: str) -> None:
     """Send ``requests`` priced POSTs over ``connections`` connections, spread over ``urls``;
     print JSON results."""
 
@@ -130,7 +155,11 @@ def run_load(urls: list[str], token: str, connections: int, requests: int) -> No
             elapsed = time.perf_counter() - started
         print(json.dumps({"latencies": latencies, "elapsed": elapsed, "statuses": statuses}))
 
-    asyncio.run(main())
+    event_loop = new_loop(loop)
+    try:
+        event_loop.run_until_complete(main())
+    finally:
+        event_loop.close()
 
 
 # -- the orchestra --------------------------------------------------------------------------
@@ -184,6 +213,8 @@ def load(url: str, token: str, connections: int, requests: int) -> dict[str, flo
             str(connections),
             "--requests",
             str(requests),
+            "--loop",
+            LOOP,
         ],
         capture_output=True,
         text=True,
@@ -232,8 +263,18 @@ def orchestrate(requests: int, store: str) -> None:
             "KEYBRAKE_STRIPE_API_BASE": upstream,
         }
         with (
-            process(str(HERE), "--role", "upstream", "--port", str(upstream_port)),
-            process(str(HERE), "--role", "bare", "--port", str(bare_port), "--url", upstream),
+            process(str(HERE), "--role", "upstream", "--port", str(upstream_port), "--loop", LOOP),
+            process(
+                str(HERE),
+                "--role",
+                "bare",
+                "--port",
+                str(bare_port),
+                "--url",
+                upstream,
+                "--loop",
+                LOOP,
+            ),
             process(
                 "-m",
                 "keybrake.cli",
@@ -244,6 +285,8 @@ def orchestrate(requests: int, store: str) -> None:
                 database,
                 "--log-level",
                 "warning",
+                "--loop",
+                LOOP,
                 env=env,
             ),
         ):
@@ -267,7 +310,8 @@ def orchestrate(requests: int, store: str) -> None:
 
     print(
         f"store: {'sqlite' if store == 'sqlite' else store.partition(':')[0]}, "
-        f"{requests} requests at 32 connections, {max(200, requests // 4)} at 1"
+        f"{requests} requests at 32 connections, {max(200, requests // 4)} at 1, "
+        f"event loop: {loop_name(LOOP)} (every process)"
     )
     print(
         f"{'conns':>5} {'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
@@ -330,7 +374,7 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
     }
     rows = []
     try:
-        with process(str(HERE), "--role", "upstream", "--port", str(upstream_port)):
+        with process(str(HERE), "--role", "upstream", "--port", str(upstream_port), "--loop", LOOP):
             wait_for(upstream)
             for count in counts:
                 ports = [free_port() for _ in range(count)]
@@ -345,6 +389,8 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
                                 str(port),
                                 "--log-level",
                                 "warning",
+                                "--loop",
+                                LOOP,
                                 env=env,
                             )
                         )
@@ -358,7 +404,10 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
                     rows.append((count, load(targets, token, 32, requests)))
     finally:
         asyncio.run(migrate(drop=True))
-    print(f"store: postgresql, {requests} priced requests at 32 connections, spread evenly")
+    print(
+        f"store: postgresql, {requests} priced requests at 32 connections, spread evenly, "
+        f"event loop: {loop_name(LOOP)} (every process)"
+    )
     print(f"{'replicas':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
     for count, r in rows:
         print(f"{count:>8}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['rps']:>9.0f}")
@@ -378,13 +427,21 @@ def main() -> None:
         help="sqlite (against a bare proxy), or a postgresql:// URL (replica scaling)",
     )
     parser.add_argument("--replicas", default="1,2,4", help="with PostgreSQL: replica counts")
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop of every process, keybrake's included (auto: uvloop if installed)",
+    )
     args = parser.parse_args()
+    global LOOP
+    LOOP = args.loop
     if args.role == "upstream":
-        run_upstream(args.port)
+        run_upstream(args.port, args.loop)
     elif args.role == "bare":
-        run_bare_proxy(args.port, args.url)
+        run_bare_proxy(args.port, args.url, args.loop)
     elif args.role == "load":
-        run_load(args.url.split(","), args.token, args.connections, args.requests)
+        run_load(args.url.split(","), args.token, args.connections, args.requests, args.loop)
     elif args.store.startswith("postgresql://"):
         scaling(args.requests, args.store, [int(n) for n in args.replicas.split(",")])
     else:

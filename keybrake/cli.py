@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,14 @@ def _serve(args: argparse.Namespace) -> int:
     except (PricingFileError, ValueError) as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
+    try:
+        loop = _event_loop(args.loop)
+    except ImportError:
+        print(
+            "keybrake serve: --loop uvloop needs uvloop (pip install 'keybrake[server]')",
+            file=sys.stderr,
+        )
+        return 2
     where = f"http://{args.host}:{args.port}"
     try:
         web.run_app(
@@ -44,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             access_log=None,
+            loop=loop,
             print=lambda _: print(
                 f"keybrake serving on {where} ({_store_name(config)})", flush=True
             ),
@@ -52,6 +62,24 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """The loop ``serve`` runs on: uvloop when asked for or, with ``auto``, when installed.
+
+    Raises:
+        ImportError: ``uvloop`` was asked for and is not installed.
+    """
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
 
 
 def _store_name(config: object) -> str:
@@ -203,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="JSON file overriding prices (else KEYBRAKE_PRICING_FILE); see docs/vendors",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop: uvloop when installed (the 'server' extra), else asyncio (auto)",
+    )
     serve.set_defaults(run=_serve)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema")

@@ -428,6 +428,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._keys_by_hash: dict[str, KeyRecord] = {}
         self._cache_version: int | None = None
+        self._version_checked = False
         self._checkpointer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -512,6 +513,7 @@ class SQLiteStore:
         conn, self._conn = self._conn, None
         self._keys_by_hash.clear()
         self._cache_version = None
+        self._version_checked = False
         if conn is not None:
             conn.close()
 
@@ -716,15 +718,20 @@ class SQLiteStore:
         The proxy asks this on every request. A key's record changes only when it is revoked
         or refreshed: through this connection, which forgets the cache then, or through
         another connection (another process on the same file), which SQLite's
-        ``data_version`` reveals, and the cache is forgotten too. So a revocation or refresh
-        takes effect on the very next request.
+        ``data_version`` reveals (asked once per turn of the event loop), and the cache is
+        forgotten too. So a revocation or refresh takes effect on the very next request.
         """
 
         def find(c: sqlite3.Connection) -> KeyRecord | None:
-            version = c.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._cache_version:
-                self._keys_by_hash.clear()
-                self._cache_version = version
+            if not self._version_checked:
+                # Once per turn of the event loop, not per request: asking is a read
+                # transaction (file locks) of its own.
+                version = c.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._cache_version:
+                    self._keys_by_hash.clear()
+                    self._cache_version = version
+                self._version_checked = True
+                asyncio.get_running_loop().call_soon(self._recheck_version)
             key = self._keys_by_hash.get(token_hash)
             if key is not None:
                 return key
@@ -740,6 +747,9 @@ class SQLiteStore:
             return key
 
         return await self._run(find)
+
+    def _recheck_version(self) -> None:
+        self._version_checked = False
 
     async def list_keys(
         self,

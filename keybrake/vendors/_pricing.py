@@ -125,9 +125,29 @@ def parse_form(request: VendorRequest) -> list[tuple[str, str]]:
         raise PricingRefusal(400, "bad_request", "request body must be form-encoded")
     try:
         text = request.body.decode("utf-8")
-        return parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        if "%" in text or "+" in text:
+            return parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        return _split_form(text)
     except (UnicodeDecodeError, ValueError):
         raise PricingRefusal(400, "bad_request", "request body is not a valid form") from None
+
+
+def _split_form(text: str) -> list[tuple[str, str]]:
+    """``parse_qsl(text, keep_blank_values=True, strict_parsing=True)`` for a form with
+    nothing to unquote (no ``%``, no ``+``): the common case, in a fraction of the time.
+
+    Raises:
+        ValueError: a field without ``=``, as ``parse_qsl`` does.
+    """
+    pairs: list[tuple[str, str]] = []
+    if not text:
+        return pairs
+    for field in text.split("&"):
+        name, eq, value = field.partition("=")
+        if not eq:
+            raise ValueError(f"bad query field: {field!r}")
+        pairs.append((name, value))
+    return pairs
 
 
 def single_values(pairs: Sequence[tuple[str, str]], repeatable: frozenset[str]) -> dict[str, str]:

@@ -165,3 +165,18 @@ async def test_refund_of_an_unknown_charge_is_refused() -> None:
 
     with pytest.raises(PricingRefusal, match="unknown"):
         await StripePricer().quote(request("POST", "/v1/refunds", b"charge=ch_x"), lookup)
+
+
+@given(st.text(alphabet=st.sampled_from("ab=&;é 1[]_"), max_size=30))
+def test_plain_forms_parse_as_parse_qsl_parses_them(text: str) -> None:
+    from urllib.parse import parse_qsl
+
+    from keybrake.vendors._pricing import _split_form
+
+    try:
+        expected = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        with pytest.raises(ValueError, match="bad query field"):
+            _split_form(text)
+    else:
+        assert _split_form(text) == expected
