@@ -71,7 +71,7 @@ async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningS
 @pytest.fixture
 async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[RunningServer]:
     """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
-    db_path = tmp_path / "keybrake.db"
+    db_path = tmp_path / "keybrake-twilio.db"  # its own file: one server per SQLite file
     config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url)
     async with running_server(config) as url:
         assert config.admin_token is not None

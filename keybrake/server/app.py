@@ -93,7 +93,7 @@ def create_app(
         middlewares=[errors_middleware],
         client_max_size=config.max_body_size,
     )
-    app[STORE] = store if store is not None else open_store(config.database_url)
+    app[STORE] = store if store is not None else open_store(config.database_url, serving=True)
     app[METRICS] = Metrics()
     app[CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
 

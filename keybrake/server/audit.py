@@ -25,8 +25,8 @@ log = logging.getLogger("keybrake.audit")
 MAX_PENDING = 100_000
 #: Seconds between writes.
 FLUSH_INTERVAL = 0.2
-#: Entries written in one statement.
-BATCH = 200
+#: Entries written in one transaction; the event loop serves requests between two.
+BATCH = 50
 
 _TOKEN = re.compile(r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+")
 

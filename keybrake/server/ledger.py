@@ -11,14 +11,15 @@ once, whatever happens to the request in between:
 
 With a store that runs in the event loop's thread (SQLite), the ledger also **batches**: every
 operation asked for during one turn of the event loop runs in one transaction with one
-commit, at the start of the next turn (group commit). A reservation still waits for that
-commit before its request is forwarded, and each is still its own conditional statement, in
-the order they were asked for, so the cap holds exactly. A settlement doesn't wait: the
-answer goes back to the client while it is queued, and the commit follows before the server
-reads anything else off the network. A crash between the two leaves the reservation pending
-at its bound: counted too much, never too little. :meth:`Ledger.flush` writes the queue
-now; the API calls it before reading spend, so what it shows includes every request
-answered so far.
+commit, at the start of the next turn (group commit). When no other request is in flight, a
+reservation doesn't wait for the turn: it commits at once, with whatever is queued. Either
+way a reservation is committed before its request is forwarded, and each is still checked
+against the cap on its own, in the order they were asked for, so the cap holds exactly. A
+settlement doesn't wait: the answer goes back to the client while it is queued, and the
+commit follows before the server reads anything else off the network. A crash between the
+two leaves the reservation pending at its bound: counted too much, never too little.
+:meth:`Ledger.flush` writes the queue now; the API calls it before reading spend, so what
+it shows includes every request answered so far.
 """
 
 from __future__ import annotations
@@ -68,9 +69,16 @@ class Ledger:
         self._batching: BatchingStore | None = store if isinstance(store, BatchingStore) else None
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
+        #: Reservations made and not finished yet: requests the vendor is answering.
+        self._unfinished = 0
         self._owed: dict[str, Settlement | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def batches(self) -> bool:
+        """Whether settlements are queued (and so never wait for the store)."""
+        return self._batching is not None
 
     @property
     def queued(self) -> int:
@@ -143,6 +151,7 @@ class Ledger:
         if reservation is None:
             return
         if self._batching is not None:
+            self._unfinished = max(0, self._unfinished - 1)
             self._enqueue(FinishOp(reservation.id, settlement, now_micros()), None)
             return
         if self._inline:
@@ -174,22 +183,35 @@ class Ledger:
     async def _reserve_batched(
         self, reservation: Reservation, now: int, replay_after: int
     ) -> tuple[ReserveResult, SpendState]:
-        done: asyncio.Future[tuple[ReserveResult, SpendState]]
-        done = asyncio.get_running_loop().create_future()
-        self._enqueue(ReserveOp(reservation, now, replay_after), done)
-        try:
-            return await done
-        except asyncio.CancelledError:
-            # Cancelled before the batch ran: the batch skips it. After: give back what it
-            # reserved (the batch runs in one go, so there is no third case).
-            if (
-                done.done()
-                and not done.cancelled()
-                and done.exception() is None
-                and done.result()[0] is ReserveResult.RESERVED
-            ):
-                self._enqueue(FinishOp(reservation.id, None, now_micros()), None)
-            raise
+        op = ReserveOp(reservation, now, replay_after)
+        if self._unfinished == 0:
+            # No other request is between its reservation and its settlement, so none is
+            # likely to join a batch: commit at once rather than wait for the loop's turn.
+            self._queue.append((op, None))
+            results = self._flush_queue()
+            if results is None:
+                raise StoreUnavailable("the ledger could not write the reservation")
+            result: tuple[ReserveResult, SpendState] = results[-1]
+        else:
+            done: asyncio.Future[tuple[ReserveResult, SpendState]]
+            done = asyncio.get_running_loop().create_future()
+            self._enqueue(op, done)
+            try:
+                result = await done
+            except asyncio.CancelledError:
+                # Cancelled before the batch ran: the batch skips it. After: give back what
+                # it reserved (the batch runs in one go, so there is no third case).
+                if (
+                    done.done()
+                    and not done.cancelled()
+                    and done.exception() is None
+                    and done.result()[0] is ReserveResult.RESERVED
+                ):
+                    self._enqueue(FinishOp(reservation.id, None, now_micros()), None)
+                raise
+        if result[0] is ReserveResult.RESERVED:
+            self._unfinished += 1
+        return result
 
     def _enqueue(self, op: LedgerOp, done: asyncio.Future[Any] | None) -> None:
         self._queue.append((op, done))
@@ -197,13 +219,18 @@ class Ledger:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_queue)
 
-    def _flush_queue(self) -> None:
-        """Run the queue in one transaction; never raises."""
+    def _flush_queue(self) -> list[Any] | None:
+        """Run the queue in one transaction; never raises.
+
+        Returns:
+            The results of the operations run (those not cancelled meanwhile), or None if
+            the store failed (what failed is owed, or its waiter told).
+        """
         self._flush_scheduled = False
         store, queue, self._queue = self._batching, self._queue, []
         live = [(op, done) for op, done in queue if done is None or not done.cancelled()]
         if store is None or not live:
-            return
+            return []
         try:
             results = store.apply_ledger_ops([op for op, _ in live])
         except StoreUnavailable as exc:
@@ -217,10 +244,11 @@ class Ledger:
                     self._owe(op.reservation_id, op.settlement)
                 else:
                     log.warning("store unavailable: the price of %s stays estimated", op.object_id)
-            return
+            return None
         for (_, done), result in zip(live, results, strict=True):
             if done is not None:
                 done.set_result(result)
+        return results
 
     async def _apply(self, reservation_id: str, settlement: Settlement | None) -> None:
         try:

@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -37,6 +37,7 @@ from keybrake.server._http import error_response, hash_token, now_micros, utc_da
 from keybrake.server._keys import AUDIT, LEDGER, METRICS, STORE, UPSTREAM_SESSION, VENDORS
 from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
+from keybrake.server.ledger import Ledger
 from keybrake.server.pricing import load_pricers
 from keybrake.server.store import (
     AuditEntry,
@@ -206,6 +207,8 @@ class _Facts:
     settled: int = 0
     upstream_seconds: float | None = None
     vendor_request_id: str | None = None
+    #: Settles the request; run once its answer has been sent (or has failed to be).
+    after_answer: Callable[[], Awaitable[None]] | None = None
 
 
 class ProxyHandler:
@@ -224,7 +227,8 @@ class ProxyHandler:
         try:
             response = await self._handle(request, facts)
             if facts.decision == "allowed":
-                # Send the vendor's answer now: what follows (audit, metrics) is ours alone.
+                # Send the vendor's answer now: what follows (settling, audit, metrics) is
+                # ours alone.
                 await response.prepare(request)
                 await response.write_eof()
             return response
@@ -235,6 +239,10 @@ class ProxyHandler:
             facts.decision, facts.status = "body_too_large", 413
             raise
         finally:
+            if facts.after_answer is not None:
+                # Never suspends (a batching ledger only queues), so it runs even when
+                # the handler is being cancelled.
+                await facts.after_answer()
             self._record(app, facts)
 
     def _refuse(
@@ -420,15 +428,15 @@ class ProxyHandler:
             request_id,
         )
         if 200 <= upstream.status < 300:
-            outcome = vendor.pricer.outcome(vendor_request, quote, payload)
-            if reservation is not None:
-                facts.settled = outcome.micros
-                settlement = Settlement(
-                    outcome.micros, outcome.final, request_id, outcome.object_id
-                )
-                await ledger.finish(reservation, settlement)
-            for report in vendor.pricer.reports(vendor_request, payload):
-                await ledger.correct_price(report.object_id, report.micros)
+            settle = functools.partial(
+                _settle_success, ledger, vendor, vendor_request, quote, payload, reservation, facts
+            )
+            if ledger.batches:
+                # Queued and written after the answer anyway: work out what it cost after
+                # the answer has gone back, too.
+                facts.after_answer = settle
+            else:
+                await settle()
         elif 400 <= upstream.status < 500:
             await ledger.finish(reservation, None)  # the vendor refused: nothing was spent
         else:
@@ -485,6 +493,27 @@ class ProxyHandler:
                 facts.status,
                 format_usd(facts.settled),
             )
+
+
+async def _settle_success(
+    ledger: Ledger,
+    vendor: Vendor,
+    vendor_request: VendorRequest,
+    quote: Quote,
+    payload: bytes,
+    reservation: Reservation | None,
+    facts: _Facts,
+) -> None:
+    """Settle a 2xx at what the vendor says it cost, and correct earlier estimates."""
+    outcome = vendor.pricer.outcome(vendor_request, quote, payload)
+    if reservation is not None:
+        facts.settled = outcome.micros
+        settlement = Settlement(
+            outcome.micros, outcome.final, facts.vendor_request_id, outcome.object_id
+        )
+        await ledger.finish(reservation, settlement)
+    for report in vendor.pricer.reports(vendor_request, payload):
+        await ledger.correct_price(report.object_id, report.micros)
 
 
 async def _lookup(

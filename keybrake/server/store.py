@@ -16,7 +16,9 @@ import enum
 import functools
 import json
 import logging
+import os
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -403,10 +405,56 @@ CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
 SCHEMA_VERSION = 2
 #: Keys kept in :class:`SQLiteStore`'s look-up cache; it starts over when full.
 KEY_CACHE_SIZE = 10_000
+#: Spend rows (key and day) a serving store remembers between batches; it starts over beyond.
+SPEND_CACHE_SIZE = 10_000
 #: Longest a write waits for a lock held by another process before failing closed.
 BUSY_TIMEOUT_MS = 250
 #: Seconds between background WAL checkpoints.
 CHECKPOINT_INTERVAL = 1.0
+
+
+class _ServeLock:
+    """An exclusive, non-blocking lock on ``<database>.serve-lock``, held while serving."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def claim(cls, database: str) -> _ServeLock:
+        """
+        Raises:
+            StoreUnavailable: another process serves this file (or the lock can't be made).
+        """
+        path = database + ".serve-lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"can't create {path}: {exc}") from exc
+        try:
+            _lock_file(fd)
+        except OSError:
+            os.close(fd)
+            raise StoreUnavailable(
+                f"another keybrake server is using {database} (its {path} is locked);"
+                " one server per SQLite file, or use PostgreSQL for several"
+            ) from None
+        return cls(fd)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the descriptor releases the lock
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _lock_file(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock_file(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 class SQLiteStore:
@@ -418,17 +466,25 @@ class SQLiteStore:
     background thread checkpoints (``PASSIVE``, so it never blocks a writer) every
     :data:`CHECKPOINT_INTERVAL` seconds. A write that finds the database locked by another
     process waits at most :data:`BUSY_TIMEOUT_MS`, then fails closed.
+
+    With ``serving=True`` (what ``keybrake serve`` uses) the store claims the file for its
+    process: it holds an exclusive lock on ``<path>.serve-lock`` while open, so a second
+    server on the same file refuses to start, and it caches keys by token hash (see
+    :meth:`get_key_by_token_hash`). Other processes (``keybrake tokens``, backups, a
+    reader) may still open the file without ``serving``.
     """
 
     #: Every call completes without suspending the event loop (see the class docstring).
     runs_inline = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, serving: bool = False) -> None:
         self.path = str(path)
+        self.serving = serving
+        self._lock: _ServeLock | None = None
         self._conn: sqlite3.Connection | None = None
         self._keys_by_hash: dict[str, KeyRecord] = {}
-        self._cache_version: int | None = None
-        self._version_checked = False
+        # A serving store's spend rows as its batches last left them (see _Batch).
+        self._spend: dict[tuple[str, str], list[Any]] = {}
         self._checkpointer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -444,7 +500,9 @@ class SQLiteStore:
         try:
             return fn(conn)
         except BaseException as exc:
-            # Whatever went wrong, never leave a transaction open behind it.
+            # Whatever went wrong, never leave a transaction open behind it, nor believe
+            # in spend it may have rolled back.
+            self._spend.clear()
             if conn.in_transaction:
                 conn.rollback()
             if isinstance(exc, sqlite3.Error):
@@ -454,6 +512,17 @@ class SQLiteStore:
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.serving:
+                self._lock = _ServeLock.claim(self.path)
+        try:
+            await self._open()
+        except BaseException:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
+            raise
+
+    async def _open(self) -> None:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -512,10 +581,12 @@ class SQLiteStore:
             await asyncio.gather(task, return_exceptions=True)
         conn, self._conn = self._conn, None
         self._keys_by_hash.clear()
-        self._cache_version = None
-        self._version_checked = False
+        self._spend.clear()
         if conn is not None:
             conn.close()
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -713,25 +784,16 @@ class SQLiteStore:
         return None if row is None else _key_from_row(row)
 
     async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None:
-        """The key a token hash names, from the cache when nothing has changed the keys.
+        """The key a token hash names; a serving store answers from its cache when it can.
 
-        The proxy asks this on every request. A key's record changes only when it is revoked
-        or refreshed: through this connection, which forgets the cache then, or through
-        another connection (another process on the same file), which SQLite's
-        ``data_version`` reveals (asked once per turn of the event loop), and the cache is
-        forgotten too. So a revocation or refresh takes effect on the very next request.
+        The proxy asks this on every request. A key's record changes only when it is
+        revoked or refreshed, and in a serving store that happens only through this store
+        (the file is locked against other servers), which forgets the cache then: a
+        revocation or refresh takes effect on the very next request. Unknown tokens are
+        never cached.
         """
 
         def find(c: sqlite3.Connection) -> KeyRecord | None:
-            if not self._version_checked:
-                # Once per turn of the event loop, not per request: asking is a read
-                # transaction (file locks) of its own.
-                version = c.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._cache_version:
-                    self._keys_by_hash.clear()
-                    self._cache_version = version
-                self._version_checked = True
-                asyncio.get_running_loop().call_soon(self._recheck_version)
             key = self._keys_by_hash.get(token_hash)
             if key is not None:
                 return key
@@ -739,17 +801,15 @@ class SQLiteStore:
                 f"SELECT {_KEY_COLUMNS} FROM keys WHERE token_hash = ?", (token_hash,)
             ).fetchone()
             if row is None:
-                return None  # unknown tokens are never cached: asked afresh every time
+                return None
             key = _key_from_row(row)
-            if len(self._keys_by_hash) >= KEY_CACHE_SIZE:
-                self._keys_by_hash.clear()
-            self._keys_by_hash[token_hash] = key
+            if self.serving:
+                if len(self._keys_by_hash) >= KEY_CACHE_SIZE:
+                    self._keys_by_hash.clear()
+                self._keys_by_hash[token_hash] = key
             return key
 
         return await self._run(find)
-
-    def _recheck_version(self) -> None:
-        self._version_checked = False
 
     async def list_keys(
         self,
@@ -831,24 +891,28 @@ class SQLiteStore:
         With ``reservation.idem_hash``, a request this key already sent (since
         ``replay_after``) and that was not refused is a replay: nothing is reserved.
         """
+        self._spend.clear()  # written behind the batches' back
         return await self._run(
             lambda c: _transaction(c, lambda: _reserve(c, reservation, now, replay_after))
         )
 
     async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
         """Turn a pending reservation into spend; False if it was not pending."""
+        self._spend.clear()  # written behind the batches' back
         return await self._run(
             lambda c: _transaction(c, lambda: _finish(c, reservation_id, settlement, now))
         )
 
     async def release(self, reservation_id: str, now: int) -> bool:
         """Give a pending reservation back; False if it was not pending."""
+        self._spend.clear()  # written behind the batches' back
         return await self._run(
             lambda c: _transaction(c, lambda: _finish(c, reservation_id, None, now))
         )
 
     async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
         """Replace an estimate with the price the vendor reported for ``object_id``."""
+        self._spend.clear()  # written behind the batches' back
         return await self._run(
             lambda c: _transaction(c, lambda: _correct_price(c, object_id, actual, now))
         )
@@ -865,7 +929,10 @@ class SQLiteStore:
             StoreUnavailable: the store failed (nothing was written).
         """
 
-        return self._run_now(lambda c: _transaction(c, lambda: _Batch(c).apply(ops)))
+        spend = self._spend if self.serving else {}
+        if len(spend) > SPEND_CACHE_SIZE:
+            spend.clear()
+        return self._run_now(lambda c: _transaction(c, lambda: _Batch(c, spend).apply(ops)))
 
     async def ledger(self, key_id: str) -> list[LedgerEntry]:
         rows = await self._run(
@@ -907,10 +974,12 @@ class _Batch:
     The results are the same as running the operations one by one; a test checks that.
     """
 
-    def __init__(self, c: sqlite3.Connection) -> None:
+    def __init__(self, c: sqlite3.Connection, spend: dict[tuple[str, str], list[Any]]) -> None:
         self.c = c
-        # (key, day) -> [spent, reserved, cap or None without a key, row exists]
-        self.spend: dict[tuple[str, str], list[Any]] = {}
+        # (key, day) -> [spent, reserved, cap or None without a key, row exists]. A serving
+        # store keeps it from one batch to the next: no other process writes its spend rows
+        # (the serve lock), and everything else that writes them here clears it.
+        self.spend = spend
         # (key, day) -> [spent delta, reserved delta] not yet written
         self.deltas: dict[tuple[str, str], list[int]] = {}
         self.new: dict[str, tuple[Any, ...]] = {}
@@ -1166,15 +1235,18 @@ def _key_from_row(row: Any) -> KeyRecord:
     )
 
 
-def open_store(database_url: str) -> Store:
+def open_store(database_url: str, *, serving: bool = False) -> Store:
     """Build the store a database URL names: ``sqlite:///path`` (``sqlite:///:memory:``) or
     ``postgresql://user@host:port/db`` (with optional ``?schema=...&pool_size=...``).
+
+    ``serving``: the store is a server's (a SQLite file is then locked against a second
+    server, see :class:`SQLiteStore`).
 
     Raises:
         ValueError: an unsupported or malformed URL.
     """
     if database_url.startswith("sqlite:///"):
-        return SQLiteStore(database_url[len("sqlite:///") :])
+        return SQLiteStore(database_url[len("sqlite:///") :], serving=serving)
     if database_url.startswith(("postgresql://", "postgres://")):
         from keybrake.server.postgres import PostgresStore
 

@@ -35,7 +35,7 @@ class CountingStore(SQLiteStore):
     """Counts the transactions the ledger asks for, and can be made to fail."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path)
+        super().__init__(path, serving=True)
         self.batches: list[int] = []
         self.fail = False
 
@@ -92,13 +92,30 @@ async def reserve(ledger: Ledger, r: Reservation) -> tuple[ReserveResult, SpendS
     return await ledger.reserve(r, now_micros(), replay_after=0)
 
 
+async def in_flight(ledger: Ledger) -> None:
+    """Reserve for a request that is still waiting for the vendor: later ones batch."""
+    result, _ = await reserve(ledger, reservation(999, 0))
+    assert result is ReserveResult.RESERVED
+
+
+async def test_a_lone_reservation_commits_at_once(ledger: Ledger, store: CountingStore) -> None:
+    r = reservation(1)
+    queued = asyncio.ensure_future(reserve(ledger, r))
+    result, _ = await reserve(ledger, reservation(2))  # nothing in flight: no wait for a turn
+    assert result is ReserveResult.RESERVED
+    assert store.batches == [1]
+    assert not queued.done()  # asked for after, while the first was in flight: batched
+    await queued
+
+
 async def test_concurrent_reservations_share_one_commit_and_hold_the_cap(
     ledger: Ledger, store: CountingStore
 ) -> None:
+    await in_flight(ledger)
     results = await asyncio.gather(*(reserve(ledger, reservation(n)) for n in range(25)))
     assert [r for r, _ in results].count(ReserveResult.RESERVED) == 10  # $10 cap, $1 each
     assert [r for r, _ in results[:10]] == [ReserveResult.RESERVED] * 10  # in arrival order
-    assert store.batches == [25]  # one transaction for all of them
+    assert store.batches == [1, 25]  # one transaction for all 25
     assert await store.spend("vk_test", utc_day(now_micros())) == SpendState(0, 10 * DOLLAR)
 
 
@@ -139,19 +156,21 @@ async def test_flush_writes_the_queue_at_once(ledger: Ledger, store: CountingSto
 async def test_a_reservation_cancelled_before_its_batch_reserves_nothing(
     ledger: Ledger, store: CountingStore
 ) -> None:
+    await in_flight(ledger)
     task = asyncio.ensure_future(reserve(ledger, reservation(1)))
     await asyncio.sleep(0)  # queued; the batch runs on the next turn
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await ledger.flush()
-    assert await store.ledger("vk_test") == []
+    assert [e.id for e in await store.ledger("vk_test")] == ["rsv_999"]
     assert await store.spend("vk_test", utc_day(now_micros())) == SpendState(0, 0)
 
 
 async def test_a_reservation_cancelled_after_its_batch_is_released(
     ledger: Ledger, store: CountingStore
 ) -> None:
+    await in_flight(ledger)
     task = asyncio.ensure_future(reserve(ledger, reservation(1)))
     await asyncio.sleep(0)  # the task waits for the batch
     await ledger.flush()  # the batch commits the reservation and wakes the task...
@@ -159,7 +178,10 @@ async def test_a_reservation_cancelled_after_its_batch_is_released(
     with pytest.raises(asyncio.CancelledError):
         await task
     await ledger.flush()
-    assert [e.state for e in await store.ledger("vk_test")] == ["released"]
+    assert sorted((e.id, e.state) for e in await store.ledger("vk_test")) == [
+        ("rsv_1", "released"),
+        ("rsv_999", "pending"),
+    ]
     assert await store.spend("vk_test", utc_day(now_micros())) == SpendState(0, 0)
 
 
@@ -223,23 +245,40 @@ async def test_key_cache_forgets_a_key_revoked_here(store: CountingStore) -> Non
     assert key.status(now_micros()) == "revoked"
 
 
-async def test_key_cache_forgets_a_key_changed_by_another_process(
+async def test_a_second_server_on_the_same_file_refuses_to_start(
     store: CountingStore, tmp_path: Path
 ) -> None:
-    token_hash = key_record().token_hash
-    key = await store.get_key_by_token_hash(token_hash)
-    assert key is not None
-    assert key.status(now_micros()) == "active"
-    other = SQLiteStore(tmp_path / "ledger.db")  # as another `keybrake serve` would be
-    await other.open()
+    second = SQLiteStore(tmp_path / "ledger.db", serving=True)
+    with pytest.raises(StoreUnavailable, match="another keybrake server is using"):
+        await second.open()
+    # Anything that doesn't serve (keybrake tokens, a reader) may still open it.
+    reader = SQLiteStore(tmp_path / "ledger.db")
+    await reader.open()
     try:
-        await other.revoke_key("default", "vk_test", now_micros())
+        assert await reader.get_key_by_token_hash(key_record().token_hash) is not None
     finally:
-        await other.close()
-    await asyncio.sleep(0)  # the next request comes on a later turn of the event loop
-    key = await store.get_key_by_token_hash(token_hash)
-    assert key is not None
-    assert key.status(now_micros()) == "revoked"
+        await reader.close()
+    await store.close()  # the lock goes with the server
+    await second.open()
+    await second.close()
+
+
+async def test_only_a_serving_store_caches_keys(tmp_path: Path) -> None:
+    token_hash = key_record().token_hash
+    writer = SQLiteStore(tmp_path / "plain.db")
+    reader = SQLiteStore(tmp_path / "plain.db")
+    await writer.open()
+    await reader.open()
+    try:
+        await writer.insert_key(key_record())
+        assert await reader.get_key_by_token_hash(token_hash) is not None
+        await writer.revoke_key("default", "vk_test", now_micros())
+        key = await reader.get_key_by_token_hash(token_hash)
+        assert key is not None
+        assert key.status(now_micros()) == "revoked"
+    finally:
+        await reader.close()
+        await writer.close()
 
 
 async def test_key_cache_sees_a_refresh(store: CountingStore) -> None:
@@ -301,8 +340,8 @@ def op_sequences(draw: st.DrawFn) -> list[LedgerOp]:
     return ops
 
 
-async def _fresh_store() -> SQLiteStore:
-    store = SQLiteStore(":memory:")
+async def _fresh_store(*, serving: bool = False) -> SQLiteStore:
+    store = SQLiteStore(":memory:", serving=serving)
     await store.open()
     await store.insert_key(key_record("vk_a", cap=6 * DOLLAR))
     await store.insert_key(key_record("vk_b", cap=3 * DOLLAR))
@@ -317,34 +356,39 @@ async def _tables(store: SQLiteStore) -> tuple[list[Any], list[Any]]:
     return spend, reservations
 
 
+async def _one_by_one(store: SQLiteStore, op: LedgerOp) -> Any:
+    if isinstance(op, ReserveOp):
+        return await store.reserve(op.reservation, op.now, replay_after=op.replay_after)
+    if isinstance(op, FinishOp):
+        if op.settlement is None:
+            return await store.release(op.reservation_id, op.now)
+        return await store.settle(op.reservation_id, op.settlement, op.now)
+    return await store.correct_price(op.object_id, op.actual, op.now)
+
+
 @settings(max_examples=300, deadline=None)
-@given(ops=op_sequences(), cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=6))
+@given(
+    ops=op_sequences(),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=6),
+    singles=st.lists(st.booleans(), max_size=7),
+)
 def test_a_batch_gives_what_the_operations_one_by_one_give(
-    ops: list[LedgerOp], cuts: list[int]
+    ops: list[LedgerOp], cuts: list[int], singles: list[bool]
 ) -> None:
+    """Any cut of the operations into batches, some run one by one in between (as the
+    ledger's retries do), in a serving store that remembers spend rows across batches."""
+
     async def main() -> None:
-        one_by_one, batched = await _fresh_store(), await _fresh_store()
+        one_by_one, batched = await _fresh_store(), await _fresh_store(serving=True)
         try:
-            expected: list[Any] = []
-            for op in ops:
-                if isinstance(op, ReserveOp):
-                    expected.append(
-                        await one_by_one.reserve(
-                            op.reservation, op.now, replay_after=op.replay_after
-                        )
-                    )
-                elif isinstance(op, FinishOp):
-                    if op.settlement is None:
-                        done = await one_by_one.release(op.reservation_id, op.now)
-                    else:
-                        done = await one_by_one.settle(op.reservation_id, op.settlement, op.now)
-                    expected.append(done)
-                else:
-                    expected.append(await one_by_one.correct_price(op.object_id, op.actual, op.now))
+            expected = [await _one_by_one(one_by_one, op) for op in ops]
             got: list[Any] = []
             bounds = sorted({0, len(ops), *(c for c in cuts if c < len(ops))})
-            for start, end in itertools.pairwise(bounds):
-                got += batched.apply_ledger_ops(ops[start:end])
+            for n, (start, end) in enumerate(itertools.pairwise(bounds)):
+                if n < len(singles) and singles[n]:
+                    got += [await _one_by_one(batched, op) for op in ops[start:end]]
+                else:
+                    got += batched.apply_ledger_ops(ops[start:end])
             assert got == expected
             assert await _tables(batched) == await _tables(one_by_one)
         finally:
