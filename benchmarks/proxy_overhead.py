@@ -11,9 +11,12 @@ One run starts, each in its own process, all on 127.0.0.1:
 It prints p50/p99 latency added over calling the upstream directly, at 1 and 32 connections,
 throughput, and the ratios keybrake/bare; then the round trip of ``async with VaultKey``
 (issue + revoke). Targets: added latency within 1.3x of the bare proxy's, throughput at least
-0.75x of it.
+0.75x of it. Direct, bare and keybrake take turns for ``--rounds`` rounds and each figure is
+the median over them. Every process runs on the same event loop (``--loop``; uvloop when
+installed).
 
-    python benchmarks/proxy_overhead.py [--requests 2000] [--store sqlite|postgresql://...]
+    python benchmarks/proxy_overhead.py [--requests 2000] [--rounds 3] [--loop auto]
+        [--store sqlite|postgresql://...]
 """
 
 from __future__ import annotations
@@ -232,6 +235,11 @@ def load(url: str, token: str, connections: int, requests: int) -> dict[str, flo
     }
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+
+
 async def issue_bench_key(
     url: str, admin: str, *, round_trips: int = 220
 ) -> tuple[str, list[float]]:
@@ -250,7 +258,7 @@ async def issue_bench_key(
     return issued.token, times[20:]
 
 
-def orchestrate(requests: int, store: str) -> None:
+def orchestrate(requests: int, store: str, rounds: int) -> None:
     upstream_port, bare_port, kb_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     admin = "kb_admin_benchmark"
@@ -299,19 +307,43 @@ def orchestrate(requests: int, store: str) -> None:
             keybrake_url = f"http://127.0.0.1:{kb_port}"
             token, round_trips = asyncio.run(issue_bench_key(keybrake_url, admin))
             rows = []
+            spreads = []
             for connections in (1, 32):
                 n = requests if connections == 32 else max(200, requests // 4)
-                direct = load(f"{upstream}/v1/payment_intents", "x", connections, n)
-                bare = load(
-                    f"http://127.0.0.1:{bare_port}/stripe/v1/payment_intents", "x", connections, n
-                )
-                kb = load(f"{keybrake_url}/stripe/v1/payment_intents", token, connections, n)
+                runs: dict[str, list[dict[str, float]]] = {"direct": [], "bare": [], "kb": []}
+                # Interleaved rounds: drift on the shared cores hits all three alike.
+                for _ in range(rounds):
+                    runs["direct"].append(
+                        load(f"{upstream}/v1/payment_intents", "x", connections, n)
+                    )
+                    runs["bare"].append(
+                        load(
+                            f"http://127.0.0.1:{bare_port}/stripe/v1/payment_intents",
+                            "x",
+                            connections,
+                            n,
+                        )
+                    )
+                    runs["kb"].append(
+                        load(f"{keybrake_url}/stripe/v1/payment_intents", token, connections, n)
+                    )
+                direct, bare, kb = (median_run(runs[name]) for name in ("direct", "bare", "kb"))
                 rows.append((connections, direct, bare, kb))
+                spreads.append(
+                    (
+                        connections,
+                        [
+                            k["rps"] / b["rps"]
+                            for b, k in zip(runs["bare"], runs["kb"], strict=True)
+                        ],
+                    )
+                )
 
     print(
         f"store: {'sqlite' if store == 'sqlite' else store.partition(':')[0]}, "
         f"{requests} requests at 32 connections, {max(200, requests // 4)} at 1, "
-        f"event loop: {loop_name(LOOP)} (every process)"
+        f"event loop: {loop_name(LOOP)} (every process), "
+        f"median of {rounds} interleaved round{'s' if rounds > 1 else ''}"
     )
     print(
         f"{'conns':>5} {'path':<10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
@@ -333,6 +365,13 @@ def orchestrate(requests: int, store: str) -> None:
         ratio50 = (kb["p50"] - direct["p50"]) / max(bare["p50"] - direct["p50"], 1e-9)
         ratio99 = (kb["p99"] - direct["p99"]) / max(bare["p99"] - direct["p99"], 1e-9)
         print(f"{connections:>5} {ratio50:>19.2f}{ratio99:>19.2f}{kb['rps'] / bare['rps']:>20.2f}")
+    if rounds > 1:
+        print()
+        for connections, ratios in spreads:
+            print(
+                f"throughput kb/bare at {connections} connection{'s' if connections > 1 else ''},"
+                f" round by round: {', '.join(f'{r:.2f}' for r in ratios)}"
+            )
     ordered = sorted(round_trips)
     print()
     print(
@@ -428,6 +467,12 @@ def main() -> None:
     )
     parser.add_argument("--replicas", default="1,2,4", help="with PostgreSQL: replica counts")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of direct, bare and keybrake; figures are their medians",
+    )
+    parser.add_argument(
         "--loop",
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
@@ -445,7 +490,7 @@ def main() -> None:
     elif args.store.startswith("postgresql://"):
         scaling(args.requests, args.store, [int(n) for n in args.replicas.split(",")])
     else:
-        orchestrate(args.requests, args.store)
+        orchestrate(args.requests, args.store, args.rounds)
 
 
 if __name__ == "__main__":

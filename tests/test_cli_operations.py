@@ -54,7 +54,7 @@ def create_token(database: str, tenant: str) -> tuple[str, str, str]:
 
 
 @contextmanager
-def serving(database: str, **env: str) -> Iterator[str]:
+def serving(database: str, *options: str, **env: str) -> Iterator[str]:
     """``keybrake serve`` in a subprocess on a free loopback port; yield its URL."""
     port = free_port()
     proc = subprocess.Popen(
@@ -69,6 +69,7 @@ def serving(database: str, **env: str) -> Iterator[str]:
             database,
             "--log-level",
             "warning",
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -258,3 +259,23 @@ def test_audit_command_shows_decisions_and_never_a_token(
         missing = keybrake("audit", env=clean_env(KEYBRAKE_URL=url))
         assert missing.returncode == 2
         assert "master token" in missing.stderr
+
+
+def test_a_second_server_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'keybrake.db'}"
+    _, token, _ = create_token(database, "default")
+    with serving(database) as url:
+        second = keybrake("serve", "--port", str(free_port()), "--database", database)
+        assert second.returncode == 2
+        assert "another keybrake server is using" in second.stderr
+        assert api_status(url, token) == 200  # the first one goes on serving
+    with serving(database) as url:  # and once it has stopped, the file is free again
+        assert api_status(url, token) == 200
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_runs_on_either_event_loop(tmp_path: Path, loop: str) -> None:
+    database = f"sqlite:///{tmp_path / 'keybrake.db'}"
+    _, token, _ = create_token(database, "default")
+    with serving(database, "--loop", loop) as url:
+        assert api_status(url, token) == 200
