@@ -167,7 +167,9 @@ async def test_refund_of_an_unknown_charge_is_refused() -> None:
         await StripePricer().quote(request("POST", "/v1/refunds", b"charge=ch_x"), lookup)
 
 
-@given(st.text(alphabet=st.sampled_from("ab=&;é 1[]_"), max_size=30))
+# Not the empty text: parse_form answers an empty body itself, and Python 3.10's parse_qsl
+# refuses "" where 3.11's gives [].
+@given(st.text(alphabet=st.sampled_from("ab=&;é 1[]_"), min_size=1, max_size=30))
 def test_plain_forms_parse_as_parse_qsl_parses_them(text: str) -> None:
     from urllib.parse import parse_qsl
 
