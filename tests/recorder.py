@@ -30,6 +30,8 @@ class Recorder:
     answer: dict[str, Any] = attrs.field(factory=lambda: {"id": "pi_recorded"})
     status: int = 200
     delay: float = 0.0
+    #: Answered as a ``Set-Cookie`` header when set.
+    cookie: str | None = None
 
 
 @pytest.fixture
@@ -42,7 +44,8 @@ async def recorder() -> AsyncIterator[Recorder]:
         )
         if seen.delay:
             await asyncio.sleep(seen.delay)
-        return web.json_response(seen.answer, status=seen.status)
+        headers = {"Set-Cookie": seen.cookie} if seen.cookie else None
+        return web.json_response(seen.answer, status=seen.status, headers=headers)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -103,6 +103,8 @@ def create_app(
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=config.upstream_timeout),
             connector=aiohttp.TCPConnector(limit=0),
+            # A vendor's cookies must never ride along with another key's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         app[UPSTREAM_SESSION] = session
         audit = app[AUDIT] = AuditLog(the_store)

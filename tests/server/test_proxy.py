@@ -186,3 +186,34 @@ async def test_unreachable_upstream_is_502_and_releases_the_reservation(
         assert (status, answer["code"]) == (502, "upstream_unavailable")
         assert answer["error"]["type"] == "api_error"
         assert await server.spend(key["id"]) == "0.00"
+
+
+async def test_vendor_cookies_are_neither_kept_nor_passed_on(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    # By host name: a cookie jar would keep nothing from a bare IP address anyway.
+    upstream = recorder.url.replace("127.0.0.1", "localhost")
+    recorder.cookie = "session=secret-of-key-a; Path=/"
+    config = make_config(tmp_path / "kb.db", upstream)
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        admin = {"Authorization": f"Bearer {config.admin_token}"}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            for _ in range(2):
+                async with http.post(
+                    f"{url}/v1/keys",
+                    json={
+                        "vendor": "stripe",
+                        "allowed_endpoints": ["/v1/**"],
+                        "daily_usd_cap": 1,
+                        "expires_in": "1m",
+                    },
+                    headers=admin,
+                ) as issued:
+                    token = (await issued.json())["token"]
+                async with http.get(
+                    f"{url}/stripe/v1/customers", headers={"Authorization": f"Bearer {token}"}
+                ) as response:
+                    assert response.status == 200
+                    assert "Set-Cookie" not in response.headers
+    assert [r[2].get("Cookie") for r in recorder.requests] == [None, None]
