@@ -110,6 +110,7 @@ def create_app(
         audit = app[AUDIT] = AuditLog(the_store)
         audit.start()
         ledger = app[LEDGER] = Ledger(the_store)
+        ledger.audit = audit
         ledger.start()
         try:
             if (

@@ -69,6 +69,16 @@ class AuditLog:
         if len(self._pending) >= BATCH:
             self._wake.set()
 
+    def take(self, limit: int) -> list[AuditEntry]:
+        """Hand up to ``limit`` queued entries, redacted, to a writer that will write them,
+        or :meth:`give_back` them if it can't."""
+        batch, self._pending = self._pending[:limit], self._pending[limit:]
+        return [_redacted(e) for e in batch]
+
+    def give_back(self, entries: list[AuditEntry]) -> None:
+        """Put entries a writer could not write back at the front of the queue."""
+        self._pending[:0] = entries
+
     async def flush(self) -> None:
         """Write everything queued so far."""
         while self._pending:

@@ -31,7 +31,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from keybrake.server._http import now_micros
+from keybrake.server.audit import AuditLog
 from keybrake.server.store import (
+    AuditEntry,
+    AuditOp,
     CorrectPriceOp,
     FinishOp,
     LedgerOp,
@@ -50,6 +53,8 @@ log = logging.getLogger("keybrake.ledger")
 
 #: Seconds between retries of settlements the store could not take.
 RETRY_INTERVAL = 0.5
+#: Most audit entries written along with one batch.
+AUDIT_PER_BATCH = 200
 
 
 @runtime_checkable
@@ -71,6 +76,8 @@ class Ledger:
         self._flush_scheduled = False
         #: Reservations made and not finished yet: requests the vendor is answering.
         self._unfinished = 0
+        #: Where a batching ledger takes audit entries to write along with its batches.
+        self.audit: AuditLog | None = None
         self._owed: dict[str, Settlement | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -222,6 +229,10 @@ class Ledger:
     def _flush_queue(self) -> list[Any] | None:
         """Run the queue in one transaction; never raises.
 
+        A batch without reservations (settlements after their answers, mostly) also takes
+        the audit entries waiting, so they need no transaction of their own; a batch that
+        a reservation waits for never does.
+
         Returns:
             The results of the operations run (those not cancelled meanwhile), or None if
             the store failed (what failed is owed, or its waiter told).
@@ -231,9 +242,18 @@ class Ledger:
         live = [(op, done) for op, done in queue if done is None or not done.cancelled()]
         if store is None or not live:
             return []
+        ops = [op for op, _ in live]
+        audit = self.audit
+        entries: list[AuditEntry] = []
+        if audit is not None and not any(isinstance(op, ReserveOp) for op in ops):
+            entries = audit.take(AUDIT_PER_BATCH)
+            if entries:
+                ops.append(AuditOp(entries))
         try:
-            results = store.apply_ledger_ops([op for op, _ in live])
+            results = store.apply_ledger_ops(ops)[: len(live)]
         except StoreUnavailable as exc:
+            if audit is not None and entries:
+                audit.give_back(entries)
             for op, done in live:
                 if isinstance(op, ReserveOp):
                     # Nothing was committed, but release anyway, as the unbatched path does.
@@ -242,7 +262,7 @@ class Ledger:
                         done.set_exception(StoreUnavailable(str(exc)))
                 elif isinstance(op, FinishOp):
                     self._owe(op.reservation_id, op.settlement)
-                else:
+                elif isinstance(op, CorrectPriceOp):
                     log.warning("store unavailable: the price of %s stays estimated", op.object_id)
             return None
         for (_, done), result in zip(live, results, strict=True):

@@ -29,6 +29,7 @@ import attrs
 __all__ = [
     "AdminToken",
     "AuditEntry",
+    "AuditOp",
     "CorrectPriceOp",
     "FinishOp",
     "LedgerOp",
@@ -161,8 +162,15 @@ class CorrectPriceOp:
     now: int
 
 
+@attrs.define(slots=True)
+class AuditOp:
+    """Audit entries written along with a batch (already redacted); gives None."""
+
+    entries: list[AuditEntry]
+
+
 #: One step of :meth:`SQLiteStore.apply_ledger_ops`.
-LedgerOp = ReserveOp | FinishOp | CorrectPriceOp
+LedgerOp = ReserveOp | FinishOp | CorrectPriceOp | AuditOp
 
 
 @attrs.frozen
@@ -643,19 +651,7 @@ class SQLiteStore:
     # -- audit and usage --------------------------------------------------------------------
 
     async def write_audit(self, entries: list[AuditEntry]) -> None:
-        rows = [audit_row(e) for e in entries]
-
-        def write(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany(
-                "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
-                " status, reserved, settled, upstream_ms, vendor_request_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            c.execute("COMMIT")
-
-        await self._run(write)
+        await self._run(lambda c: _transaction(c, lambda: _insert_audit(c, entries)))
 
     async def list_audit(
         self,
@@ -959,7 +955,18 @@ def _apply_op(c: sqlite3.Connection, op: LedgerOp) -> Any:
         return _finish(c, op.reservation_id, op.settlement, op.now)
     if isinstance(op, ReserveOp):
         return _reserve(c, op.reservation, op.now, op.replay_after)
+    if isinstance(op, AuditOp):
+        return _insert_audit(c, op.entries)
     return _correct_price(c, op.object_id, op.actual, op.now)
+
+
+def _insert_audit(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
+    c.executemany(
+        "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
+        " status, reserved, settled, upstream_ms, vendor_request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [audit_row(e) for e in entries],
+    )
 
 
 class _Batch:
@@ -997,6 +1004,8 @@ class _Batch:
             return self.finish(op)
         if isinstance(op, ReserveOp) and op.reservation.idem_hash is None:
             return self.reserve(op.reservation, op.now)
+        if isinstance(op, AuditOp):
+            return _insert_audit(c, op.entries)  # its own table: nothing pending to write
         self.write_out()
         self.spend.clear()  # the slow path may change any spend row
         return _apply_op(c, op)

@@ -13,8 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybrake.server._http import hash_token, now_micros, utc_day
+from keybrake.server.audit import AuditLog
 from keybrake.server.ledger import Ledger
 from keybrake.server.store import (
+    AuditEntry,
     CorrectPriceOp,
     FinishOp,
     KeyRecord,
@@ -363,6 +365,7 @@ async def _one_by_one(store: SQLiteStore, op: LedgerOp) -> Any:
         if op.settlement is None:
             return await store.release(op.reservation_id, op.now)
         return await store.settle(op.reservation_id, op.settlement, op.now)
+    assert isinstance(op, CorrectPriceOp)
     return await store.correct_price(op.object_id, op.actual, op.now)
 
 
@@ -396,3 +399,62 @@ def test_a_batch_gives_what_the_operations_one_by_one_give(
             await batched.close()
 
     asyncio.run(main())
+
+
+# -- audit entries ride along with batches that no reservation waits for --------------------
+
+
+def audit_entry(path: str = "/v1/payment_intents") -> AuditEntry:
+    return AuditEntry(
+        at=now_micros(),
+        tenant="default",
+        key_id="vk_test",
+        label="batching",
+        vendor="stripe",
+        method="POST",
+        path=path,
+        decision="allowed",
+        status=200,
+    )
+
+
+async def test_audit_entries_ride_along_with_settlements_not_reservations(
+    ledger: Ledger, store: CountingStore
+) -> None:
+    audit = AuditLog(store)  # its own writer is not started: only the ledger writes
+    ledger.audit = audit
+    r = reservation(1)
+    audit.record(audit_entry("/v1/first?vault_key_secret"))
+    await reserve(ledger, r)  # a batch a reservation waits for: no audit entries in it
+    assert store.batches == [1]
+    assert (
+        len(
+            await store.list_audit(
+                "default", key_id=None, decision=None, limit=10, starting_after=None
+            )
+        )
+        == 0
+    )
+    await ledger.finish(r, Settlement(DOLLAR))
+    audit.record(audit_entry())
+    await asyncio.sleep(0)  # the settlement's batch: it takes both entries along
+    assert store.batches == [1, 2]  # the settlement and one audit write, one transaction
+    written = await store.list_audit(
+        "default", key_id=None, decision=None, limit=10, starting_after=None
+    )
+    assert sorted(e.path for e in written) == ["/v1/first?vault_key_***", "/v1/payment_intents"]
+
+
+async def test_audit_entries_go_back_when_the_batch_fails(
+    ledger: Ledger, store: CountingStore
+) -> None:
+    audit = AuditLog(store)
+    ledger.audit = audit
+    r = reservation(1)
+    await reserve(ledger, r)
+    store.fail = True
+    await ledger.finish(r, Settlement(DOLLAR))
+    audit.record(audit_entry())
+    await asyncio.sleep(0)
+    store.fail = False
+    assert len(audit.take(10)) == 1  # still queued for the audit writer
