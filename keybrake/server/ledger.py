@@ -70,7 +70,6 @@ _Queued = tuple[LedgerOp, "asyncio.Future[Any] | None"]
 class Ledger:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._inline = bool(getattr(store, "runs_inline", False))
         self._batching: BatchingStore | None = store if isinstance(store, BatchingStore) else None
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
@@ -125,14 +124,6 @@ class Ledger:
         """
         if self._batching is not None:
             return await self._reserve_batched(reservation, now, replay_after)
-        if self._inline:
-            # The store answers without ever suspending: no cancellation can land between
-            # the reservation and its result, so there is nothing to shield.
-            try:
-                return await self._store.reserve(reservation, now, replay_after=replay_after)
-            except StoreUnavailable:
-                self._owe(reservation.id, None)
-                raise
         task = asyncio.ensure_future(
             self._store.reserve(reservation, now, replay_after=replay_after)
         )
@@ -160,9 +151,6 @@ class Ledger:
         if self._batching is not None:
             self._unfinished = max(0, self._unfinished - 1)
             self._enqueue(FinishOp(reservation.id, settlement, now_micros()), None)
-            return
-        if self._inline:
-            await self._apply(reservation.id, settlement)  # never suspends: nothing to shield
             return
         task = asyncio.ensure_future(self._apply(reservation.id, settlement))
         try:

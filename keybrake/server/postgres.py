@@ -36,6 +36,7 @@ from keybrake.server.store import (
     StoreUnavailable,
     UsageRow,
     audit_row,
+    key_row,
 )
 
 if TYPE_CHECKING:
@@ -356,18 +357,7 @@ class PostgresStore:
                 "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
                 " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                key.id,
-                key.tenant,
-                key.token_hash,
-                key.vendor,
-                key.label,
-                json.dumps(list(key.allowed_endpoints)),
-                key.cap_micros,
-                key.created_at,
-                key.expires_at,
-                key.max_expires_at,
-                key.revoked_at,
-                json.dumps(key.metadata),
+                *key_row(key),
             )
             if idempotency is not None:
                 idem_hash, issue = idempotency

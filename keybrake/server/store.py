@@ -36,6 +36,7 @@ __all__ = [
     "ReserveOp",
     "UsageRow",
     "audit_row",
+    "key_row",
     "IdempotencyConflict",
     "LedgerEntry",
     "ReserveResult",
@@ -201,6 +202,24 @@ class AuditEntry:
     upstream_ms: float | None = None
     vendor_request_id: str | None = None
     id: int | None = None
+
+
+def key_row(key: KeyRecord) -> tuple[Any, ...]:
+    """A key's column values, in the order both stores insert them."""
+    return (
+        key.id,
+        key.tenant,
+        key.token_hash,
+        key.vendor,
+        key.label,
+        json.dumps(list(key.allowed_endpoints)),
+        key.cap_micros,
+        key.created_at,
+        key.expires_at,
+        key.max_expires_at,
+        key.revoked_at,
+        json.dumps(key.metadata),
+    )
 
 
 def audit_row(e: AuditEntry) -> tuple[Any, ...]:
@@ -482,9 +501,6 @@ class SQLiteStore:
     reader) may still open the file without ``serving``.
     """
 
-    #: Every call completes without suspending the event loop (see the class docstring).
-    runs_inline = True
-
     def __init__(self, path: str | Path, *, serving: bool = False) -> None:
         self.path = str(path)
         self.serving = serving
@@ -492,7 +508,7 @@ class SQLiteStore:
         self._conn: sqlite3.Connection | None = None
         self._keys_by_hash: dict[str, KeyRecord] = {}
         # A serving store's spend rows as its batches last left them (see _Batch).
-        self._spend: dict[tuple[str, str], list[Any]] = {}
+        self._spend: dict[tuple[str, str], _SpendRow] = {}
         self._checkpointer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -725,20 +741,7 @@ class SQLiteStore:
                 "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
                 " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.id,
-                    key.tenant,
-                    key.token_hash,
-                    key.vendor,
-                    key.label,
-                    json.dumps(list(key.allowed_endpoints)),
-                    key.cap_micros,
-                    key.created_at,
-                    key.expires_at,
-                    key.max_expires_at,
-                    key.revoked_at,
-                    json.dumps(key.metadata),
-                ),
+                key_row(key),
             )
             if idempotency is not None:
                 idem_hash, issue = idempotency
@@ -950,16 +953,6 @@ def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
     return result
 
 
-def _apply_op(c: sqlite3.Connection, op: LedgerOp) -> Any:
-    if isinstance(op, FinishOp):
-        return _finish(c, op.reservation_id, op.settlement, op.now)
-    if isinstance(op, ReserveOp):
-        return _reserve(c, op.reservation, op.now, op.replay_after)
-    if isinstance(op, AuditOp):
-        return _insert_audit(c, op.entries)
-    return _correct_price(c, op.object_id, op.actual, op.now)
-
-
 def _insert_audit(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
     c.executemany(
         "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
@@ -967,6 +960,16 @@ def _insert_audit(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [audit_row(e) for e in entries],
     )
+
+
+@attrs.define(slots=True)
+class _SpendRow:
+    """A day's spend row as a batch sees it, its own changes included."""
+
+    spent: int
+    reserved: int
+    cap: int | None  # None: there is no such key
+    exists: bool  # the row is in the table (else the batch inserts it)
 
 
 class _Batch:
@@ -981,11 +984,10 @@ class _Batch:
     The results are the same as running the operations one by one; a test checks that.
     """
 
-    def __init__(self, c: sqlite3.Connection, spend: dict[tuple[str, str], list[Any]]) -> None:
+    def __init__(self, c: sqlite3.Connection, spend: dict[tuple[str, str], _SpendRow]) -> None:
         self.c = c
-        # (key, day) -> [spent, reserved, cap or None without a key, row exists]. A serving
-        # store keeps it from one batch to the next: no other process writes its spend rows
-        # (the serve lock), and everything else that writes them here clears it.
+        # A serving store keeps these from one batch to the next: no other process writes
+        # its spend rows (the serve lock), and everything else that writes them clears them.
         self.spend = spend
         # (key, day) -> [spent delta, reserved delta] not yet written
         self.deltas: dict[tuple[str, str], list[int]] = {}
@@ -1008,9 +1010,11 @@ class _Batch:
             return _insert_audit(c, op.entries)  # its own table: nothing pending to write
         self.write_out()
         self.spend.clear()  # the slow path may change any spend row
-        return _apply_op(c, op)
+        if isinstance(op, ReserveOp):  # one with an idempotency key: it may be a replay
+            return _reserve(c, op.reservation, op.now, op.replay_after)
+        return _correct_price(c, op.object_id, op.actual, op.now)
 
-    def state(self, key_id: str, day: str) -> list[Any]:
+    def state(self, key_id: str, day: str) -> _SpendRow:
         known = self.spend.get((key_id, day))
         if known is None:
             row = self.c.execute(
@@ -1019,65 +1023,39 @@ class _Batch:
                 (day, key_id),
             ).fetchone()
             if row is None:
-                known = [0, 0, None, False]
+                known = _SpendRow(0, 0, None, exists=False)
             elif row[1] is None:
-                known = [0, 0, int(row[0]), False]
+                known = _SpendRow(0, 0, int(row[0]), exists=False)
             else:
-                known = [int(row[1]), int(row[2]), int(row[0]), True]
+                known = _SpendRow(int(row[1]), int(row[2]), int(row[0]), exists=True)
             unwritten = self.deltas.get((key_id, day))
             if unwritten is not None:  # settlements of this row not written out yet
-                known[0] += unwritten[0]
-                known[1] += unwritten[1]
+                known.spent += unwritten[0]
+                known.reserved += unwritten[1]
             self.spend[(key_id, day)] = known
         return known
 
     def reserve(self, r: Reservation, now: int) -> tuple[ReserveResult, SpendState]:
         state = self.state(r.key_id, r.day)
-        spent, reserved, cap = state[0], state[1], state[2]
-        if cap is None or spent + reserved + r.amount > cap:
-            return ReserveResult.CAP_EXHAUSTED, SpendState(spent, reserved)
-        state[1] = reserved = reserved + r.amount
-        delta = self.deltas.setdefault((r.key_id, r.day), [0, 0])
-        delta[1] += r.amount
+        if state.cap is None or state.spent + state.reserved + r.amount > state.cap:
+            return ReserveResult.CAP_EXHAUSTED, SpendState(state.spent, state.reserved)
+        state.reserved += r.amount
+        self.deltas.setdefault((r.key_id, r.day), [0, 0])[1] += r.amount
         self.new[r.id] = (r.id, r.key_id, r.day, r.amount, now)
-        return ReserveResult.RESERVED, SpendState(spent, reserved)
+        return ReserveResult.RESERVED, SpendState(state.spent, state.reserved)
 
     def finish(self, op: FinishOp) -> bool:
-        s = op.settlement
-        if s is None:
-            row = self.c.execute(
-                "UPDATE reservations SET state = 'released', settled_amount = 0,"
-                " finished_at = ? WHERE id = ? AND state = 'pending'"
-                " RETURNING key_id, day, amount",
-                (op.now, op.reservation_id),
-            ).fetchone()
-            actual = 0
-        else:
-            row = self.c.execute(
-                "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
-                " vendor_request_id = ?, object_id = ?, finished_at = ?"
-                " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
-                (
-                    s.actual,
-                    int(s.final),
-                    s.vendor_request_id,
-                    s.object_id,
-                    op.now,
-                    op.reservation_id,
-                ),
-            ).fetchone()
-            actual = s.actual
-        if row is None:
+        finished = _mark_finished(self.c, op.reservation_id, op.settlement, op.now)
+        if finished is None:
             return False
-        where = (str(row[0]), str(row[1]))
-        amount = int(row[2])
-        delta = self.deltas.setdefault(where, [0, 0])
+        key_id, day, amount, actual = finished
+        delta = self.deltas.setdefault((key_id, day), [0, 0])
         delta[0] += actual
         delta[1] -= amount
-        state = self.spend.get(where)
+        state = self.spend.get((key_id, day))
         if state is not None:
-            state[0] += actual
-            state[1] -= amount
+            state.spent += actual
+            state.reserved -= amount
         return True
 
     def write_out(self) -> None:
@@ -1091,12 +1069,12 @@ class _Batch:
             self.new.clear()
         for (key_id, day), (spent, reserved) in self.deltas.items():
             state = self.spend.get((key_id, day))
-            if state is not None and not state[3]:
+            if state is not None and not state.exists:
                 c.execute(
                     "INSERT INTO spend (key_id, day, spent, reserved) VALUES (?, ?, ?, ?)",
-                    (key_id, day, state[0], state[1]),
+                    (key_id, day, state.spent, state.reserved),
                 )
-                state[3] = True
+                state.exists = True
             elif spent or reserved:
                 c.execute(
                     "UPDATE spend SET spent = spent + ?, reserved = reserved + ?"
@@ -1137,32 +1115,43 @@ def _reserve(
     return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
 
 
-def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int) -> bool:
+def _mark_finished(
+    c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int
+) -> tuple[str, str, int, int] | None:
+    """Settle (or, without ``s``, release) a pending reservation's row.
+
+    Returns:
+        ``(key id, day, reserved amount, settled amount)`` for the spend row to move, or
+        None if the reservation was not pending (nothing to move).
+    """
     if s is None:
         row = c.execute(
             "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
             " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
             (now, reservation_id),
         ).fetchone()
-        if row is not None:
-            c.execute(
-                "UPDATE spend SET reserved = reserved - ? WHERE key_id = ? AND day = ?",
-                (row[2], row[0], row[1]),
-            )
-        return row is not None
-    row = c.execute(
-        "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
-        " vendor_request_id = ?, object_id = ?, finished_at = ?"
-        " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
-        (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
-    ).fetchone()
-    if row is not None:
+    else:
+        row = c.execute(
+            "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
+            " vendor_request_id = ?, object_id = ?, finished_at = ?"
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
+        ).fetchone()
+    if row is None:
+        return None
+    return str(row[0]), str(row[1]), int(row[2]), 0 if s is None else s.actual
+
+
+def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int) -> bool:
+    finished = _mark_finished(c, reservation_id, s, now)
+    if finished is not None:
+        key_id, day, amount, actual = finished
         c.execute(
             "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
             " WHERE key_id = ? AND day = ?",
-            (row[2], s.actual, row[0], row[1]),
+            (amount, actual, key_id, day),
         )
-    return row is not None
+    return finished is not None
 
 
 def _correct_price(c: sqlite3.Connection, object_id: str, actual: int, now: int) -> bool:
