@@ -56,6 +56,15 @@ def create_token(database: str, tenant: str) -> tuple[str, str, str]:
 @contextmanager
 def serving(database: str, *options: str, **env: str) -> Iterator[str]:
     """``keybrake serve`` in a subprocess on a free loopback port; yield its URL."""
+    with serving_process(database, *options, **env) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_process(
+    database: str, *options: str, **env: str
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """As :func:`serving`, yielding the process too."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -86,7 +95,7 @@ def serving(database: str, *options: str, **env: str) -> Iterator[str]:
         assert any(line.startswith("keybrake serving on") for line in printed), printed
         # Tokens already exist in the database, so the server makes and prints none.
         assert "KEYBRAKE_TOKEN=" not in "".join(printed)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -273,9 +282,13 @@ def test_a_second_server_on_the_same_sqlite_file_refuses_to_start(tmp_path: Path
         assert api_status(url, token) == 200
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_serve_runs_on_either_event_loop(tmp_path: Path, loop: str) -> None:
     database = f"sqlite:///{tmp_path / 'keybrake.db'}"
     _, token, _ = create_token(database, "default")
-    with serving(database, "--loop", loop) as url:
+    with serving_process(database, "--loop", loop) as (url, proc):
         assert api_status(url, token) == 200
+        # uvloop is a compiled module: mapped into the server's memory only when it runs.
+        uvloop_loaded = "uvloop" in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert uvloop_loaded is (loop == "uvloop")

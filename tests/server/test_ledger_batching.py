@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from keybrake.server import api
 from keybrake.server._http import hash_token, now_micros, utc_day
+from keybrake.server._keys import LEDGER, STORE
+from keybrake.server.app import create_app
 from keybrake.server.audit import AuditLog
 from keybrake.server.ledger import Ledger
 from keybrake.server.store import (
@@ -29,6 +35,7 @@ from keybrake.server.store import (
     SQLiteStore,
     StoreUnavailable,
 )
+from tests.conftest import make_config
 
 DOLLAR = 1_000_000
 
@@ -458,3 +465,34 @@ async def test_audit_entries_go_back_when_the_batch_fails(
     await asyncio.sleep(0)
     store.fail = False
     assert len(audit.take(10)) == 1  # still queued for the audit writer
+
+
+# -- the API reads spend after the queue -----------------------------------------------------
+
+
+async def test_the_api_writes_queued_settlements_before_it_reads_spend(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "api.db", "http://127.0.0.1:9")
+    app = create_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await app[STORE].insert_key(key_record())
+        ledger = app[LEDGER]
+        r = reservation(1)
+        await reserve(ledger, r)
+        await ledger.finish(r, Settlement(DOLLAR))
+        assert ledger.queued == 1  # the settlement waits for the next turn of the loop...
+        auth = {"Authorization": f"Bearer {config.admin_token}"}
+        # ...and the handlers run before that turn: they must write the queue themselves.
+        key = make_mocked_request(
+            "GET", "/v1/keys/vk_test", headers=auth, match_info={"key_id": "vk_test"}, app=app
+        )
+        answer = json.loads(cast(bytes, (await api.get_key(key)).body))
+        assert (answer["spent_today_usd"], answer["reserved_today_usd"]) == ("1.00", "0.00")
+        await ledger.finish(reservation(2), None)  # (nothing to release: just queued again)
+        usage = make_mocked_request("GET", "/v1/usage", headers=auth, app=app)
+        answer = json.loads(cast(bytes, (await api.list_usage(usage)).body))
+        assert answer["data"][0]["spent_usd"] == "1.00"
+        assert ledger.queued == 0
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from keybrake import Keybrake
 from keybrake.server import running_server
 from tests.conftest import make_config
 from tests.recorder import Proxy, Recorder, raw_request
@@ -217,3 +218,20 @@ async def test_vendor_cookies_are_neither_kept_nor_passed_on(
                     assert response.status == 200
                     assert "Set-Cookie" not in response.headers
     assert [r[2].get("Cookie") for r in recorder.requests] == [None, None]
+
+
+async def test_a_vendor_base_url_keeps_its_path(tmp_path: Path, recorder: Recorder) -> None:
+    config = make_config(tmp_path / "kb.db", recorder.url + "/gateway/stripe/")
+    async with running_server(config) as url:
+        assert config.admin_token is not None
+        async with Keybrake(config.admin_token, api_url=url, proxy_url=url) as kb:
+            issued = await kb.issue_key("stripe", ["/v1/**"], cap=1, ttl="1m")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{url}/stripe/v1/customers?limit=3",
+                headers={"Authorization": f"Bearer {issued.token}"},
+            ) as response,
+        ):
+            assert response.status == 200
+    assert [r[1] for r in recorder.requests] == ["/gateway/stripe/v1/customers?limit=3"]
