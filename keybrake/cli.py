@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from keybrake.server.app import create_app
     from keybrake.server.config import ServerConfig
+    from keybrake.server.runner import running_server
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -24,7 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     from keybrake.server.pricing import PricingFileError
     from keybrake.server.store import StoreUnavailable
 
-    config = ServerConfig.from_env(database_url=args.database, pricing_file=args.pricing)
+    config = ServerConfig.from_env(
+        database_url=args.database, pricing_file=args.pricing, http=args.http
+    )
 
     def announce(token: str) -> None:
         print(
@@ -35,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(config, on_new_admin_token=announce)
+    except ImportError as exc:
+        print(f"keybrake serve: {exc}", file=sys.stderr)
+        return 2
     except (PricingFileError, ValueError) as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
@@ -46,21 +53,35 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    where = f"http://{args.host}:{args.port}"
+
+    async def serve() -> None:
+        async with running_server(
+            config, host=args.host, port=args.port, app=app, handle_signals=True
+        ):
+            print(
+                f"keybrake serving on http://{args.host}:{args.port} ({_store_name(config)})",
+                flush=True,
+            )
+            await asyncio.Event().wait()  # until SIGINT or SIGTERM
+
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(serve())
     try:
-        web.run_app(
-            app,
-            host=args.host,
-            port=args.port,
-            access_log=None,
-            loop=loop,
-            print=lambda _: print(
-                f"keybrake serving on {where} ({_store_name(config)})", flush=True
-            ),
-        )
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
     except StoreUnavailable as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # Stopping runs the server's clean shutdown: requests finish, queues are written.
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
     return 0
 
 
@@ -236,6 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
         help="event loop: uvloop when installed (the 'server' extra), else asyncio (auto)",
+    )
+    serve.add_argument(
+        "--http",
+        default=None,
+        choices=["auto", "fast", "aiohttp"],
+        help="how proxy requests are read and forwarded: keybrake's own HTTP/1.1 on httptools"
+        " (fast, the 'server' extra) or aiohttp's; auto takes fast when installed"
+        " (else KEYBRAKE_HTTP, else auto)",
     )
     serve.set_defaults(run=_serve)
 

@@ -13,13 +13,16 @@ from keybrake.server.metrics import Metrics
 from keybrake.server.store import Store
 
 if TYPE_CHECKING:
-    from keybrake.server.proxy import Vendor
+    from keybrake.server.proxy import ProxyHandler, Vendor
+    from keybrake.server.upstream import Forwarder
 
 __all__ = [
     "AUDIT",
     "CONFIGURED_ADMIN_HASH",
+    "FORWARDER",
     "LEDGER",
     "METRICS",
+    "PROXY",
     "STORE",
     "UPSTREAM_SESSION",
     "VENDORS",
@@ -36,3 +39,7 @@ VENDORS: web.AppKey[dict[str, Vendor]] = web.AppKey("vendors", dict)
 UPSTREAM_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey(
     "upstream_session", aiohttp.ClientSession
 )
+#: How proxied requests reach the vendors.
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")
+#: The proxy's policy, which the fast HTTP frame calls directly.
+PROXY: web.AppKey[ProxyHandler] = web.AppKey("proxy")

@@ -25,16 +25,26 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
-from keybrake.server._http import error_response, hash_token, now_micros, utc_day
-from keybrake.server._keys import AUDIT, LEDGER, METRICS, STORE, UPSTREAM_SESSION, VENDORS
+from keybrake.server._http import error_body, hash_token, now_micros, utc_day
+from keybrake.server._keys import (
+    AUDIT,
+    FORWARDER,
+    LEDGER,
+    METRICS,
+    PROXY,
+    STORE,
+    UPSTREAM_SESSION,
+    VENDORS,
+)
 from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
 from keybrake.server.ledger import Ledger
@@ -45,12 +55,17 @@ from keybrake.server.store import (
     Reservation,
     ReserveResult,
     Settlement,
-    Store,
     StoreUnavailable,
+)
+from keybrake.server.upstream import (
+    Origin,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
 )
 from keybrake.vendors._pricing import Pricer, PricingRefusal, Quote, VendorRequest
 
-__all__ = ["Vendor", "add_routes", "vendors_from_config"]
+__all__ = ["Answer", "Incoming", "ProxyHandler", "Vendor", "add_routes", "vendors_from_config"]
 
 log = logging.getLogger("keybrake.proxy")
 
@@ -108,6 +123,12 @@ class Vendor:
         init=False,
         repr=False,
         default=attrs.Factory(lambda self: str(self.base_url).rstrip("/"), takes_self=True),
+    )
+    #: Where requests go: scheme, host, port and path prefix of ``base_url``.
+    origin: Origin = attrs.field(
+        init=False,
+        repr=False,
+        default=attrs.Factory(lambda self: Origin.from_url(self.base_url), takes_self=True),
     )
 
 
@@ -173,8 +194,8 @@ class _ReservationIds:
         return f"{self._prefix}{next(self._count):010x}"
 
 
-def _vault_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def _vault_token(header: str) -> str | None:
+    """The vault key in an ``Authorization`` header (Bearer, or either half of Basic)."""
     scheme, _, value = header.partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value:
@@ -191,6 +212,54 @@ def _vault_token(request: web.Request) -> str | None:
 
 class _UpstreamDown(Exception):
     pass
+
+
+class Incoming(Protocol):
+    """A proxy request as any HTTP frame presents it (an aiohttp request is one)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str:
+        """Path and query, as sent."""
+        ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str] | CIMultiDict[str]: ...
+
+    async def read(self) -> bytes:
+        """The whole body.
+
+        Raises:
+            aiohttp.web.HTTPRequestEntityTooLarge: it is larger than the server accepts.
+        """
+        ...
+
+
+@attrs.frozen
+class Answer:
+    """What the proxy sends back, whichever frame sends it."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    @classmethod
+    def error(
+        cls, status: int, code: str, message: str, *, vendor: str | None, **extra: Any
+    ) -> Answer:
+        """The same JSON error :func:`~keybrake.server._http.error_response` builds."""
+        body, headers = error_body(status, code, message, vendor=vendor, **extra)
+        return cls(
+            status,
+            [("Content-Type", "application/json; charset=utf-8"), *headers.items()],
+            json.dumps(body).encode(),
+        )
+
+
+#: Sends an answer to the client.
+Send = Callable[[Answer], Awaitable[None]]
 
 
 @attrs.define
@@ -212,38 +281,76 @@ class _Facts:
 
 
 class ProxyHandler:
-    def __init__(self) -> None:
+    """The proxy's policy, whatever HTTP frame a request comes in by.
+
+    :meth:`handle` serves it as an aiohttp route; :mod:`keybrake.server.front` calls
+    :meth:`serve` directly.
+    """
+
+    def __init__(self, app: web.Application, config: ServerConfig) -> None:
+        self._app = app
         self._ids = _ReservationIds()
+        #: Largest request body read, in bytes.
+        self.max_body_size = config.max_body_size
+
+    @property
+    def vendors(self) -> dict[str, Vendor]:
+        return self._app[VENDORS]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        app = request.app
+        """The aiohttp route ``ANY /{vendor}/{tail}``."""
+        sent: web.StreamResponse | None = None
+
+        async def send(answer: Answer) -> None:
+            nonlocal sent
+            sent = web.Response(
+                status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
+            )
+            await sent.prepare(request)
+            await sent.write_eof()
+
+        await self.serve(request, request.match_info["vendor"], send)
+        assert sent is not None
+        return sent
+
+    async def serve(self, request: Incoming, vendor_name: str, send: Send) -> None:
+        """Decide, forward if allowed, answer with ``send``; then settle, audit and count."""
         raw_path = request.raw_path.partition("?")[0]
-        vendor_name = request.match_info["vendor"]
         facts = _Facts(
             method=request.method.upper(),
             path=raw_path[len(vendor_name) + 1 :],
-            vendor=vendor_name if vendor_name in app[VENDORS] else None,
+            vendor=vendor_name if vendor_name in self.vendors else None,
         )
         try:
-            response = await self._handle(request, facts)
-            if facts.decision == "allowed":
-                # Send the vendor's answer now: what follows (settling, audit, metrics) is
-                # ours alone.
-                await response.prepare(request)
-                await response.write_eof()
-            return response
-        except StoreUnavailable:
-            facts.decision, facts.status = "store_unavailable", 503
-            raise
-        except web.HTTPRequestEntityTooLarge:
-            facts.decision, facts.status = "body_too_large", 413
-            raise
+            try:
+                answer = await self._handle(request, vendor_name, facts)
+            except StoreUnavailable:
+                log.exception("store unavailable")
+                answer = self._refuse(
+                    facts,
+                    503,
+                    "store_unavailable",
+                    "keybrake's store is unavailable; nothing was forwarded",
+                )
+            except web.HTTPRequestEntityTooLarge:
+                answer = self._refuse(
+                    facts, 413, "body_too_large", "request body is larger than the server accepts"
+                )
+            except (aiohttp.ClientPayloadError, ConnectionResetError):
+                raise  # the client went away while sending: nobody to answer
+            except Exception:
+                log.exception("unexpected error on %s %s", facts.method, raw_path)
+                answer = Answer.error(
+                    500, "internal_error", "unexpected server error", vendor=facts.vendor
+                )
+            # Send the answer now: what follows (settling, audit, metrics) is ours alone.
+            await send(answer)
         finally:
             if facts.after_answer is not None:
                 # Never suspends (a batching ledger only queues), so it runs even when
                 # the handler is being cancelled.
                 await facts.after_answer()
-            self._record(app, facts)
+            self._record(facts)
 
     def _refuse(
         self,
@@ -252,14 +359,14 @@ class ProxyHandler:
         code: str,
         message: str,
         **extra: Any,
-    ) -> web.Response:
+    ) -> Answer:
         facts.decision, facts.status = code, status
-        return error_response(status, code, message, vendor=facts.vendor, **extra)
+        return Answer.error(status, code, message, vendor=facts.vendor, **extra)
 
-    async def _handle(self, request: web.Request, facts: _Facts) -> web.StreamResponse:
-        app = request.app
-        vendors = app[VENDORS]
-        vendor = vendors.get(request.match_info["vendor"])
+    async def _handle(self, request: Incoming, vendor_name: str, facts: _Facts) -> Answer:
+        app = self._app
+        vendors = self.vendors
+        vendor = vendors.get(vendor_name)
         refuse = self._refuse
         if vendor is None:
             return refuse(
@@ -267,7 +374,7 @@ class ProxyHandler:
             )
         store = app[STORE]
 
-        token = _vault_token(request)
+        token = _vault_token(request.headers.get("Authorization", ""))
         if token is None:
             return refuse(
                 facts, 401, "invalid_key", "missing vault key (Authorization: Bearer ...)"
@@ -365,51 +472,46 @@ class ProxyHandler:
             else:
                 facts.reserved = quote.micros
 
-        return await self._forward(
-            request, store, vendor, facts, vendor_request, quote, reservation
-        )
+        return await self._forward(request, vendor, facts, vendor_request, quote, reservation)
 
     async def _forward(
         self,
-        request: web.Request,
-        store: Store,
+        request: Incoming,
         vendor: Vendor,
         facts: _Facts,
         vendor_request: VendorRequest,
         quote: Quote,
         reservation: Reservation | None,
-    ) -> web.StreamResponse:
+    ) -> Answer:
         method = vendor_request.method
-        headers = {
+        forwarded = {
             name: value
             for name, value in request.headers.items()
             if name.lower() in _FORWARD_REQUEST_HEADERS
         }
         assert vendor.authorization is not None
-        headers["Authorization"] = vendor.authorization
+        forwarded["Authorization"] = vendor.authorization
         path = "/" + "/".join(quote.segments) if quote.segments is not None else facts.path
         query = vendor_request.query
-        url = URL(vendor.base + path + ("?" + query if query else ""), encoded=True)
+        target = vendor.origin.prefix + path + ("?" + query if query else "")
         body = quote.body if quote.body is not None else vendor_request.body
-        session = request.app[UPSTREAM_SESSION]
         refuse = self._refuse
-        ledger = request.app[LEDGER]
+        ledger = self._app[LEDGER]
         kept = Settlement(quote.micros)
         started = time.perf_counter()
         try:
-            async with session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as upstream:
-                payload = await upstream.read()
-        except aiohttp.ClientConnectorError:
+            upstream = await self._app[FORWARDER].request(
+                vendor.origin, method, target, list(forwarded.items()), body
+            )
+        except UpstreamUnreachable:
             # Nothing reached the vendor: the reservation can safely go back.
             await ledger.finish(reservation, None)
             return refuse(facts, 502, "upstream_unavailable", f"can't reach {vendor.name}")
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except UpstreamError as exc:
             # The request may have reached the vendor: keep it counted.
             await ledger.finish(reservation, kept)
             facts.settled = kept.actual if reservation else 0
-            timeout = isinstance(exc, asyncio.TimeoutError)
+            timeout = isinstance(exc, UpstreamTimeout)
             code = "upstream_timeout" if timeout else "upstream_unavailable"
             return refuse(
                 facts, 504 if timeout else 502, code, f"{vendor.name} did not answer in full"
@@ -421,7 +523,7 @@ class ProxyHandler:
             raise
         facts.upstream_seconds = time.perf_counter() - started
 
-        request_id = upstream.headers.get("Request-Id") or upstream.headers.get("Twilio-Request-Id")
+        request_id = upstream.header("Request-Id") or upstream.header("Twilio-Request-Id")
         facts.decision, facts.status, facts.vendor_request_id = (
             "allowed",
             upstream.status,
@@ -429,7 +531,14 @@ class ProxyHandler:
         )
         if 200 <= upstream.status < 300:
             settle = functools.partial(
-                _settle_success, ledger, vendor, vendor_request, quote, payload, reservation, facts
+                _settle_success,
+                ledger,
+                vendor,
+                vendor_request,
+                quote,
+                upstream.body,
+                reservation,
+                facts,
             )
             if ledger.batches:
                 # Queued and written after the answer anyway: work out what it cost after
@@ -442,15 +551,18 @@ class ProxyHandler:
         else:
             facts.settled = quote.micros if reservation is not None else 0
             await ledger.finish(reservation, Settlement(quote.micros, True, request_id))
-        out_headers = {
-            name: value
-            for name, value in upstream.headers.items()
-            if name.lower() not in _DROP_RESPONSE_HEADERS
-        }
-        return web.Response(status=upstream.status, body=payload, headers=out_headers)
+        return Answer(
+            upstream.status,
+            [
+                (name, value)
+                for name, value in upstream.headers
+                if name.lower() not in _DROP_RESPONSE_HEADERS
+            ],
+            upstream.body,
+        )
 
-    @staticmethod
-    def _record(app: web.Application, facts: _Facts) -> None:
+    def _record(self, facts: _Facts) -> None:
+        app = self._app
         key = facts.key
         vendor = facts.vendor or "unknown"
         metrics = app[METRICS]
@@ -542,4 +654,5 @@ async def _lookup(
 
 def add_routes(app: web.Application, config: ServerConfig) -> None:
     app[VENDORS] = vendors_from_config(config)
-    app.router.add_route("*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", ProxyHandler().handle)
+    handler = app[PROXY] = ProxyHandler(app, config)
+    app.router.add_route("*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", handler.handle)

@@ -1,4 +1,4 @@
-"""Run the server inside an existing event loop (for embedding, the demo and tests)."""
+"""Run the server inside an existing event loop (for embedding, the demo, the CLI and tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from keybrake.server.app import create_app
+from keybrake.server.app import create_app, uses_fast_http
 from keybrake.server.config import ServerConfig
 from keybrake.server.store import Store
 
@@ -23,17 +23,35 @@ async def running_server(
     store: Store | None = None,
     on_new_admin_token: Callable[[str], None] | None = None,
     handler_cancellation: bool = False,
+    handle_signals: bool = False,
+    app: web.Application | None = None,
 ) -> AsyncIterator[str]:
     """Serve keybrake on ``host:port`` (port 0 picks a free one) and yield its base URL.
 
-    ``handler_cancellation`` cancels a request's handler when its client goes away (aiohttp's
-    option of that name). Everything it started is stopped on exit.
+    Proxy requests take keybrake's own HTTP frame unless ``config.http`` says ``aiohttp``
+    (see :mod:`keybrake.server.front`). ``handler_cancellation`` cancels a request's handler
+    when its client goes away (aiohttp's option of that name); ``handle_signals`` makes
+    SIGINT and SIGTERM raise :class:`aiohttp.web.GracefulExit`. ``app`` is one already made
+    by :func:`~keybrake.server.app.create_app` from ``config``. Everything it started is
+    stopped on exit, requests being served first.
     """
-    app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
+    if app is None:
+        app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=handler_cancellation,
+        handle_signals=handle_signals,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site: web.BaseSite
+        if uses_fast_http(config):
+            from keybrake.server.front import ProxySite
+
+            site = ProxySite(runner, host, port, cancel_on_lost=handler_cancellation)
+        else:
+            site = web.TCPSite(runner, host, port)
         await site.start()
         bound_port = runner.addresses[0][1]
         yield f"http://{host}:{bound_port}"
