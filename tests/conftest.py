@@ -86,9 +86,7 @@ async def twilio_server(
 ) -> AsyncIterator[RunningServer]:
     """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
     db_path = tmp_path / "keybrake-twilio.db"  # its own file: one server per SQLite file
-    config = make_config(
-        db_path, "http://127.0.0.1:9", twilio_api_base=prism_url, http=http_frame
-    )
+    config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url, http=http_frame)
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)

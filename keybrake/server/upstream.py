@@ -204,6 +204,8 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._length: str | None = None
         self._chunked = False
+        #: Why a callback stopped the parser (httptools wraps what a callback raises).
+        self._failure: UpstreamBroken | None = None
 
     # asyncio.Protocol
 
@@ -245,9 +247,8 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             if waiter is not None and not waiter.done():
-                broken = exc if isinstance(exc, UpstreamBroken) else None
                 waiter.set_exception(
-                    broken or UpstreamBroken(f"malformed answer from the vendor: {exc}")
+                    self._failure or UpstreamBroken(f"malformed answer from the vendor: {exc}")
                 )
 
     # httptools callbacks
@@ -274,7 +275,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > MAX_RESPONSE_BYTES:
-            raise UpstreamBroken("the vendor's answer is larger than the proxy accepts")
+            self._failure = UpstreamBroken("the vendor's answer is larger than the proxy accepts")
+            raise self._failure
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -308,9 +310,10 @@ class _Connection(asyncio.Protocol):
         try:
             decoder = _decoder(encoding)
             if decoder is not None:
-                body = decoder.decompress(body, MAX_RESPONSE_BYTES) + decoder.flush()
+                decoded = decoder.decompress(body, MAX_RESPONSE_BYTES)
                 if decoder.unconsumed_tail:
                     raise UpstreamBroken("the vendor's answer is larger than the proxy accepts")
+                body = decoded + decoder.flush()
         except (UpstreamBroken, zlib.error) as exc:
             waiter.set_exception(
                 exc if isinstance(exc, UpstreamBroken) else UpstreamBroken(str(exc))
@@ -332,6 +335,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._head_only = head_only
         self._reusable = False
+        self._failure = None
         self.transport.write(raw)
         return self._waiter
 
