@@ -15,9 +15,11 @@ commit, at the start of the next turn (group commit). When no other request is i
 reservation doesn't wait for the turn: it commits at once, with whatever is queued. Either
 way a reservation is committed before its request is forwarded, and each is still checked
 against the cap on its own, in the order they were asked for, so the cap holds exactly. A
-settlement doesn't wait: the answer goes back to the client while it is queued, and the
-commit follows before the server reads anything else off the network. A crash between the
-two leaves the reservation pending at its bound: counted too much, never too little.
+settlement doesn't wait: the answer goes back to the client while it is queued, and it is
+committed with the next reservation's transaction or, if none comes, within
+:data:`SETTLE_DELAY` seconds; so a busy server commits once per turn, and a server with one
+request at a time once per request, not twice. A crash between the answer and that commit
+leaves the reservation pending at its bound: counted too much, never too little.
 :meth:`Ledger.flush` writes the queue now; the API calls it before reading spend, so what
 it shows includes every request answered so far.
 """
@@ -53,6 +55,8 @@ log = logging.getLogger("keybrake.ledger")
 
 #: Seconds between retries of settlements the store could not take.
 RETRY_INTERVAL = 0.5
+#: Longest a queued settlement waits for a reservation's transaction to go with, in seconds.
+SETTLE_DELAY = 0.05
 #: Most audit entries written along with one batch.
 AUDIT_PER_BATCH = 200
 
@@ -73,6 +77,7 @@ class Ledger:
         self._batching: BatchingStore | None = store if isinstance(store, BatchingStore) else None
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         #: Reservations made and not finished yet: requests the vendor is answering.
         self._unfinished = 0
         #: Where a batching ledger takes audit entries to write along with its batches.
@@ -209,10 +214,16 @@ class Ledger:
         return result
 
     def _enqueue(self, op: LedgerOp, done: asyncio.Future[Any] | None) -> None:
+        """Queue ``op``: for the next turn if someone waits for it, else for a while."""
         self._queue.append((op, done))
-        if not self._flush_scheduled:
+        if self._flush_scheduled:
+            return
+        loop = asyncio.get_running_loop()
+        if done is not None:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_queue)
+            loop.call_soon(self._flush_queue)
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_later(SETTLE_DELAY, self._flush_queue)
 
     def _flush_queue(self) -> list[Any] | None:
         """Run the queue in one transaction; never raises.
@@ -226,6 +237,9 @@ class Ledger:
             the store failed (what failed is owed, or its waiter told).
         """
         self._flush_scheduled = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         store, queue, self._queue = self._batching, self._queue, []
         live = [(op, done) for op, done in queue if done is None or not done.cancelled()]
         if store is None or not live:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybrake.server import api
+from keybrake.server import ledger as ledger_module
 from keybrake.server._http import hash_token, now_micros, utc_day
 from keybrake.server._keys import LEDGER, STORE
 from keybrake.server.app import create_app
@@ -142,14 +143,35 @@ async def test_a_reservation_is_committed_before_its_caller_goes_on(
         await other.close()
 
 
-async def test_settlements_are_queued_then_written_before_the_next_turn(
+async def test_a_settlement_goes_with_the_next_reservation(
     ledger: Ledger, store: CountingStore
 ) -> None:
     r = reservation(1)
     await reserve(ledger, r)
     await ledger.finish(r, Settlement(DOLLAR // 2))
     assert ledger.queued == 1  # the caller didn't wait for the commit
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert ledger.queued == 1  # nor does the settlement need a transaction of its own
+    store.batches.clear()
+    second = reservation(2)
+    await reserve(ledger, second)
+    assert ledger.queued == 0
+    assert store.batches == [2]  # one commit: the settlement, then the reservation
+    assert await store.spend("vk_test", r.day) == SpendState(DOLLAR // 2, DOLLAR)
+
+
+async def test_a_settlement_is_written_within_the_delay(
+    ledger: Ledger, store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ledger_module, "SETTLE_DELAY", 0.02)
+    r = reservation(1)
+    await reserve(ledger, r)
+    await ledger.finish(r, Settlement(DOLLAR // 2))
+    assert ledger.queued == 1
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if not ledger.queued:
+            break
     assert ledger.queued == 0
     assert await store.spend("vk_test", r.day) == SpendState(DOLLAR // 2, 0)
 
@@ -444,7 +466,7 @@ async def test_audit_entries_ride_along_with_settlements_not_reservations(
     )
     await ledger.finish(r, Settlement(DOLLAR))
     audit.record(audit_entry())
-    await asyncio.sleep(0)  # the settlement's batch: it takes both entries along
+    await ledger.flush()  # the settlement's batch (due after a while): it takes both along
     assert store.batches == [1, 2]  # the settlement and one audit write, one transaction
     written = await store.list_audit(
         "default", key_id=None, decision=None, limit=10, starting_after=None
@@ -462,7 +484,7 @@ async def test_audit_entries_go_back_when_the_batch_fails(
     store.fail = True
     await ledger.finish(r, Settlement(DOLLAR))
     audit.record(audit_entry())
-    await asyncio.sleep(0)
+    await ledger.flush()
     store.fail = False
     assert len(audit.take(10)) == 1  # still queued for the audit writer
 
