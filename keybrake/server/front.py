@@ -52,6 +52,8 @@ _MAX_HEAD = 32 * 1024
 KEEPALIVE_SECONDS = 75.0
 _SWEEP_SECONDS = 10.0
 
+#: Statuses whose answers have neither a body nor a ``Content-Length`` (RFC 9110, 8.6).
+_NO_BODY = frozenset({204, 304})
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
@@ -139,6 +141,8 @@ class _Front:
         self.cancel_on_lost = cancel_on_lost
         self.prefixes = {f"/{name}/".encode(): name for name in proxy.vendors}
         self.max_body = proxy.max_body_size
+        #: Bytes read ahead of the request being served before reading pauses.
+        self.max_buffer = self.max_body + _MAX_HEAD
         self.connections: set[_Connection] = set()
         self.closing = False
         self._idle_done: asyncio.Event | None = None
@@ -190,6 +194,7 @@ class _Connection(asyncio.Protocol):
         self._plain: _Plain | None = None  # a request whose body is still arriving
         self._task: asyncio.Task[None] | None = None
         self.busy = False
+        self._paused = False
         self.last_active = time.monotonic()
 
     # asyncio.Protocol
@@ -214,6 +219,10 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         if not self.busy:
             self._next()
+        elif len(self._buffer) > self._front.max_buffer and self._transport is not None:
+            # A client sending far ahead of its answers waits, rather than fill our memory.
+            self._transport.pause_reading()
+            self._paused = True
 
     # reading requests
 
@@ -322,6 +331,9 @@ class _Connection(asyncio.Protocol):
             elif plain.close or front.closing:
                 self.close()
             else:
+                if self._paused:
+                    self._paused = False
+                    self._transport.resume_reading()
                 self._next()
 
     async def _send(self, answer: Answer, *, close: bool) -> None:
@@ -336,12 +348,17 @@ class _Connection(asyncio.Protocol):
                 f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
                 for name, value in answer.headers
             ],
-            b"Content-Length: %d\r\nDate: %s\r\n" % (len(answer.body), front.date()),
+            b"Date: %s\r\n" % front.date(),
         ]
+        body = answer.body
+        if status in _NO_BODY:
+            body = b""
+        else:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
         if close or front.closing:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
-        parts.append(answer.body)
+        parts.append(body)
         transport.write(b"".join(parts))
 
     def close(self) -> None:

@@ -330,3 +330,46 @@ def test_http_setting() -> None:
     assert ServerConfig.from_env({"KEYBRAKE_HTTP": "aiohttp"}).http == "aiohttp"
     with pytest.raises(ValueError, match="http"):
         ServerConfig(http="h2")
+
+
+async def test_a_client_far_ahead_of_its_answers_is_paused_not_dropped(
+    fast: Proxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paused: list[bool] = []
+    monkeypatch.setattr(front._Connection, "data_received", _counting(paused))
+    key = await fast.issue(daily_usd_cap="1000")
+    recorder.delay = 0.05
+    body = b"amount=100&currency=usd&description=" + b"d" * 3000
+    count = 20  # about 60 KB: more than the frame reads ahead of the request it serves
+    async with connect(fast.url) as conn:
+        await conn.send(proxied(key["token"], body))
+        await asyncio.sleep(0.02)  # the first is with the vendor: the rest arrive meanwhile
+        await conn.send(proxied(key["token"], body) * (count - 1))
+        answers = [await conn.answer() for _ in range(count)]
+    assert [a.status for a in answers] == [200] * count
+    assert len(recorder.requests) == count
+    assert any(paused)
+
+
+def _counting(paused: list[bool]) -> Any:
+    """``data_received`` that notes whether it left the connection paused."""
+    original = front._Connection.data_received
+
+    def data_received(self: Any, data: bytes) -> None:
+        original(self, data)
+        paused.append(self._paused)
+
+    return data_received
+
+
+async def test_an_answer_without_content_has_no_length(fast: Proxy, recorder: Recorder) -> None:
+    key = await fast.issue()
+    recorder.status = 204
+    async with connect(fast.url) as conn:
+        await conn.send(proxied(key["token"]))
+        answer = await conn.answer()
+        assert (answer.status, answer.body) == (204, b"")
+        assert "content-length" not in answer.headers
+        recorder.status = 200
+        await conn.send(proxied(key["token"]))  # the connection is still in step
+        assert (await conn.answer()).status == 200

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import attrs
 import pytest
+import trustme
 from yarl import URL
 
 from keybrake.server import upstream
@@ -47,7 +49,7 @@ class ScriptedVendor:
 
 
 @contextlib.asynccontextmanager
-async def scripted_vendor() -> AsyncIterator[ScriptedVendor]:
+async def scripted_vendor(tls: ssl.SSLContext | None = None) -> AsyncIterator[ScriptedVendor]:
     vendor = ScriptedVendor()
     tasks: list[asyncio.Task[None]] = []
     writers: list[asyncio.StreamWriter] = []
@@ -86,7 +88,7 @@ async def scripted_vendor() -> AsyncIterator[ScriptedVendor]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     vendor.port = server.sockets[0].getsockname()[1]
     try:
         yield vendor
@@ -370,3 +372,29 @@ def test_origin_of_a_base_url() -> None:
     assert (origin.authority, origin.prefix) == ("[::1]:8080", "/stripe")
     with pytest.raises(ValueError, match="http"):
         Origin.from_url(URL("ftp://example.com"))
+
+
+async def test_https_vendors_are_reached_over_verified_tls() -> None:
+    authority = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(served)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    async with scripted_vendor(tls=served) as vendor:
+        origin = Origin.from_url(URL(f"https://localhost:{vendor.port}"))
+        forwarder = PooledForwarder(timeout=5.0, ssl_context=trusting)
+        try:
+            for _ in range(2):
+                response = await forwarder.request(origin, "GET", "/v1/x", [], b"")
+                assert (response.status, response.body) == (200, b"{}")
+            assert vendor.connections == 1
+        finally:
+            await forwarder.close()
+        # A certificate the forwarder can't verify: refused before anything is sent.
+        untrusting = PooledForwarder(timeout=5.0)
+        try:
+            with pytest.raises(UpstreamUnreachable, match="certificate"):
+                await untrusting.request(origin, "GET", "/v1/x", [], b"")
+        finally:
+            await untrusting.close()
+    assert len(vendor.requests) == 2

@@ -1,0 +1,36 @@
+"""The benchmark scripts run and print their tables (their figures are for docs/, not tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_proxy_overhead_prints_its_table() -> None:
+    out = run("proxy_overhead.py", "--requests", "64", "--rounds", "1")
+    assert "added p50 kb/bare" in out
+    assert "throughput kb/bare" in out
+    rows = [line.split() for line in out.splitlines()]
+    paths = {(row[0], row[1]) for row in rows if len(row) == 7}
+    assert {("1", "keybrake"), ("32", "keybrake"), ("1", "bare"), ("32", "bare")} <= paths
+    assert "async with VaultKey (issue + revoke)" in out
+
+
+def test_vault_key_roundtrip_prints_its_figures() -> None:
+    out = run("vault_key_roundtrip.py", "--n", "30")
+    assert "ratio" in out.lower()
