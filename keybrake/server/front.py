@@ -179,7 +179,14 @@ class _Front:
             try:
                 await asyncio.wait_for(self._idle_done.wait(), timeout)
             except asyncio.TimeoutError:
-                log.warning("proxy requests still running after %s s: cancelled", timeout)
+                # Cancelled, each request settles at its bound before the store closes.
+                tasks = [t for c in self.connections if (t := c.task) is not None]
+                log.warning(
+                    "%d proxy requests still running after %s s: cancelled", len(tasks), timeout
+                )
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         for connection in list(self.connections):
             connection.abort()
 
@@ -360,6 +367,11 @@ class _Connection(asyncio.Protocol):
         parts.append(b"\r\n")
         parts.append(body)
         transport.write(b"".join(parts))
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The request being served, if any."""
+        return self._task
 
     def close(self) -> None:
         if self._transport is not None:

@@ -17,11 +17,13 @@ from typing import Any
 
 import attrs
 import pytest
+from aiohttp import web
 
 from keybrake.server import ServerConfig, front, running_server
-from keybrake.server.app import uses_fast_http
+from keybrake.server.app import create_app, uses_fast_http
 from tests.conftest import make_config
 from tests.recorder import Proxy, Recorder
+from tests.server.test_ledger import ledger_of
 
 
 @attrs.frozen
@@ -373,3 +375,26 @@ async def test_an_answer_without_content_has_no_length(fast: Proxy, recorder: Re
         recorder.status = 200
         await conn.send(proxied(key["token"]))  # the connection is still in step
         assert (await conn.answer()).status == 200
+
+
+async def test_requests_past_the_grace_period_are_cancelled_and_counted(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    config = make_config(tmp_path / "kb.db", recorder.url, http="fast")
+    assert config.admin_token is not None
+    recorder.delay = 1.0
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = front.ProxySite(runner, "127.0.0.1", 0, shutdown_timeout=0.2)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    key = await Proxy(url, config.admin_token).issue()
+    async with connect(url) as conn:
+        await conn.send(proxied(key["token"]))
+        await asyncio.sleep(0.2)  # with the vendor, which takes its time
+        await runner.cleanup()  # a grace period of 0.2 s, then the request is cancelled
+        assert await conn.closed()
+    recorder.delay = 0.0
+    # It may have reached the vendor: settled at its bound, nothing left pending.
+    entries = await ledger_of(tmp_path / "kb.db", key["id"])
+    assert [(e.state, e.settled_amount) for e in entries] == [("settled", 1_000_000)]

@@ -275,89 +275,74 @@ async def test_vendor_errors_are_answers(
 # -- the pooled forwarder's own connection handling ------------------------------------------
 
 
-async def test_connections_are_kept_alive_and_reused() -> None:
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            for _ in range(5):
-                assert (await post(forwarder, vendor)).status == 200
-            assert vendor.connections == 1
-            # Concurrent exchanges each take a connection of their own.
-            await asyncio.gather(*(post(forwarder, vendor) for _ in range(3)))
-            assert vendor.connections == 3
-    finally:
-        await forwarder.close()
+@pytest.fixture
+async def forwarder() -> AsyncIterator[PooledForwarder]:
+    pooled = PooledForwarder(timeout=5.0)
+    yield pooled
+    await pooled.close()
 
 
-async def test_a_connection_the_vendor_closes_is_not_reused() -> None:
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            vendor.answers.append([answer(b"{}", headers=b"Connection: close\r\n"), "close"])
-            await post(forwarder, vendor)
-            vendor.answers.append([answer(b"{}"), "close"])  # closes without saying so
-            await post(forwarder, vendor)
-            await asyncio.sleep(0.05)  # the close arrives while the connection is idle
+async def test_connections_are_kept_alive_and_reused(forwarder: PooledForwarder) -> None:
+    async with scripted_vendor() as vendor:
+        for _ in range(5):
             assert (await post(forwarder, vendor)).status == 200
-            assert vendor.connections == 3
-    finally:
-        await forwarder.close()
+        assert vendor.connections == 1
+        # Concurrent exchanges each take a connection of their own.
+        await asyncio.gather(*(post(forwarder, vendor) for _ in range(3)))
+        assert vendor.connections == 3
+
+
+async def test_a_connection_the_vendor_closes_is_not_reused(forwarder: PooledForwarder) -> None:
+    async with scripted_vendor() as vendor:
+        vendor.answers.append([answer(b"{}", headers=b"Connection: close\r\n"), "close"])
+        await post(forwarder, vendor)
+        vendor.answers.append([answer(b"{}"), "close"])  # closes without saying so
+        await post(forwarder, vendor)
+        await asyncio.sleep(0.05)  # the close arrives while the connection is idle
+        assert (await post(forwarder, vendor)).status == 200
+        assert vendor.connections == 3
 
 
 async def test_an_idle_connection_past_keep_alive_is_replaced(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, forwarder: PooledForwarder
 ) -> None:
     monkeypatch.setattr(upstream, "KEEPALIVE_SECONDS", 0.0)
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            await post(forwarder, vendor)
-            await post(forwarder, vendor)
-            assert vendor.connections == 2
-    finally:
-        await forwarder.close()
+    async with scripted_vendor() as vendor:
+        await post(forwarder, vendor)
+        await post(forwarder, vendor)
+        assert vendor.connections == 2
 
 
-async def test_a_head_answer_has_no_body_and_its_connection_is_not_reused() -> None:
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            vendor.answers.append([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"])
-            response = await forwarder.request(vendor.origin, "HEAD", "/base/x", [], b"")
-            assert (response.status, response.body) == (200, b"")
-            await post(forwarder, vendor)
-            assert vendor.connections == 2
-    finally:
-        await forwarder.close()
+async def test_a_head_answer_has_no_body_and_its_connection_is_not_reused(
+    forwarder: PooledForwarder,
+) -> None:
+    async with scripted_vendor() as vendor:
+        vendor.answers.append([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"])
+        response = await forwarder.request(vendor.origin, "HEAD", "/base/x", [], b"")
+        assert (response.status, response.body) == (200, b"")
+        await post(forwarder, vendor)
+        assert vendor.connections == 2
 
 
 async def test_an_answer_larger_than_the_limit_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, forwarder: PooledForwarder
 ) -> None:
     monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 100)
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            vendor.answers.append([answer(b"x" * 101)])
-            with pytest.raises(UpstreamBroken, match="larger"):
-                await post(forwarder, vendor)
-            bomb = gzip.compress(b"0" * 10_000)
-            vendor.answers.append([answer(bomb, headers=b"Content-Encoding: gzip\r\n")])
-            with pytest.raises(UpstreamBroken, match="larger"):
-                await post(forwarder, vendor)
-    finally:
-        await forwarder.close()
+    async with scripted_vendor() as vendor:
+        vendor.answers.append([answer(b"x" * 101)])
+        with pytest.raises(UpstreamBroken, match="larger"):
+            await post(forwarder, vendor)
+        bomb = gzip.compress(b"0" * 10_000)
+        vendor.answers.append([answer(bomb, headers=b"Content-Encoding: gzip\r\n")])
+        with pytest.raises(UpstreamBroken, match="larger"):
+            await post(forwarder, vendor)
 
 
-async def test_an_encoding_not_asked_for_is_refused() -> None:
-    forwarder = PooledForwarder(timeout=5.0)
-    try:
-        async with scripted_vendor() as vendor:
-            vendor.answers.append([answer(b"xx", headers=b"Content-Encoding: br\r\n")])
-            with pytest.raises(UpstreamBroken, match="encoding"):
-                await post(forwarder, vendor)
-    finally:
-        await forwarder.close()
+async def test_an_encoding_not_asked_for_is_refused(forwarder: PooledForwarder) -> None:
+    async with scripted_vendor() as vendor:
+        vendor.answers.append([answer(b"xx", headers=b"Content-Encoding: br\r\n")])
+        with pytest.raises(UpstreamBroken, match="encoding"):
+            await post(forwarder, vendor)
 
 
 def test_origin_of_a_base_url() -> None:
