@@ -325,8 +325,6 @@ class _Connection(asyncio.Protocol):
             await front.proxy.serve(
                 request, plain.vendor, functools.partial(self._send, close=plain.close)
             )
-        except asyncio.CancelledError:
-            pass  # the client went away (and cancel_on_lost asked for this)
         except Exception:
             log.exception("unexpected error on %s %s", plain.method, plain.target)
             self.abort()
