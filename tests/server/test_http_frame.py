@@ -398,3 +398,12 @@ async def test_requests_past_the_grace_period_are_cancelled_and_counted(
     # It may have reached the vendor: settled at its bound, nothing left pending.
     entries = await ledger_of(tmp_path / "kb.db", key["id"])
     assert [(e.state, e.settled_amount) for e in entries] == [("settled", 1_000_000)]
+
+
+async def test_empty_lines_between_requests_are_skipped(fast: Proxy) -> None:
+    key = await fast.issue()
+    async with connect(fast.url) as conn:
+        # Some clients end a POST body with an extra CRLF; RFC 9112 lets servers ignore it.
+        await conn.send(proxied(key["token"]) + b"\r\n\r\n" + proxied(key["token"]))
+        answers = [await conn.answer(), await conn.answer()]
+    assert [(a.status, a.by_aiohttp) for a in answers] == [(200, False), (200, False)]
