@@ -39,10 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(config, on_new_admin_token=announce)
-    except ImportError as exc:
-        print(f"keybrake serve: {exc}", file=sys.stderr)
-        return 2
-    except (PricingFileError, ValueError) as exc:
+    except (ImportError, PricingFileError, ValueError) as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
     try:

@@ -201,9 +201,8 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._head_only = False
         self._reusable = False
-        self._headers_done = False
-        self._length: str | None = None
-        self._chunked = False
+        #: The answer has neither a length nor chunks: it ends where the connection does.
+        self._ends_with_connection = False
         #: Why a callback stopped the parser (httptools wraps what a callback raises).
         self._failure: UpstreamBroken | None = None
 
@@ -219,14 +218,7 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         parser = self._parser
-        if (
-            exc is None
-            and parser is not None
-            and self._headers_done
-            and not self._chunked
-            and self._length is None
-        ):
-            # An answer without a length ends where the connection does.
+        if exc is None and parser is not None and self._ends_with_connection:
             self._complete(waiter, reusable=False)
             return
         waiter.set_exception(UpstreamBroken("the vendor closed the connection mid-answer"))
@@ -258,15 +250,11 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
-        self._headers_done = True
-        self._length = None
-        self._chunked = False
-        for name, value in self._headers:
-            lowered = name.lower()
-            if lowered == "content-length":
-                self._length = value
-            elif lowered == "transfer-encoding":
-                self._chunked = "chunked" in value.lower()
+        names = {name.lower(): value for name, value in self._headers}
+        self._ends_with_connection = (
+            "content-length" not in names
+            and "chunked" not in names.get("transfer-encoding", "").lower()
+        )
         if self._head_only and self._parser.get_status_code() >= 200:
             # A HEAD answer has no body whatever its headers say; llhttp can't know that,
             # so this connection can't be trusted with another exchange.
@@ -282,9 +270,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._parser is not None
         if self._parser.get_status_code() < 200:
-            # 1xx: informational, the real answer follows.
-            self._headers, self._body, self._size = [], [], 0
-            self._headers_done = False
+            self._start_answer()  # 1xx: informational, the real answer follows
             return
         self._finish(reusable=bool(self._parser.should_keep_alive()))
 
@@ -323,16 +309,17 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(UpstreamResponse(status, kept, body))
         self._reusable = reusable and self.transport is not None
 
+    def _start_answer(self) -> None:
+        self._headers, self._body, self._size = [], [], 0
+        self._ends_with_connection = False
+
     def exchange(self, raw: bytes, *, head_only: bool) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         assert self._waiter is None
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._parser = self._parser_class(self)
-        self._headers, self._body, self._size = [], [], 0
-        self._headers_done = False
-        self._length = None
-        self._chunked = False
+        self._start_answer()
         self._head_only = head_only
         self._reusable = False
         self._failure = None
@@ -389,8 +376,7 @@ class PooledForwarder:
                 lambda: _Connection(self._parser_class),
                 origin.host,
                 origin.port,
-                ssl=self._tls() if origin.scheme == "https" else None,
-                server_hostname=origin.host if origin.scheme == "https" else None,
+                ssl=self._tls() if origin.scheme == "https" else None,  # checks origin.host
             )
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamUnreachable(f"can't connect to {origin.base}: {exc}") from exc
