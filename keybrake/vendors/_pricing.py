@@ -26,6 +26,7 @@ import attrs
 from keybrake._common import EndpointPattern
 
 __all__ = [
+    "Counted",
     "Lookup",
     "Outcome",
     "PriceReport",
@@ -34,6 +35,7 @@ __all__ = [
     "Quote",
     "VendorRequest",
     "decimal_setting",
+    "nothing_counted",
     "parse_form",
     "usd_to_micros",
 ]
@@ -95,12 +97,22 @@ class PriceReport:
 
 #: GET a vendor path with the real credential: the JSON object, or None if not found.
 Lookup = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+#: What this vault key has already counted for a vendor object (by its id, e.g. ``pi_...``):
+#: the micro-dollars of its reservations that were not released, settled or still pending.
+Counted = Callable[[str], Awaitable[int]]
+
+
+async def nothing_counted(object_id: str) -> int:
+    """A :data:`Counted` for callers with no ledger (tests, tools): nothing was counted."""
+    return 0
 
 
 class Pricer(Protocol):
     name: str
 
-    async def quote(self, request: VendorRequest, lookup: Lookup) -> Quote: ...
+    async def quote(
+        self, request: VendorRequest, lookup: Lookup, counted: Counted = nothing_counted
+    ) -> Quote: ...
 
     def outcome(self, request: VendorRequest, quote: Quote, body: bytes) -> Outcome: ...
 
