@@ -13,12 +13,11 @@ throughput, and the ratios keybrake/bare; then the round trip of ``async with Va
 (issue + revoke). Targets: added latency within 1.3x of the bare proxy's, throughput at least
 0.75x of it. Direct, bare and keybrake take turns for ``--rounds`` rounds and each figure is
 the median over them. Every process runs on the same event loop (``--loop``; uvloop when
-installed). ``--http`` picks keybrake's HTTP frame for proxy requests (its own HTTP/1.1 on
-httptools when installed, or aiohttp's); the bare proxy is always aiohttp's web server and
+installed). Both proxies serve on aiohttp's web server; the bare one forwards with aiohttp's
 client, as anyone would write one.
 
     python benchmarks/proxy_overhead.py [--requests 2000] [--rounds 3] [--loop auto]
-        [--http auto|fast|aiohttp] [--store sqlite|postgresql://...]
+        [--store sqlite|postgresql://...]
 """
 
 from __future__ import annotations
@@ -122,8 +121,6 @@ def run_bare_proxy(port: int, upstream: str, loop: str) -> None:
 
 #: The event loop every process runs on (``--loop``).
 LOOP = "auto"
-#: keybrake's HTTP frame for proxy requests (``--http``).
-HTTP = "auto"
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
@@ -299,8 +296,6 @@ def orchestrate(requests: int, store: str, rounds: int) -> None:
                 "warning",
                 "--loop",
                 LOOP,
-                "--http",
-                HTTP,
                 env=env,
             ),
         ):
@@ -347,7 +342,7 @@ def orchestrate(requests: int, store: str, rounds: int) -> None:
 
     print(
         f"store: {'sqlite' if store == 'sqlite' else store.partition(':')[0]}, "
-        f"{requests} requests at 1 and at 32 connections, keybrake's HTTP frame: {HTTP}, "
+        f"{requests} requests at 1 and at 32 connections, "
         f"event loop: {loop_name(LOOP)} (every process), "
         f"median of {rounds} interleaved round{'s' if rounds > 1 else ''}"
     )
@@ -436,8 +431,6 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
                                 "warning",
                                 "--loop",
                                 LOOP,
-                                "--http",
-                                HTTP,
                                 env=env,
                             )
                         )
@@ -453,7 +446,7 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
         asyncio.run(migrate(drop=True))
     print(
         f"store: postgresql, {requests} priced requests at 32 connections, spread evenly, "
-        f"event loop: {loop_name(LOOP)} (every process), keybrake's HTTP frame: {HTTP}"
+        f"event loop: {loop_name(LOOP)} (every process)"
     )
     print(f"{'replicas':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
     for count, r in rows:
@@ -486,15 +479,9 @@ def main() -> None:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop of every process, keybrake's included (auto: uvloop if installed)",
     )
-    parser.add_argument(
-        "--http",
-        default="auto",
-        choices=["auto", "fast", "aiohttp"],
-        help="keybrake's HTTP frame for proxy requests (keybrake serve --http)",
-    )
     args = parser.parse_args()
-    global LOOP, HTTP
-    LOOP, HTTP = args.loop, args.http
+    global LOOP
+    LOOP = args.loop
     if args.role == "upstream":
         run_upstream(args.port, args.loop)
     elif args.role == "bare":

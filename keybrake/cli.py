@@ -26,9 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from keybrake.server.pricing import PricingFileError
     from keybrake.server.store import StoreUnavailable
 
-    config = ServerConfig.from_env(
-        database_url=args.database, pricing_file=args.pricing, http=args.http
-    )
+    config = ServerConfig.from_env(database_url=args.database, pricing_file=args.pricing)
 
     def announce(token: str) -> None:
         print(
@@ -254,14 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         choices=["auto", "asyncio", "uvloop"],
         help="event loop: uvloop when installed (the 'server' extra), else asyncio (auto)",
-    )
-    serve.add_argument(
-        "--http",
-        default=None,
-        choices=["auto", "fast", "aiohttp"],
-        help="how proxy requests are read and forwarded: keybrake's own HTTP/1.1 on httptools"
-        " (fast, the 'server' extra) or aiohttp's; auto takes fast when installed"
-        " (else KEYBRAKE_HTTP, else auto)",
     )
     serve.set_defaults(run=_serve)
 

@@ -59,34 +59,20 @@ def make_config(db_path: Path, stripe_url: str, **overrides: object) -> ServerCo
     return ServerConfig(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["fast", "aiohttp"])
-def http_frame(request: pytest.FixtureRequest) -> str:
-    """Every test of a running server runs with both of the proxy's HTTP frames.
-
-    ``fast``: proxy requests on keybrake's own HTTP/1.1; ``aiohttp``: on aiohttp's.
-    """
-    frame: str = request.param
-    return frame
-
-
 @pytest.fixture
-async def server(
-    tmp_path: Path, localstripe_url: str, http_frame: str
-) -> AsyncIterator[RunningServer]:
+async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningServer]:
     db_path = tmp_path / "keybrake.db"
-    config = make_config(db_path, localstripe_url, http=http_frame)
+    config = make_config(db_path, localstripe_url)
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)
 
 
 @pytest.fixture
-async def twilio_server(
-    tmp_path: Path, prism_url: str, http_frame: str
-) -> AsyncIterator[RunningServer]:
+async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[RunningServer]:
     """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
     db_path = tmp_path / "keybrake-twilio.db"  # its own file: one server per SQLite file
-    config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url, http=http_frame)
+    config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url)
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)

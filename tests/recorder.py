@@ -99,14 +99,13 @@ class Proxy:
 
 
 @pytest.fixture
-async def proxy(tmp_path: Path, recorder: Recorder, http_frame: str) -> AsyncIterator[Proxy]:
+async def proxy(tmp_path: Path, recorder: Recorder) -> AsyncIterator[Proxy]:
     config = make_config(
         tmp_path / "kb.db",
         recorder.url,
         twilio_api_base=recorder.url,
         max_body_size=4096,
         upstream_timeout=1.0,
-        http=http_frame,
     )
     async with running_server(config) as url:
         assert config.admin_token is not None

@@ -25,7 +25,7 @@ from keybrake.server.ledger import Ledger
 from keybrake.server.metrics import Metrics
 from keybrake.server.store import Store, StoreUnavailable, open_store
 from keybrake.server.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
-from keybrake.server.upstream import PooledForwarder, SessionForwarder
+from keybrake.server.upstream import SessionForwarder
 
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
@@ -77,25 +77,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
 
 
-def uses_fast_http(config: ServerConfig) -> bool:
-    """Whether proxied requests take keybrake's own HTTP/1.1 (``config.http``).
-
-    Raises:
-        ImportError: ``fast`` was asked for and httptools (the ``server`` extra) is missing.
-    """
-    if config.http == "aiohttp":
-        return False
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        if config.http == "fast":
-            raise ImportError(
-                "KEYBRAKE_HTTP=fast needs httptools (pip install 'keybrake[server]')"
-            ) from None
-        return False
-    return True
-
-
 def create_app(
     config: ServerConfig,
     *,
@@ -110,7 +91,6 @@ def create_app(
         on_new_admin_token: when no master token exists at all, one is created at start-up
             and handed to this callback, once; without a callback none is created.
     """
-    fast = uses_fast_http(config)
     app = web.Application(
         middlewares=[errors_middleware],
         client_max_size=config.max_body_size,
@@ -129,9 +109,7 @@ def create_app(
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         app[UPSTREAM_SESSION] = session
-        forwarder = app[FORWARDER] = (
-            PooledForwarder(timeout=config.upstream_timeout) if fast else SessionForwarder(session)
-        )
+        forwarder = app[FORWARDER] = SessionForwarder(session)
         audit = app[AUDIT] = AuditLog(the_store)
         audit.start()
         ledger = app[LEDGER] = Ledger(the_store)

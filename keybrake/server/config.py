@@ -14,7 +14,6 @@ __all__ = [
     "DEFAULT_STRIPE_API_BASE",
     "DEFAULT_TWILIO_API_BASE",
     "DEFAULT_UPSTREAM_TIMEOUT",
-    "HTTP_CHOICES",
     "ServerConfig",
 ]
 
@@ -25,8 +24,6 @@ DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 DEFAULT_UPSTREAM_TIMEOUT = 30.0
 #: Largest request body the proxy or API reads, in bytes.
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
-#: Values of :attr:`ServerConfig.http`.
-HTTP_CHOICES = ("auto", "fast", "aiohttp")
 #: Hard age limit of a key when the issuer gives no ``max_lifetime``.
 DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600
 
@@ -49,10 +46,6 @@ class ServerConfig:
     pricing_file: str | None = None
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
-    #: How proxied requests are read, answered and forwarded: ``fast`` (keybrake's own
-    #: HTTP/1.1 on httptools, from the ``server`` extra), ``aiohttp``, or ``auto`` (fast when
-    #: httptools is installed).
-    http: str = attrs.field(default="auto", validator=attrs.validators.in_(HTTP_CHOICES))
 
     @classmethod
     def from_env(
@@ -70,7 +63,6 @@ class ServerConfig:
             ("twilio_auth_token", "KEYBRAKE_TWILIO_AUTH_TOKEN"),
             ("twilio_api_base", "KEYBRAKE_TWILIO_API_BASE"),
             ("pricing_file", "KEYBRAKE_PRICING_FILE"),
-            ("http", "KEYBRAKE_HTTP"),
         ):
             if env.get(var):
                 values[field] = env[var]

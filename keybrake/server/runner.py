@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from keybrake.server.app import create_app, uses_fast_http
+from keybrake.server.app import create_app
 from keybrake.server.config import ServerConfig
 from keybrake.server.store import Store
 
@@ -28,8 +28,7 @@ async def running_server(
 ) -> AsyncIterator[str]:
     """Serve keybrake on ``host:port`` (port 0 picks a free one) and yield its base URL.
 
-    Proxy requests take keybrake's own HTTP frame unless ``config.http`` says ``aiohttp``
-    (see :mod:`keybrake.server.front`). ``handler_cancellation`` cancels a request's handler
+    ``handler_cancellation`` cancels a request's handler
     when its client goes away (aiohttp's option of that name); ``handle_signals`` makes
     SIGINT and SIGTERM raise :class:`aiohttp.web.GracefulExit`. ``app`` is one already made
     by :func:`~keybrake.server.app.create_app` from ``config``. Everything it started is
@@ -45,13 +44,7 @@ async def running_server(
     )
     await runner.setup()
     try:
-        site: web.BaseSite
-        if uses_fast_http(config):
-            from keybrake.server.front import ProxySite
-
-            site = ProxySite(runner, host, port, cancel_on_lost=handler_cancellation)
-        else:
-            site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         bound_port = runner.addresses[0][1]
         yield f"http://{host}:{bound_port}"

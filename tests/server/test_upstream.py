@@ -1,4 +1,4 @@
-"""Both forwarders against a vendor of the tests' own that answers exactly the bytes asked of it.
+"""The forwarder against a vendor of the tests' own that answers exactly the bytes asked of it.
 
 A real vendor can't be made to chunk, compress, stall or hang up on demand; this one reads a
 request head (and its ``Content-Length`` body) and replies with the next scripted answer.
@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import attrs
 import pytest
-import trustme
 from yarl import URL
 
 from keybrake.server import upstream
 from keybrake.server.upstream import (
     Forwarder,
     Origin,
-    PooledForwarder,
     SessionForwarder,
     UpstreamBroken,
     UpstreamResponse,
@@ -109,24 +107,18 @@ def answer(body: bytes, *, status: str = "200 OK", headers: bytes = b"") -> byte
     )
 
 
-@pytest.fixture(params=["pooled", "session"])
-async def make_forwarder(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[Callable[[float], Forwarder]]:
+@pytest.fixture
+async def make_forwarder() -> AsyncIterator[Callable[[float], Forwarder]]:
     made: list[Forwarder] = []
     sessions: list[aiohttp.ClientSession] = []
 
     def make(timeout: float = 5.0) -> Forwarder:
-        forwarder: Forwarder
-        if request.param == "pooled":
-            forwarder = PooledForwarder(timeout=timeout)
-        else:
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            sessions.append(session)
-            forwarder = SessionForwarder(session)
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        sessions.append(session)
+        forwarder = SessionForwarder(session)
         made.append(forwarder)
         return forwarder
 
@@ -272,61 +264,10 @@ async def test_vendor_errors_are_answers(
     assert response.status == 402
 
 
-# -- the pooled forwarder's own connection handling ------------------------------------------
-
-
-@pytest.fixture
-async def forwarder() -> AsyncIterator[PooledForwarder]:
-    pooled = PooledForwarder(timeout=5.0)
-    yield pooled
-    await pooled.close()
-
-
-async def test_connections_are_kept_alive_and_reused(forwarder: PooledForwarder) -> None:
-    async with scripted_vendor() as vendor:
-        for _ in range(5):
-            assert (await post(forwarder, vendor)).status == 200
-        assert vendor.connections == 1
-        # Concurrent exchanges each take a connection of their own.
-        await asyncio.gather(*(post(forwarder, vendor) for _ in range(3)))
-        assert vendor.connections == 3
-
-
-async def test_a_connection_the_vendor_closes_is_not_reused(forwarder: PooledForwarder) -> None:
-    async with scripted_vendor() as vendor:
-        vendor.answers.append([answer(b"{}", headers=b"Connection: close\r\n"), "close"])
-        await post(forwarder, vendor)
-        vendor.answers.append([answer(b"{}"), "close"])  # closes without saying so
-        await post(forwarder, vendor)
-        await asyncio.sleep(0.05)  # the close arrives while the connection is idle
-        assert (await post(forwarder, vendor)).status == 200
-        assert vendor.connections == 3
-
-
-async def test_an_idle_connection_past_keep_alive_is_replaced(
-    monkeypatch: pytest.MonkeyPatch, forwarder: PooledForwarder
-) -> None:
-    monkeypatch.setattr(upstream, "KEEPALIVE_SECONDS", 0.0)
-    async with scripted_vendor() as vendor:
-        await post(forwarder, vendor)
-        await post(forwarder, vendor)
-        assert vendor.connections == 2
-
-
-async def test_a_head_answer_has_no_body_and_its_connection_is_not_reused(
-    forwarder: PooledForwarder,
-) -> None:
-    async with scripted_vendor() as vendor:
-        vendor.answers.append([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"])
-        response = await forwarder.request(vendor.origin, "HEAD", "/base/x", [], b"")
-        assert (response.status, response.body) == (200, b"")
-        await post(forwarder, vendor)
-        assert vendor.connections == 2
-
-
 async def test_an_answer_larger_than_the_limit_is_refused(
-    monkeypatch: pytest.MonkeyPatch, forwarder: PooledForwarder
+    monkeypatch: pytest.MonkeyPatch, make_forwarder: Callable[[float], Forwarder]
 ) -> None:
+    forwarder = make_forwarder(5.0)
     monkeypatch.setattr(upstream, "MAX_RESPONSE_BYTES", 100)
     async with scripted_vendor() as vendor:
         vendor.answers.append([answer(b"x" * 101)])
@@ -335,13 +276,6 @@ async def test_an_answer_larger_than_the_limit_is_refused(
         bomb = gzip.compress(b"0" * 10_000)
         vendor.answers.append([answer(bomb, headers=b"Content-Encoding: gzip\r\n")])
         with pytest.raises(UpstreamBroken, match="larger"):
-            await post(forwarder, vendor)
-
-
-async def test_an_encoding_not_asked_for_is_refused(forwarder: PooledForwarder) -> None:
-    async with scripted_vendor() as vendor:
-        vendor.answers.append([answer(b"xx", headers=b"Content-Encoding: br\r\n")])
-        with pytest.raises(UpstreamBroken, match="encoding"):
             await post(forwarder, vendor)
 
 
@@ -357,29 +291,3 @@ def test_origin_of_a_base_url() -> None:
     assert (origin.authority, origin.prefix) == ("[::1]:8080", "/stripe")
     with pytest.raises(ValueError, match="http"):
         Origin.from_url(URL("ftp://example.com"))
-
-
-async def test_https_vendors_are_reached_over_verified_tls() -> None:
-    authority = trustme.CA()
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("localhost").configure_cert(served)
-    trusting = ssl.create_default_context()
-    authority.configure_trust(trusting)
-    async with scripted_vendor(tls=served) as vendor:
-        origin = Origin.from_url(URL(f"https://localhost:{vendor.port}"))
-        forwarder = PooledForwarder(timeout=5.0, ssl_context=trusting)
-        try:
-            for _ in range(2):
-                response = await forwarder.request(origin, "GET", "/v1/x", [], b"")
-                assert (response.status, response.body) == (200, b"{}")
-            assert vendor.connections == 1
-        finally:
-            await forwarder.close()
-        # A certificate the forwarder can't verify: refused before anything is sent.
-        untrusting = PooledForwarder(timeout=5.0)
-        try:
-            with pytest.raises(UpstreamUnreachable, match="certificate"):
-                await untrusting.request(origin, "GET", "/v1/x", [], b"")
-        finally:
-            await untrusting.close()
-    assert len(vendor.requests) == 2
