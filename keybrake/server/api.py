@@ -75,6 +75,7 @@ def key_json(key: KeyRecord, now: int, *, spent: int | None = None) -> dict[str,
         "revoked_at": None if key.revoked_at is None else format_time(to_datetime(key.revoked_at)),
         "status": key.status(now),
         "metadata": dict(key.metadata),
+        "stripe_account": key.stripe_account,
     }
     if spent is not None:
         data["spent_today_usd"] = format_usd(spent)
@@ -197,15 +198,28 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(
             f"'metadata' must map at most {MAX_METADATA} strings to strings", param="metadata"
         )
+    stripe_account = data.get("stripe_account")
+    if stripe_account is not None:
+        if vendor != "stripe":
+            raise BadRequest("'stripe_account' is for Stripe keys only", param="stripe_account")
+        if not isinstance(stripe_account, str) or not _STRIPE_ACCOUNT.fullmatch(stripe_account):
+            raise BadRequest(
+                "'stripe_account' must be a Stripe account id ('acct_...')",
+                param="stripe_account",
+            )
     return {
         "vendor": vendor,
         "label": label,
+        "stripe_account": stripe_account,
         "allowed_endpoints": tuple(endpoints),
         "cap_micros": cap_micros,
         "expires_in": expires_in,
         "max_lifetime": max_lifetime,
         "metadata": metadata,
     }
+
+
+_STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 
 
 def _micros(delta: timedelta) -> int:
@@ -266,6 +280,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_at=now + _micros(fields["expires_in"]),
         max_expires_at=now + _micros(fields["max_lifetime"]),
         metadata=fields["metadata"],
+        stripe_account=fields["stripe_account"],
     )
     idempotency = None
     if idem_key is not None:

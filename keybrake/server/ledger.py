@@ -176,6 +176,15 @@ class Ledger:
             return
         await self._store.correct_price(object_id, actual, now_micros())
 
+    async def counted(self, key_id: str, object_id: str) -> int:
+        """What ``key_id`` counted for a vendor object, settlements still queued included.
+
+        Raises:
+            StoreUnavailable: the store failed.
+        """
+        self._flush_queue()
+        return await self._store.counted(key_id, object_id)
+
     async def flush(self) -> None:
         """Write every queued operation now (a no-op unless the store batches)."""
         self._flush_queue()

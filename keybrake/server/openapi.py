@@ -79,6 +79,7 @@ def _key_schema(*, with_token: bool = False, with_spend: bool = False) -> dict[s
         "revoked_at": {**_TIME, "nullable": True},
         "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "stripe_account": {"type": "string", "nullable": True, "pattern": "^acct_"},
     }
     required = list(properties)
     if with_token:
@@ -153,6 +154,11 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "maxProperties": 50,
                 "additionalProperties": {"type": "string"},
+            },
+            "stripe_account": {
+                "type": "string",
+                "pattern": "^acct_[A-Za-z0-9]{1,64}$",
+                "description": "Stripe keys only: the connected account every request acts on",
             },
         },
     },

@@ -56,7 +56,7 @@ T = TypeVar("T")
 DEFAULT_POOL_SIZE = 10
 #: Seconds to wait for a connection or a statement before failing closed.
 COMMAND_TIMEOUT = 5.0
-MIGRATIONS = ("postgres_001_initial.sql",)
+MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_stripe_account.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -91,6 +91,7 @@ def _key(row: Any) -> KeyRecord:
         max_expires_at=int(row["max_expires_at"]),
         revoked_at=None if row["revoked_at"] is None else int(row["revoked_at"]),
         metadata=dict(json.loads(row["metadata"])),
+        stripe_account=row["stripe_account"],
     )
 
 
@@ -355,8 +356,9 @@ class PostgresStore:
         async def insert(c: Any) -> None:
             await c.execute(
                 "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
-                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata,"
+                " stripe_account)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 *key_row(key),
             )
             if idempotency is not None:
@@ -466,6 +468,17 @@ class PostgresStore:
         return None if row is None else _key(row)
 
     # -- spend ledger ---------------------------------------------------------------------
+
+    async def counted(self, key_id: str, object_id: str) -> int:
+        value = await self._run(
+            lambda c: c.fetchval(
+                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount ELSE amount END), 0)"
+                " FROM reservations WHERE key_id = $1 AND object_id = $2 AND state <> 'released'",
+                key_id,
+                object_id,
+            )
+        )
+        return int(value)
 
     async def spend(self, key_id: str, day: str) -> SpendState:
         row = await self._run(

@@ -80,6 +80,8 @@ class KeyRecord:
     max_expires_at: int
     revoked_at: int | None = None
     metadata: dict[str, str] = attrs.field(factory=dict)
+    #: The Stripe connected account every request of this key acts on (``Stripe-Account``).
+    stripe_account: str | None = None
 
     def status(self, now: int) -> str:
         if self.revoked_at is not None:
@@ -219,6 +221,7 @@ def key_row(key: KeyRecord) -> tuple[Any, ...]:
         key.max_expires_at,
         key.revoked_at,
         json.dumps(key.metadata),
+        key.stripe_account,
     )
 
 
@@ -338,6 +341,11 @@ class Store(Protocol):
 
     async def spend(self, key_id: str, day: str) -> SpendState: ...
 
+    async def counted(self, key_id: str, object_id: str) -> int:
+        """What ``key_id`` counted for vendor object ``object_id``, released reservations
+        left out, in micro-dollars."""
+        ...
+
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
     ) -> tuple[ReserveResult, SpendState]: ...
@@ -390,7 +398,8 @@ CREATE TABLE IF NOT EXISTS keys (
     expires_at INTEGER NOT NULL,
     max_expires_at INTEGER NOT NULL,
     revoked_at INTEGER,
-    metadata TEXT NOT NULL
+    metadata TEXT NOT NULL,
+    stripe_account TEXT
 );
 CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
 CREATE TABLE IF NOT EXISTS issue_idempotency (
@@ -428,8 +437,17 @@ CREATE INDEX IF NOT EXISTS reservations_idem ON reservations (key_id, idem_hash)
     WHERE idem_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
     WHERE object_id IS NOT NULL AND final = 0;
+CREATE INDEX IF NOT EXISTS reservations_key_object ON reservations (key_id, object_id)
+    WHERE object_id IS NOT NULL;
 """
-SCHEMA_VERSION = 2
+#: Each version's upgrade from the one before; a database of an older version is upgraded in
+#: place when it is opened.
+_MIGRATIONS: dict[int, str] = {
+    3: "ALTER TABLE keys ADD COLUMN stripe_account TEXT;",
+}
+SCHEMA_VERSION = 3
+#: The oldest schema version this keybrake upgrades.
+OLDEST_SCHEMA_VERSION = 2
 #: Keys kept in :class:`SQLiteStore`'s look-up cache; it starts over when full.
 KEY_CACHE_SIZE = 10_000
 #: Spend rows (key and day) a serving store remembers between batches; it starts over beyond.
@@ -558,11 +576,17 @@ class SQLiteStore:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is not None and row[0] != SCHEMA_VERSION:
+            if row is not None and not OLDEST_SCHEMA_VERSION <= row[0] <= SCHEMA_VERSION:
                 raise StoreUnavailable(
                     f"{self.path} has schema version {row[0]}; this keybrake needs"
                     f" {SCHEMA_VERSION} and can't migrate it"
                 )
+            if row is not None and row[0] < SCHEMA_VERSION:
+                conn.execute("BEGIN IMMEDIATE")
+                for version in range(row[0] + 1, SCHEMA_VERSION + 1):
+                    conn.execute(_MIGRATIONS[version])
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+                conn.execute("COMMIT")
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -739,8 +763,9 @@ class SQLiteStore:
             c.execute("BEGIN IMMEDIATE")
             c.execute(
                 "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
-                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata,"
+                " stripe_account)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 key_row(key),
             )
             if idempotency is not None:
@@ -873,6 +898,16 @@ class SQLiteStore:
         return None if row is None else _key_from_row(row)
 
     # -- spend ledger ---------------------------------------------------------------------
+
+    async def counted(self, key_id: str, object_id: str) -> int:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount ELSE amount END), 0)"
+                " FROM reservations WHERE key_id = ? AND object_id = ? AND state <> 'released'",
+                (key_id, object_id),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def spend(self, key_id: str, day: str) -> SpendState:
         row = await self._run(
@@ -1212,7 +1247,7 @@ _STATUS_FILTERS = {
 
 _KEY_COLUMNS = (
     "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"
-    " expires_at, max_expires_at, revoked_at, metadata"
+    " expires_at, max_expires_at, revoked_at, metadata, stripe_account"
 )
 
 
@@ -1230,6 +1265,7 @@ def _key_from_row(row: Any) -> KeyRecord:
         max_expires_at=int(row[9]),
         revoked_at=None if row[10] is None else int(row[10]),
         metadata=dict(json.loads(row[11])),
+        stripe_account=row[12],
     )
 
 
