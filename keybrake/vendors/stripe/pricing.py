@@ -1,27 +1,59 @@
-"""What a Stripe request can cost, decided before it is forwarded.
+"""What a Stripe request can cost, decided before it is forwarded: priced by effect.
 
 Every request is one of three things:
 
-- **free**: reads (``GET``), deletes, writes to objects that move no money (customers,
-  payment methods, setup intents, products, prices, metadata updates), and confirming,
-  capturing or cancelling a payment intent or charge, whose amount was reserved when it was
-  created; plus whatever the operator marks free;
-- **priced**: creating payment intents, charges, payouts, transfers, refunds and invoice
-  items, and updating a payment intent's ``amount``. The bound is the amount, converted to
-  USD at the configured (upper-bound) rate and rounded up; a refund without an amount is
-  bounded by what is left to refund on its charge or payment intent, looked up first;
-- **unpriced**: any other ``POST``, refused with 403 ``unpriced_endpoint`` because nothing
-  bounds what it may move.
+- **free**: reads (``GET``, ``HEAD``); a ``DELETE`` whose parameters (query or body) are all on
+  its list (``expand``, and ``cancellation_details`` or ``clear_usage`` where they apply);
+  a ``POST`` to a path of :data:`~._params.FREE_WRITES` (customers, payment methods, setup
+  intents, products, prices, cancelling an intent, a charge's or refund's details) whose
+  parameters are all on that path's list; plus whatever the operator marks free;
+- **priced**:
 
-After a 2xx, the spend is settled from the amount and currency in Stripe's answer.
+  - creating payment intents (``confirm=true`` included), charges, payouts, transfers,
+    refunds and invoice items: the amount, converted to USD at the configured (upper-bound)
+    rate and rounded up; a refund without an amount is bounded by what is left to refund on
+    its charge or payment intent, looked up first;
+  - a write to an existing payment intent or charge (:data:`~._params.OBJECT_WRITES`): what
+    the object will have moved in total once the write is done, less what this key already
+    counted for that object (``counted(id)``), never below 0. The object is looked up first;
+    an unknown one, or one without an amount and currency, is refused 400 ``bad_request``.
+    An update that sets ``amount`` or ``currency`` is priced at the new amount in the new
+    currency (the other one is the intent's); an update of details only is free. Confirming
+    or applying a customer's cash balance: the intent's amount. Capturing an intent: what it
+    already received plus ``amount_to_capture`` (else what is capturable, at least what is
+    left of the amount). Incrementing an authorization: the new ``amount``. Capturing a
+    charge: ``amount``, else its amount less what was released before capture;
+- **unpriced**: anything else, refused with 403 ``unpriced_endpoint``: any other ``POST``,
+  any parameter missing from a free or object write's list (so a parameter Stripe adds
+  tomorrow is refused, not waved through), and DELETEs that bill (``invoice_now``,
+  ``prorate``, ``proration_behavior``... or removing a discount or tax id). A form name is
+  compared by its top-level parameter, before the first ``[``. The lists, and why each
+  money-moving parameter is left out of them, are in :mod:`._params`.
+
+After a 2xx, what the request cost is settled against the Stripe object it answered with
+(its ``id``), so that ``counted`` can find it later. A create settles at the amount and
+currency in Stripe's answer. A write to an existing object settles at its quote, never more:
+the answer shows the object's whole amount, of which what this key counted before was
+already subtracted from the quote, so settling at the answer would count that part twice.
+Together these keep, for each object, what this key counted at least what the object can
+move through this key: a create counts the amount; raising it (update, increment,
+over-capture) counts the difference; a confirm or capture of an intent this key did not
+count (created elsewhere, or declined at creation with 402 and released) counts it all.
+
+Left to the object's own bound: a write racing a change made outside this key (the lookup
+saw the old amount; the change itself was not this key's to count), and concurrent writes to
+one object before either is settled (each is priced against what was counted without the
+other, so the pair counts too much, never too little). A charge captured through
+``/v1/charges`` is counted by the charge's id only: an intent's count does not cover it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 from urllib.parse import quote as urlquote
 
 import attrs
@@ -29,6 +61,7 @@ import attrs
 from keybrake._common import EndpointPattern
 from keybrake.vendors._pricing import (
     FREE,
+    Counted,
     Lookup,
     Outcome,
     PriceReport,
@@ -37,8 +70,22 @@ from keybrake.vendors._pricing import (
     VendorRequest,
     decimal_setting,
     endpoint_patterns,
+    nothing_counted,
     parse_form,
     single_values,
+)
+from keybrake.vendors.stripe._params import (
+    BILLING_DELETES,
+    CHARGE_CAPTURE,
+    DELETE_DEFAULT,
+    DELETE_PARAMS,
+    FREE_WRITES,
+    INTENT_CAPTURE,
+    INTENT_CONFIRM,
+    INTENT_CUSTOMER_BALANCE,
+    INTENT_INCREMENT,
+    INTENT_UPDATE,
+    OBJECT_WRITES,
 )
 
 __all__ = ["DEFAULT_CURRENCIES", "MAX_AMOUNT", "StripePricer", "StripePricing"]
@@ -75,6 +122,8 @@ DEFAULT_CURRENCIES: Mapping[str, tuple[int, Decimal]] = {
 #: The largest amount (in minor units) we accept in one request.
 MAX_AMOUNT = 99_999_999_999
 
+_T = TypeVar("_T")
+
 
 def _shape(text: str) -> tuple[str, ...]:
     return tuple(text.strip("/").split("/"))
@@ -86,45 +135,50 @@ _AMOUNT_CREATES = frozenset(
 )
 _REFUNDS = _shape("/v1/refunds")
 _INVOICE_ITEMS = _shape("/v1/invoiceitems")
-_PAYMENT_INTENT = _shape("/v1/payment_intents/*")
 
-# POSTs that can't move money (or whose money was reserved when the object was created).
-_FREE_POSTS: tuple[tuple[str, ...], ...] = tuple(
-    _shape(p)
-    for p in (
-        "/v1/customers",
-        "/v1/customers/*",
-        "/v1/customers/*/sources",
-        "/v1/payment_methods",
-        "/v1/payment_methods/*",
-        "/v1/payment_methods/*/attach",
-        "/v1/payment_methods/*/detach",
-        "/v1/payment_intents/*/confirm",
-        "/v1/payment_intents/*/capture",
-        "/v1/payment_intents/*/cancel",
-        "/v1/charges/*/capture",
-        "/v1/setup_intents",
-        "/v1/setup_intents/*",
-        "/v1/setup_intents/*/confirm",
-        "/v1/setup_intents/*/cancel",
-        "/v1/products",
-        "/v1/products/*",
-        "/v1/prices",
-        "/v1/prices/*",
-        "/v1/refunds/*",
-    )
+# Parameters the price reads as one plain value: ``amount[x]`` is never one Stripe takes, and
+# a nested form of one of these names is refused rather than read one way by us and another
+# by Stripe.
+_SCALARS = frozenset(
+    {"amount", "amount_to_capture", "charge", "currency", "payment_intent", "quantity"}
+    | {"unit_amount"}
 )
-# Updates that are free unless they carry one of these fields.
-_UPDATES_WITH_MONEY: Mapping[tuple[str, ...], frozenset[str]] = {
-    _PAYMENT_INTENT: frozenset({"amount"}),
-    _shape("/v1/charges/*"): frozenset(),
-}
 
 
 def _matches(shape: tuple[str, ...], segments: tuple[str, ...]) -> bool:
     if len(shape) != len(segments):
         return False
     return all(p == "*" or p == s for p, s in zip(shape, segments, strict=True))
+
+
+def _find(
+    rules: Mapping[tuple[str, ...], _T], segments: tuple[str, ...]
+) -> tuple[tuple[str, ...], _T] | None:
+    for shape, rule in rules.items():
+        if _matches(shape, segments):
+            return shape, rule
+    return None
+
+
+def _top(name: str) -> str:
+    """A form name's top-level parameter: ``metadata[k]`` is ``metadata``."""
+    return name.partition("[")[0]
+
+
+def _refuse_unlisted(names: Iterable[str], allowed: frozenset[str], request: VendorRequest) -> None:
+    """Refuse any parameter not on the operation's list: it may move money.
+
+    Raises:
+        PricingRefusal: 403 ``unpriced_endpoint`` naming the first such parameter.
+    """
+    for name in names:
+        if _top(name) not in allowed:
+            raise PricingRefusal(
+                403,
+                "unpriced_endpoint",
+                f"parameter {_top(name)!r} of {request.method} {request.path} may move money"
+                " and has no price rule",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -192,21 +246,34 @@ class StripePricer:
         numerator, denominator = fraction
         return -(-amount * numerator // denominator)  # rounded up: a bound never undercounts
 
-    async def quote(self, request: VendorRequest, lookup: Lookup) -> Quote:
-        """The most the request can cost.
+    async def quote(
+        self, request: VendorRequest, lookup: Lookup, counted: Counted = nothing_counted
+    ) -> Quote:
+        """The most the request can cost, less what this key already counted for its object.
+
+        Args:
+            request: the request as the proxy parsed it.
+            lookup: GETs a Stripe object with the real credential.
+            counted: what this vault key already counted for a Stripe object id.
 
         Raises:
-            PricingRefusal: a malformed request (400), an unknown currency (400), or a
-                money-moving request nothing bounds (403 ``unpriced_endpoint``).
+            PricingRefusal: a malformed request (400), an unknown currency or object (400),
+                or a request that may move money and that nothing bounds (403
+                ``unpriced_endpoint``).
         """
         method, segments = request.method, request.segments
-        if method in ("GET", "HEAD", "DELETE"):
+        if method in ("GET", "HEAD"):
             return FREE
+        if method == "DELETE":
+            return self._delete(request)
         if method != "POST":
             raise PricingRefusal(403, "unpriced_endpoint", f"{method} is not priced for Stripe")
         if request.query:
             raise PricingRefusal(400, "bad_request", "Stripe POST parameters belong in the body")
         form = single_values(parse_form(request), frozenset())
+        for name in form:
+            if _top(name) in _SCALARS and name != _top(name):
+                raise PricingRefusal(400, "bad_request", f"'{_top(name)}' must be one value")
         if any(p.matches(method, segments) for p in self.settings.free_endpoints):
             return FREE
         if segments in _AMOUNT_CREATES:
@@ -215,25 +282,122 @@ class StripePricer:
             return Quote(await self._refund_bound(form, lookup))
         if segments == _INVOICE_ITEMS:
             return Quote(self._invoice_item_bound(form))
-        for shape, money_fields in _UPDATES_WITH_MONEY.items():
-            if _matches(shape, segments):
-                if not money_fields & form.keys():
-                    return FREE
-                # A new amount for an existing intent: bound by the whole new amount.
-                intent = await lookup(f"/v1/payment_intents/{urlquote(segments[2], safe='')}")
-                currency = form.get("currency") or (intent or {}).get("currency")
-                if not isinstance(currency, str):
-                    raise PricingRefusal(
-                        400, "bad_request", "can't price an update of an unknown payment intent"
-                    )
-                return Quote(self.to_usd_micros(_amount(form, "amount"), currency))
-        if any(_matches(shape, segments) for shape in _FREE_POSTS):
+        found = _find(OBJECT_WRITES, segments)
+        if found is not None:
+            shape, (inert, priced) = found
+            _refuse_unlisted(form, inert | priced, request)
+            if shape == INTENT_UPDATE and not priced & form.keys():
+                return FREE  # details only: the amount stands, counted when it was set
+            return await self._object_write(shape, segments[2], form, lookup, counted)
+        free = _find(FREE_WRITES, segments)
+        if free is not None:
+            _refuse_unlisted(form, free[1], request)
             return FREE
         raise PricingRefusal(
             403,
             "unpriced_endpoint",
             f"POST {request.path} may move money and has no price rule",
         )
+
+    def _delete(self, request: VendorRequest) -> Quote:
+        """A DELETE is free unless it bills: by its path, or by a parameter (query or body).
+
+        Raises:
+            PricingRefusal: 403 ``unpriced_endpoint`` for a DELETE that may bill, 400
+                ``bad_request`` for a malformed query or body.
+        """
+        segments = request.segments
+        if any(_matches(shape, segments) for shape in BILLING_DELETES):
+            raise PricingRefusal(
+                403, "unpriced_endpoint", f"DELETE {request.path} raises what is billed later"
+            )
+        names = [name for name, _ in parse_form(request)]
+        if request.query:
+            try:
+                query = parse_qsl(request.query, keep_blank_values=True, strict_parsing=True)
+            except ValueError:
+                raise PricingRefusal(400, "bad_request", "malformed query string") from None
+            names += [name for name, _ in query]
+        found = _find(DELETE_PARAMS, segments)
+        _refuse_unlisted(names, DELETE_DEFAULT if found is None else found[1], request)
+        return FREE
+
+    async def _object_write(
+        self,
+        shape: tuple[str, ...],
+        object_id: str,
+        form: dict[str, str],
+        lookup: Lookup,
+        counted: Counted,
+    ) -> Quote:
+        """Price a write to an existing payment intent or charge by what it moves in total
+        once done, less what this key already counted for that object.
+
+        Raises:
+            PricingRefusal: 400 ``bad_request`` for an unknown object or a malformed amount.
+        """
+        if shape == CHARGE_CAPTURE:
+            charge = await self._object(lookup, "charges", object_id, "a capture")
+            amount, currency = charge["amount"], charge["currency"]
+            if "amount" in form:
+                total = _amount(form, "amount")
+            else:  # Stripe captures what was not released ("refunded") before capture
+                total = max(0, amount - _int(charge, "amount_refunded"))
+            micros = self.to_usd_micros(total, currency)
+        else:
+            what = {
+                INTENT_UPDATE: "an update",
+                INTENT_CONFIRM: "a confirmation",
+                INTENT_CAPTURE: "a capture",
+                INTENT_INCREMENT: "an increment",
+                INTENT_CUSTOMER_BALANCE: "a customer balance applied to one",
+            }[shape]
+            intent = await self._object(lookup, "payment_intents", object_id, what)
+            amount, currency = intent["amount"], intent["currency"]
+            if shape == INTENT_UPDATE:
+                # Bound by the new amount in the new currency, whichever of the two is new.
+                if "amount" in form:
+                    amount = _amount(form, "amount")
+                if "currency" in form:
+                    currency = _currency(form)
+                micros = self.to_usd_micros(amount, currency)
+            elif shape == INTENT_CAPTURE:
+                received = _int(intent, "amount_received")
+                if "amount_to_capture" in form:
+                    now = _amount(form, "amount_to_capture")
+                else:
+                    now = max(_int(intent, "amount_capturable"), amount - received)
+                micros = self.to_usd_micros(received + now, currency)
+            elif shape == INTENT_INCREMENT:
+                micros = self.to_usd_micros(_amount(form, "amount"), currency)
+            else:  # confirm, or the customer's cash balance applied: at most the amount
+                micros = self.to_usd_micros(amount, currency)
+                if shape == INTENT_CUSTOMER_BALANCE and "amount" in form:
+                    given = _currency(form) if "currency" in form else currency
+                    micros = max(micros, self.to_usd_micros(_amount(form, "amount"), given))
+            object_id = intent["id"] if isinstance(intent.get("id"), str) else object_id
+        return Quote(max(0, micros - await counted(object_id)))
+
+    async def _object(
+        self, lookup: Lookup, kind: str, object_id: str, what: str
+    ) -> Mapping[str, Any]:
+        """A payment intent or charge, with an amount and a currency.
+
+        Raises:
+            PricingRefusal: 400 ``bad_request`` if Stripe doesn't know it, or not its amount.
+        """
+        found = await lookup(f"/v1/{kind}/{urlquote(object_id, safe='')}")
+        amount = None if found is None else found.get("amount")
+        if (
+            found is None
+            or not isinstance(amount, int)
+            or isinstance(amount, bool)
+            or amount < 0
+            or not isinstance(found.get("currency"), str)
+        ):
+            noun = "payment intent" if kind == "payment_intents" else "charge"
+            raise PricingRefusal(400, "bad_request", f"can't price {what} of an unknown {noun}")
+        return found
 
     async def _refund_bound(self, form: dict[str, str], lookup: Lookup) -> int:
         if "charge" in form:
@@ -274,15 +438,23 @@ class StripePricer:
         )
 
     def outcome(self, request: VendorRequest, quote: Quote, body: bytes) -> Outcome:
-        """Settle from the amount and currency Stripe answered with; else keep the bound."""
+        """What a 2xx cost, recorded against the Stripe object it answered with.
+
+        A create settles at the amount and currency Stripe answered with. A write to an
+        existing payment intent or charge settles at its quote, never more: the quote is
+        already what it adds to the object beyond what this key counted before, while the
+        answer shows the object's whole amount.
+        """
         try:
             data = json.loads(body)
         except ValueError:
-            return Outcome(quote.micros)
+            data = None
         if not isinstance(data, dict):
-            return Outcome(quote.micros)
-        amount, currency = data.get("amount"), data.get("currency")
+            data = {}
         object_id = data.get("id") if isinstance(data.get("id"), str) else None
+        if _find(OBJECT_WRITES, request.segments) is not None:
+            return Outcome(quote.micros, object_id=object_id or request.segments[2])
+        amount, currency = data.get("amount"), data.get("currency")
         if isinstance(amount, int) and isinstance(currency, str) and amount >= 0:
             try:
                 return Outcome(self.to_usd_micros(amount, currency), object_id=object_id)
@@ -308,3 +480,11 @@ def _currency(form: dict[str, str]) -> str:
     if not currency:
         raise PricingRefusal(400, "unsupported_currency", "'currency' is required")
     return currency
+
+
+def _int(data: Mapping[str, Any], name: str) -> int:
+    """A non-negative integer field of a Stripe object, 0 if absent or not one."""
+    value = data.get(name)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
