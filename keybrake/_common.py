@@ -112,15 +112,24 @@ _PATH_SAFE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]*$")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 # Encoded characters that could change how a path splits or is resolved.
 _FORBIDDEN_DECODED = {"/", "\\", ".", "\x00"}
+# Unreserved characters (RFC 3986) other than ".": an escape of one means the character itself.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    decoded = chr(int(match[1], 16))
+    return decoded if decoded in _UNRESERVED else "%" + match[1].upper()
 
 
 def normalise_path(raw_path: str) -> tuple[str, ...]:
     """Split an absolute request path into its segments, refusing anything ambiguous.
 
-    The path is the raw (still percent-encoded) path. Refused: a relative path, empty
-    segments (``//`` or a trailing ``/``), ``.`` and ``..`` segments (also when encoded),
-    encoded ``/``, ``\\`` or NUL, backslashes, control characters and anything that is not a
-    legal path character.
+    The path is the raw (still percent-encoded) path. Escapes of unreserved characters are
+    decoded (``%41ccounts`` is ``Accounts``) and the others are written in upper case, so
+    every spelling of a path gives the same segments, which are what is matched, priced and
+    forwarded. Refused: a relative path, empty segments (``//`` or a trailing ``/``), ``.``
+    and ``..`` segments, encoded ``.``, ``/``, ``\\`` or NUL, backslashes, control characters
+    and anything that is not a legal path character.
 
     Raises:
         UnsafePathError: the path can't be matched safely.
@@ -128,7 +137,7 @@ def normalise_path(raw_path: str) -> tuple[str, ...]:
     if not raw_path.startswith("/"):
         raise UnsafePathError("path must start with '/'")
     segments = raw_path[1:].split("/")
-    for segment in segments:
+    for index, segment in enumerate(segments):
         if segment == "":
             raise UnsafePathError("empty path segment")
         if not _PATH_SAFE.match(segment):
@@ -141,6 +150,8 @@ def normalise_path(raw_path: str) -> tuple[str, ...]:
             raise UnsafePathError("malformed percent-encoding in path")
         if segment in (".", ".."):
             raise UnsafePathError("dot segment in path")
+        if "%" in segment:
+            segments[index] = _PCT.sub(_decode_escape, segment)
     return tuple(segments)
 
 

@@ -27,6 +27,8 @@ class Recorder:
 
     url: str = ""
     requests: list[tuple[str, str, dict[str, str], bytes]] = attrs.field(factory=list)
+    #: Each request's headers as they came, repeats included.
+    raw_headers: list[list[tuple[bytes, bytes]]] = attrs.field(factory=list)
     answer: dict[str, Any] = attrs.field(factory=lambda: {"id": "pi_recorded"})
     status: int = 200
     delay: float = 0.0
@@ -42,6 +44,7 @@ async def recorder() -> AsyncIterator[Recorder]:
         seen.requests.append(
             (request.method, request.raw_path, dict(request.headers), await request.read())
         )
+        seen.raw_headers.append(list(request.raw_headers))
         if seen.delay:
             await asyncio.sleep(seen.delay)
         headers = {"Set-Cookie": seen.cookie} if seen.cookie else None

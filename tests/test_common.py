@@ -146,3 +146,23 @@ def test_no_crafted_path_escapes_the_allowlist(path: str) -> None:
         assert len(segments) == 3
         assert segments[2] not in ("", ".", "..")
         assert all(ch.isprintable() and ch not in "/\\" for ch in segments[2])
+
+
+@pytest.mark.parametrize(
+    ("path", "segments"),
+    [
+        (
+            "/2010-04-01/%41ccounts/AC1/Messages.json",
+            ("2010-04-01", "Accounts", "AC1", "Messages.json"),
+        ),
+        ("/v1/%70ayment_intents/pi_%31", ("v1", "payment_intents", "pi_1")),
+        ("/v1/a%3ab", ("v1", "a%3Ab")),  # reserved: stays escaped, in one spelling
+        ("/v1/%7e%2D%5f", ("v1", "~-_")),
+    ],
+)
+def test_every_spelling_of_a_path_gives_the_same_segments(
+    path: str, segments: tuple[str, ...]
+) -> None:
+    assert normalise_path(path) == segments
+    pattern = EndpointPattern.parse("/" + "/".join(segments))
+    assert pattern.matches("GET", normalise_path(path))

@@ -158,6 +158,7 @@ _SCHEMAS: dict[str, Any] = {
             "stripe_account": {
                 "type": "string",
                 "pattern": "^acct_[A-Za-z0-9]{1,64}$",
+                "nullable": True,
                 "description": "Stripe keys only: the connected account every request acts on",
             },
         },

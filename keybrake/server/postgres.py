@@ -472,7 +472,8 @@ class PostgresStore:
     async def counted(self, key_id: str, object_id: str) -> int:
         value = await self._run(
             lambda c: c.fetchval(
-                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount ELSE amount END), 0)"
+                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount"
+                " ELSE amount END), 0)"
                 " FROM reservations WHERE key_id = $1 AND object_id = $2 AND state <> 'released'",
                 key_id,
                 object_id,

@@ -1,10 +1,15 @@
 """The enforcing reverse proxy: ``ANY /{vendor}/{vendor path}``.
 
-For every request, in order: find the key by the hash of its token (401), check its status
-and vendor (401/403), normalise the path (400), match the allowlist (403), price the request
-(400/403), reserve its cost atomically (429), forward with the real credential, and settle
-or release the reservation from the vendor's answer. Nothing is forwarded unless every check
-passed.
+For every request, in order: refuse headers that can be read two ways (400, see
+:mod:`keybrake.server.shaping`), find the key by the hash of its token (401), check its
+status and vendor (401/403), normalise the path (400), match the allowlist (403), check the
+Stripe account (403), read the body and query into their one reading (400), price that
+(400/403), reserve its cost atomically (429), forward exactly what was priced with the real
+credential, and settle or release the reservation from the vendor's answer. Nothing is
+forwarded unless every check passed.
+
+Requests that name no key of ours (no token, an unknown one, an unknown vendor) are counted
+in the metrics, not written to the audit log: a flood of them costs no disk.
 
 Settling: a 2xx settles at what the vendor says it cost (or the estimate, until the vendor
 reports the price); a 4xx means the vendor refused, so the reservation is released; a 5xx,
@@ -25,12 +30,12 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import attrs
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
@@ -49,6 +54,15 @@ from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
 from keybrake.server.ledger import Ledger
 from keybrake.server.pricing import load_pricers
+from keybrake.server.shaping import (
+    FORM,
+    BadRequest,
+    canonical_form,
+    canonical_query,
+    check_headers,
+    fingerprint,
+    forwarded_headers,
+)
 from keybrake.server.store import (
     AuditEntry,
     KeyRecord,
@@ -65,7 +79,7 @@ from keybrake.server.upstream import (
 )
 from keybrake.vendors._pricing import Pricer, PricingRefusal, Quote, VendorRequest
 
-__all__ = ["Answer", "Incoming", "ProxyHandler", "Vendor", "add_routes", "vendors_from_config"]
+__all__ = ["Answer", "ProxyHandler", "Vendor", "add_routes", "vendors_from_config"]
 
 log = logging.getLogger("keybrake.proxy")
 
@@ -74,21 +88,6 @@ IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
 #: Seconds a pricing look-up at the vendor may take.
 LOOKUP_TIMEOUT = 10.0
 
-# Request headers passed on to the vendor; everything else (cookies, the vault key, hop-by-hop
-# headers) stays here.
-_FORWARD_REQUEST_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Accept",
-        "Accept-Language",
-        "Content-Type",
-        "Idempotency-Key",
-        "Stripe-Version",
-        "User-Agent",
-        "X-Stripe-Client-User-Agent",
-        "X-Twilio-Client",
-    )
-)
 # Response headers not passed back: hop-by-hop, and those aiohttp recomputes.
 _DROP_RESPONSE_HEADERS = frozenset(
     h.lower()
@@ -214,32 +213,21 @@ class _UpstreamDown(Exception):
     pass
 
 
-class Incoming(Protocol):
-    """A proxy request as any HTTP frame presents it (an aiohttp request is one)."""
+class _Refused(Exception):
+    """The policy's answer to a request it won't forward."""
 
-    @property
-    def method(self) -> str: ...
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
 
-    @property
-    def raw_path(self) -> str:
-        """Path and query, as sent."""
-        ...
 
-    @property
-    def headers(self) -> CIMultiDictProxy[str] | CIMultiDict[str]: ...
-
-    async def read(self) -> bytes:
-        """The whole body.
-
-        Raises:
-            aiohttp.web.HTTPRequestEntityTooLarge: it is larger than the server accepts.
-        """
-        ...
+#: Headers of the forwarded request that pricing look-ups carry too (the key's account).
+_LOOKUP_HEADERS = frozenset({"Stripe-Account"})
 
 
 @attrs.frozen
 class Answer:
-    """What the proxy sends back, whichever frame sends it."""
+    """What the proxy sends back."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -256,10 +244,6 @@ class Answer:
             [("Content-Type", "application/json; charset=utf-8"), *headers.items()],
             json.dumps(body).encode(),
         )
-
-
-#: Sends an answer to the client.
-Send = Callable[[Answer], Awaitable[None]]
 
 
 @attrs.define
@@ -280,41 +264,32 @@ class _Facts:
     after_answer: Callable[[], Awaitable[None]] | None = None
 
 
-class ProxyHandler:
-    """The proxy's policy, whatever HTTP frame a request comes in by.
+@attrs.frozen
+class _Decided:
+    """One proxy request as the policy read it: what is priced is what is forwarded."""
 
-    :meth:`handle` serves it as an aiohttp route; :mod:`keybrake.server.front` calls
-    :meth:`serve` directly.
-    """
+    vendor: Vendor
+    key: KeyRecord
+    request: VendorRequest
+    #: Headers for the vendor, its credential and the key's account included.
+    headers: list[tuple[str, str]]
+    idempotency_key: str | None
+
+
+class ProxyHandler:
+    """The proxy's policy, served as the aiohttp route ``ANY /{vendor}/{tail}``."""
 
     def __init__(self, app: web.Application, config: ServerConfig) -> None:
         self._app = app
         self._ids = _ReservationIds()
-        #: Largest request body read, in bytes.
-        self.max_body_size = config.max_body_size
 
     @property
     def vendors(self) -> dict[str, Vendor]:
         return self._app[VENDORS]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The aiohttp route ``ANY /{vendor}/{tail}``."""
-        sent: web.StreamResponse | None = None
-
-        async def send(answer: Answer) -> None:
-            nonlocal sent
-            sent = web.Response(
-                status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
-            )
-            await sent.prepare(request)
-            await sent.write_eof()
-
-        await self.serve(request, request.match_info["vendor"], send)
-        assert sent is not None
-        return sent
-
-    async def serve(self, request: Incoming, vendor_name: str, send: Send) -> None:
-        """Decide, forward if allowed, answer with ``send``; then settle, audit and count."""
+        """Decide, forward if allowed and answer; then settle, audit and count."""
+        vendor_name = request.match_info["vendor"]
         raw_path = request.raw_path.partition("?")[0]
         facts = _Facts(
             method=request.method.upper(),
@@ -339,12 +314,17 @@ class ProxyHandler:
             except (aiohttp.ClientPayloadError, ConnectionResetError):
                 raise  # the client went away while sending: nobody to answer
             except Exception:
-                log.exception("unexpected error on %s %s", facts.method, raw_path)
+                log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
                 answer = Answer.error(
                     500, "internal_error", "unexpected server error", vendor=facts.vendor
                 )
             # Send the answer now: what follows (settling, audit, metrics) is ours alone.
-            await send(answer)
+            response = web.Response(
+                status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
+            )
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         finally:
             if facts.after_answer is not None:
                 # Never suspends (a batching ledger only queues), so it runs even when
@@ -363,88 +343,154 @@ class ProxyHandler:
         facts.decision, facts.status = code, status
         return Answer.error(status, code, message, vendor=facts.vendor, **extra)
 
-    async def _handle(self, request: Incoming, vendor_name: str, facts: _Facts) -> Answer:
-        app = self._app
+    async def _handle(self, request: web.Request, vendor_name: str, facts: _Facts) -> Answer:
         vendors = self.vendors
         vendor = vendors.get(vendor_name)
-        refuse = self._refuse
         if vendor is None:
-            return refuse(
+            return self._refuse(
                 facts, 404, "unknown_vendor", f"no such vendor; use one of {sorted(vendors)}"
             )
-        store = app[STORE]
-
-        token = _vault_token(request.headers.get("Authorization", ""))
-        if token is None:
-            return refuse(
-                facts, 401, "invalid_key", "missing vault key (Authorization: Bearer ...)"
-            )
-        key = await store.get_key_by_token_hash(hash_token(token))
-        now = now_micros()
-        if key is None:
-            return refuse(facts, 401, "invalid_key", "no such vault key")
-        facts.key = key
-        status = key.status(now)
-        if status == "revoked":
-            return refuse(facts, 401, "key_revoked", f"vault key {key.id} was revoked")
-        if status == "expired":
-            return refuse(facts, 401, "key_expired", f"vault key {key.id} has expired")
-        if key.vendor != vendor.name:
-            return refuse(
-                facts,
-                403,
-                "vendor_mismatch",
-                f"vault key {key.id} is for {key.vendor}, not {vendor.name}",
-            )
-
-        query = request.raw_path.partition("?")[2]
-        vendor_path = facts.path
         try:
-            segments = _normalise(vendor_path)
+            decided = await self._decide(request, vendor, facts)
+        except _Refused as refused:
+            return refused.answer
+        except BadRequest as exc:
+            return self._refuse(facts, 400, "bad_request", exc.message)
+        return await self._price_and_forward(decided, facts)
+
+    async def _decide(self, request: web.Request, vendor: Vendor, facts: _Facts) -> _Decided:
+        """Everything checked before pricing: headers, key, path, allowlist, account, body.
+
+        Raises:
+            _Refused: the answer to give instead.
+            BadRequest: the request can be read more than one way.
+        """
+
+        def refuse(status: int, code: str, message: str, **extra: Any) -> _Refused:
+            return _Refused(self._refuse(facts, status, code, message, **extra))
+
+        check_headers(request.raw_headers)
+        headers = request.headers
+        token = _vault_token(headers.get("Authorization", ""))
+        if token is None:
+            raise refuse(401, "invalid_key", "missing vault key (Authorization: Bearer ...)")
+        key = await self._app[STORE].get_key_by_token_hash(hash_token(token))
+        if key is None:
+            raise refuse(401, "invalid_key", "no such vault key")
+        facts.key = key
+        status = key.status(now_micros())
+        if status == "revoked":
+            raise refuse(401, "key_revoked", f"vault key {key.id} was revoked")
+        if status == "expired":
+            raise refuse(401, "key_expired", f"vault key {key.id} has expired")
+        if key.vendor != vendor.name:
+            raise refuse(
+                403, "vendor_mismatch", f"vault key {key.id} is for {key.vendor}, not {vendor.name}"
+            )
+
+        try:
+            segments = _normalise(facts.path)
         except UnsafePathError as exc:
-            return refuse(facts, 400, "bad_request", f"refused path: {exc}")
+            raise BadRequest(f"refused path: {exc}") from None
         method = facts.method
         if not _allowed(key.allowed_endpoints, method, segments):
-            attempted = f"{method} {vendor_path}"
-            return refuse(
-                facts,
+            attempted = f"{method} {facts.path}"
+            raise refuse(
                 403,
                 "endpoint_not_allowed",
                 f"{attempted} is not in this key's allowed endpoints",
                 attempted=attempted,
                 allowed_endpoints=list(key.allowed_endpoints),
             )
+        extra = self._account_headers(vendor, key, headers, refuse)
         if vendor.authorization is None:
-            return refuse(
-                facts, 503, "vendor_not_configured", f"the server has no {vendor.name} credentials"
+            raise refuse(
+                503, "vendor_not_configured", f"the server has no {vendor.name} credentials"
             )
 
+        query = canonical_query(request.raw_path.partition("?")[2])
         body = await request.read()
-        vendor_request = VendorRequest(
-            method=method,
-            segments=segments,
-            query=query,
-            content_type=request.headers.get("Content-Type", ""),
-            body=body,
+        if body and method in ("GET", "HEAD"):
+            raise BadRequest(f"a {method} request has no body")
+        body = canonical_form(headers.get("Content-Type", ""), body)
+        if body:
+            extra["Content-Type"] = FORM
+        return _Decided(
+            vendor=vendor,
+            key=key,
+            request=VendorRequest(
+                method=method,
+                segments=segments,
+                query=query,
+                content_type=FORM if body else "",
+                body=body,
+            ),
+            headers=forwarded_headers(headers, authorization=vendor.authorization, extra=extra),
+            idempotency_key=headers.get("Idempotency-Key"),
         )
-        session = app[UPSTREAM_SESSION]
+
+    @staticmethod
+    def _account_headers(
+        vendor: Vendor,
+        key: KeyRecord,
+        headers: Mapping[str, str],
+        refuse: Callable[..., _Refused],
+    ) -> dict[str, str]:
+        """The merchant scope (CONTRACT §3): the key's Stripe account, and only it.
+
+        Raises:
+            _Refused: 403 ``account_not_allowed`` for a request naming another account (or
+                any account, for a key without one), or another context.
+        """
+        if vendor.name != "stripe":
+            return {}
+        asked = headers.get("Stripe-Account")
+        if "Stripe-Context" in headers:
+            raise refuse(
+                403, "account_not_allowed", "Stripe-Context is not allowed through keybrake"
+            )
+        if asked is not None and asked != key.stripe_account:
+            allowed = key.stripe_account or "the platform account only"
+            raise refuse(
+                403,
+                "account_not_allowed",
+                f"vault key {key.id} acts on {allowed}, not on {asked}",
+            )
+        return {"Stripe-Account": key.stripe_account} if key.stripe_account else {}
+
+    async def _price_and_forward(self, decided: _Decided, facts: _Facts) -> Answer:
+        app = self._app
+        vendor, key, vendor_request = decided.vendor, decided.key, decided.request
+        lookup_headers = [(k, v) for k, v in decided.headers if k in _LOOKUP_HEADERS]
+        ledger = app[LEDGER]
         try:
             quote = await vendor.pricer.quote(
-                vendor_request, functools.partial(_lookup, session, vendor)
+                vendor_request,
+                functools.partial(_lookup, app[UPSTREAM_SESSION], vendor, lookup_headers),
+                functools.partial(ledger.counted, key.id),
             )
         except PricingRefusal as refusal:
-            return refuse(facts, refusal.status, refusal.code, refusal.message)
+            return self._refuse(facts, refusal.status, refusal.code, refusal.message)
         except _UpstreamDown:
-            return refuse(
+            return self._refuse(
                 facts, 502, "upstream_unavailable", f"can't reach {vendor.name} to price this"
             )
+        # What goes out: the pricer may rewrite the path or body to make its bound hold.
+        segments = quote.segments if quote.segments is not None else vendor_request.segments
+        path = "/" + "/".join(segments)
+        body = quote.body if quote.body is not None else vendor_request.body
 
         reservation: Reservation | None = None
         if quote.micros > 0:
-            idem_key = request.headers.get("Idempotency-Key")
+            now = now_micros()
             idem_hash = None
-            if vendor.honours_idempotency and idem_key:
-                idem_hash = hashlib.sha256(f"{key.id}\0{idem_key}".encode()).hexdigest()
+            if vendor.honours_idempotency and decided.idempotency_key:
+                # A replay is free only if it is the same request: a new body under an old
+                # key is priced as what it is (the vendor refuses it, which releases it).
+                idem_hash = hashlib.sha256(
+                    f"{key.id}\0{decided.idempotency_key}\0".encode()
+                    + fingerprint(vendor_request.method, path, vendor_request.query, body).encode()
+                ).hexdigest()
             reservation = Reservation(
                 id=self._ids.next(),
                 key_id=key.id,
@@ -452,12 +498,11 @@ class ProxyHandler:
                 amount=quote.micros,
                 idem_hash=idem_hash,
             )
-            result, spend = await app[LEDGER].reserve(
+            result, spend = await ledger.reserve(
                 reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
             )
             if result is ReserveResult.CAP_EXHAUSTED:
-                facts.reserved = 0
-                return refuse(
+                return self._refuse(
                     facts,
                     429,
                     "cap_exhausted",
@@ -472,36 +517,27 @@ class ProxyHandler:
             else:
                 facts.reserved = quote.micros
 
-        return await self._forward(request, vendor, facts, vendor_request, quote, reservation)
+        query = vendor_request.query
+        target = vendor.origin.prefix + path + ("?" + query if query else "")
+        return await self._forward(decided, facts, target, body, quote, reservation)
 
     async def _forward(
         self,
-        request: Incoming,
-        vendor: Vendor,
+        decided: _Decided,
         facts: _Facts,
-        vendor_request: VendorRequest,
+        target: str,
+        body: bytes,
         quote: Quote,
         reservation: Reservation | None,
     ) -> Answer:
-        method = vendor_request.method
-        forwarded = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() in _FORWARD_REQUEST_HEADERS
-        }
-        assert vendor.authorization is not None
-        forwarded["Authorization"] = vendor.authorization
-        path = "/" + "/".join(quote.segments) if quote.segments is not None else facts.path
-        query = vendor_request.query
-        target = vendor.origin.prefix + path + ("?" + query if query else "")
-        body = quote.body if quote.body is not None else vendor_request.body
+        vendor, vendor_request = decided.vendor, decided.request
         refuse = self._refuse
         ledger = self._app[LEDGER]
         kept = Settlement(quote.micros)
         started = time.perf_counter()
         try:
             upstream = await self._app[FORWARDER].request(
-                vendor.origin, method, target, list(forwarded.items()), body
+                vendor.origin, vendor_request.method, target, decided.headers, body
             )
         except UpstreamUnreachable:
             # Nothing reached the vendor: the reservation can safely go back.
@@ -573,25 +609,28 @@ class ProxyHandler:
             metrics.upstream_latency(vendor, facts.upstream_seconds)
         path = facts.path[:MAX_AUDIT_PATH]
         label = None if key is None else key.label
-        app[AUDIT].record(
-            AuditEntry(
-                at=now_micros(),
-                tenant=None if key is None else key.tenant,
-                key_id=None if key is None else key.id,
-                label=label,
-                vendor=facts.vendor,
-                method=facts.method,
-                path=path,
-                decision=facts.decision,
-                status=facts.status,
-                reserved=facts.reserved,
-                settled=facts.settled,
-                upstream_ms=None
-                if facts.upstream_seconds is None
-                else round(facts.upstream_seconds * 1000, 3),
-                vendor_request_id=facts.vendor_request_id,
+        # A request with nobody's key is counted in the metrics above, never a row each (a
+        # flood of them would fill the disk); the log line below still says it.
+        if key is not None:
+            app[AUDIT].record(
+                AuditEntry(
+                    at=now_micros(),
+                    tenant=key.tenant,
+                    key_id=key.id,
+                    label=label,
+                    vendor=facts.vendor,
+                    method=facts.method,
+                    path=path,
+                    decision=facts.decision,
+                    status=facts.status,
+                    reserved=facts.reserved,
+                    settled=facts.settled,
+                    upstream_ms=None
+                    if facts.upstream_seconds is None
+                    else round(facts.upstream_seconds * 1000, 3),
+                    vendor_request_id=facts.vendor_request_id,
+                )
             )
-        )
         if log.isEnabledFor(logging.INFO):
             path, label = redact(path), None if label is None else redact(label)
             log.info(
@@ -629,14 +668,17 @@ async def _settle_success(
 
 
 async def _lookup(
-    session: aiohttp.ClientSession, vendor: Vendor, path: str
+    session: aiohttp.ClientSession,
+    vendor: Vendor,
+    headers: list[tuple[str, str]],
+    path: str,
 ) -> Mapping[str, Any] | None:
     """GET a vendor object with the real credential, to bound a request's price."""
     assert vendor.authorization is not None
     try:
         async with session.get(
             URL(vendor.base + path, encoded=True),
-            headers={"Authorization": vendor.authorization},
+            headers=[*headers, ("Authorization", vendor.authorization)],
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),
         ) as response:

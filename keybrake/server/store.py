@@ -902,7 +902,8 @@ class SQLiteStore:
     async def counted(self, key_id: str, object_id: str) -> int:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount ELSE amount END), 0)"
+                "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount"
+                " ELSE amount END), 0)"
                 " FROM reservations WHERE key_id = ? AND object_id = ? AND state <> 'released'",
                 (key_id, object_id),
             ).fetchone()

@@ -237,3 +237,49 @@ async def test_postgres_unreachable_fails_closed() -> None:
     store = PostgresStore("postgresql://postgres@127.0.0.1:9/none")
     with pytest.raises(StoreUnavailable):
         await store.open()
+
+
+async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
+    tmp_path: Path,
+) -> None:
+    import json
+    import sqlite3
+
+    from keybrake.server.store import SCHEMA_VERSION, KeyRecord, SQLiteStore
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript((Path(__file__).parent / "data" / "sqlite_schema_v2.sql").read_text())
+    conn.execute(
+        "INSERT INTO keys VALUES ('vk_old', 'default', 'hash', 'stripe', 'run', ?, 5000000,"
+        " 1, 9999999999999999, 9999999999999999, NULL, '{}')",
+        (json.dumps(["/v1/**"]),),
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        old = await store.get_key("default", "vk_old")
+        assert old is not None
+        assert (old.cap_micros, old.stripe_account) == (5_000_000, None)
+        new = KeyRecord(
+            id="vk_new",
+            tenant="default",
+            token_hash="hash2",
+            vendor="stripe",
+            label="run",
+            allowed_endpoints=("/v1/**",),
+            cap_micros=1,
+            created_at=1,
+            expires_at=2,
+            max_expires_at=2,
+            stripe_account="acct_1",
+        )
+        await store.insert_key(new)
+        assert await store.get_key("default", "vk_new") == new
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    check.close()

@@ -167,7 +167,8 @@ async def test_twilio_key_on_stripe_and_back(twilio_server: RunningServer, kb: K
     [
         ({"From": "+15005550001", "Body": "no destination"}, 400, "bad_request"),
         ({"To": "+15005550006", "TimeLimit": "-1"}, 400, "bad_request"),
-        ({"To": "+15005550006", "Body": "a", "Body ": "b"}, 201, None),
+        # A name with spaces around it could be trimmed by the vendor into a repeat.
+        ({"To": "+15005550006", "Body": "a", "Body ": "b"}, 400, "bad_request"),
     ],
 )
 async def test_bad_twilio_bodies(

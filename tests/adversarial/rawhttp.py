@@ -1,0 +1,45 @@
+"""Requests sent byte for byte: a client library would tidy up what these tests need odd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class RawAnswer:
+    status: int
+    head: bytes
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+async def send(
+    base_url: str,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str] | tuple[bytes, bytes]],
+    body: bytes = b"",
+) -> RawAnswer:
+    """Send one request on a connection of its own, exactly as given, and read the answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    lines = [f"{method} {target} HTTP/1.1".encode(), f"Host: {host}".encode()]
+    for name, value in headers:
+        raw_name = name if isinstance(name, bytes) else name.encode("latin-1")
+        raw_value = value if isinstance(value, bytes) else value.encode("latin-1")
+        lines.append(raw_name + b": " + raw_value)
+    lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
+    writer.write(b"\r\n".join(lines) + body)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return RawAnswer(int(head.split(b" ", 2)[1]), head, payload)
