@@ -28,14 +28,30 @@ FLUSH_INTERVAL = 0.2
 #: Entries written in one transaction; the event loop serves requests between two.
 BATCH = 50
 
-_TOKEN = re.compile(r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+")
+_SECRET = re.compile(
+    r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+"
+    # The rest of an Authorization header's line, in a header block or a dict's repr.
+    r"|(?i:(authorization['\"]?[ \t]*[:=,][ \t]*))[^\r\n]+"
+    # A credential after its scheme: token68 of 8 characters or more, so "Basic plan" stays.
+    r"|(?i:(\b(?:bearer|basic)[ \t]+))[A-Za-z0-9\-._~+/]{8,}=*"
+)
+_HINTS = ("vault_key_", "kb_admin_", "authorization", "bearer", "basic")
 
 
 def redact(text: str) -> str:
-    """Hide anything that looks like a vault key or master token."""
-    if "vault_key_" not in text and "kb_admin_" not in text:
+    """Hide anything that looks like a credential: a vault key or master token wherever it
+    is, the rest of the line after ``Authorization:``, and the credential after ``Bearer``
+    or ``Basic`` (Twilio's Basic carries the vault key base64-encoded, out of the first
+    rule's reach). What names the secret is kept, the secret becomes ``***``.
+    """
+    lowered = text.lower()
+    if not any(hint in lowered for hint in _HINTS):
         return text  # the common case, without the regex
-    return _TOKEN.sub(r"\1***", text)
+    return _SECRET.sub(_keep_name, text)
+
+
+def _keep_name(match: re.Match[str]) -> str:
+    return next(group for group in match.groups() if group is not None) + "***"
 
 
 def _redacted(entry: AuditEntry) -> AuditEntry:

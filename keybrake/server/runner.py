@@ -9,6 +9,7 @@ from aiohttp import web
 
 from keybrake.server.app import create_app
 from keybrake.server.config import ServerConfig
+from keybrake.server.http_errors import JSONErrorRunner
 from keybrake.server.store import Store
 
 __all__ = ["running_server"]
@@ -32,11 +33,13 @@ async def running_server(
     when its client goes away (aiohttp's option of that name); ``handle_signals`` makes
     SIGINT and SIGTERM raise :class:`aiohttp.web.GracefulExit`. ``app`` is one already made
     by :func:`~keybrake.server.app.create_app` from ``config``. Everything it started is
-    stopped on exit, requests being served first.
+    stopped on exit, requests being served first. Errors aiohttp answers itself (a malformed
+    request head, an exception escaping the middleware) are JSON errors too, and its log
+    lines hide credentials (:mod:`keybrake.server.http_errors`).
     """
     if app is None:
         app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
-    runner = web.AppRunner(
+    runner = JSONErrorRunner(
         app,
         access_log=None,
         handler_cancellation=handler_cancellation,

@@ -1,0 +1,162 @@
+"""Errors aiohttp answers by itself: a JSON ``code``, never an echo of the request, and log
+lines without a credential in them (keybrake/server/http_errors.py).
+
+A request head aiohttp's parser refuses never reaches keybrake's middleware; left alone,
+aiohttp answers with the bytes around the error (an ``Authorization`` line included) and
+logs them. These tests fail if aiohttp stops answering through ``handle_error`` or making
+its request handlers the way ``http_errors`` relies on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from keybrake.server import running_server
+from keybrake.server.app import create_app
+from keybrake.server.audit import redact
+from tests.adversarial.rawhttp import RawAnswer, send
+from tests.conftest import TWILIO_ACCOUNT_SID, RunningServer, make_config
+
+VAULT_TOKEN = "vault_key_" + secrets.token_urlsafe(32)
+BASIC = base64.b64encode(f"{TWILIO_ACCOUNT_SID}:{VAULT_TOKEN}".encode()).decode()
+#: A bearer credential of no known shape: only its place after "Bearer" tells it apart.
+OTHER_SECRET = secrets.token_urlsafe(24)
+TWILIO_MESSAGES = f"/twilio/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Messages.json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Headers = list[tuple[str, str] | tuple[bytes, bytes]]
+
+# (method, target, headers, what must not leak): each head is refused by aiohttp's parser.
+MALFORMED: dict[str, tuple[str, str, Headers, str]] = {
+    "control byte after the vault token": (
+        "GET",
+        "/stripe/v1/charges",
+        [("Authorization", f"Bearer {VAULT_TOKEN}\x01")],
+        VAULT_TOKEN,
+    ),
+    "space before the colon": (
+        "GET",
+        "/stripe/v1/charges",
+        [("Authorization ", f"Bearer {VAULT_TOKEN}")],
+        VAULT_TOKEN,
+    ),
+    "Twilio Basic with a control byte": (
+        "POST",
+        TWILIO_MESSAGES,
+        [("Authorization", f"Basic {BASIC}\x01")],
+        BASIC,
+    ),
+    "a bearer credential of no known shape": (
+        "GET",
+        "/v1/keys",
+        [("authorization", f"bearer {OTHER_SECRET}\x7f")],
+        OTHER_SECRET,
+    ),
+    "an invalid method, the token in the query": (
+        "G\x01T",
+        f"/stripe/v1/charges?key={VAULT_TOKEN}",
+        [],
+        VAULT_TOKEN,
+    ),
+    "a header line too long": (
+        "GET",
+        "/stripe/v1/charges",
+        [("Authorization", f"Bearer {VAULT_TOKEN}" + "A" * 9000)],
+        VAULT_TOKEN,
+    ),
+}
+
+
+def assert_keybrake_json(answer: RawAnswer, status: int, code: str) -> dict[str, object]:
+    assert answer.status == status
+    assert b"application/json" in answer.head.lower()
+    body = answer.json()
+    assert body["code"] == code
+    assert isinstance(body["message"], str)
+    return body
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+async def test_a_malformed_head_is_a_json_400_that_echoes_nothing_and_logs_no_secret(
+    server: RunningServer, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    method, target, headers, secret = MALFORMED[case]
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+
+    answer = await send(server.url, method, target, headers)
+
+    body = assert_keybrake_json(answer, 400, "bad_request")
+    assert set(body) == {"code", "message"}
+    raw = answer.head + answer.body
+    assert secret.encode() not in raw
+    assert b"Authorization" not in raw
+    assert b"vault_key_" not in raw
+    assert "Error handling request" in caplog.text  # the line is there, without the secret
+    assert secret not in caplog.text
+    assert VAULT_TOKEN not in caplog.text
+
+
+@web.middleware
+async def cut_off(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An upstream answer cut short while read: an error keybrake's middleware lets through."""
+    if request.path.endswith("/cut-off"):
+        raise aiohttp.ClientPayloadError(f"cut off; Authorization: Bearer {VAULT_TOKEN}")
+    return await handler(request)
+
+
+@pytest.fixture
+async def cutting_server(tmp_path: Path) -> AsyncIterator[str]:
+    """A keybrake server whose innermost middleware fails (no upstream is reached)."""
+    config = make_config(tmp_path / "cut.db", "http://127.0.0.1:9")
+    app = create_app(config)
+    app.middlewares.append(cut_off)
+    async with running_server(config, app=app) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("path", "vendor_shape"), [("/v1/cut-off", False), ("/stripe/v1/cut-off", True)]
+)
+async def test_an_exception_escaping_the_middleware_is_a_json_500_without_the_secret(
+    cutting_server: str, caplog: pytest.LogCaptureFixture, path: str, vendor_shape: bool
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    headers: Headers = [("Authorization", f"Bearer {VAULT_TOKEN}")]
+
+    answer = await send(cutting_server, "GET", path, headers)
+
+    body = assert_keybrake_json(answer, 500, "internal_error")
+    assert ("error" in body) is vendor_shape
+    assert b"vault_key_" not in answer.head + answer.body
+    assert "ClientPayloadError" in caplog.text  # logged, traceback and all, but redacted
+    assert VAULT_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (f"b'Authorization: Bearer {VAULT_TOKEN}\\x01'", VAULT_TOKEN),
+        (f"authorization : Basic {BASIC}\r\nHost: x", BASIC),
+        (f"{{'Authorization': 'Bearer {OTHER_SECRET}', 'Host': 'x'}}", OTHER_SECRET),
+        (f"WWW: Basic {BASIC}", BASIC),
+        (f"bearer {OTHER_SECRET}", OTHER_SECRET),
+        (f"/stripe/v1/customers/{VAULT_TOKEN}", VAULT_TOKEN),
+    ],
+    ids=["header repr", "Basic header", "dict repr", "Basic alone", "bearer alone", "path"],
+)
+def test_redact_hides_credentials_after_their_scheme_or_header(text: str, secret: str) -> None:
+    assert secret not in redact(text)
+    assert "***" in redact(text)
+
+
+@pytest.mark.parametrize("text", ["Basic plan", "/stripe/v1/customers/cus_1", "bearer of news"])
+def test_redact_leaves_ordinary_text_alone(text: str) -> None:
+    assert redact(text) == text
