@@ -192,9 +192,12 @@ class Keybrake:
         label: str = "",
         max_lifetime: str | int | timedelta | None = None,
         metadata: Mapping[str, str] | None = None,
+        stripe_account: str | None = None,
         idempotency_key: str | None = None,
     ) -> IssuedKey:
         """Issue a vault key. Retried on transient failures without ever making two keys.
+
+        ``stripe_account`` pins a Stripe key to one connected account (``Stripe-Account``).
 
         Raises:
             ConfigurationError: no master token, or a bad argument.
@@ -212,6 +215,8 @@ class Keybrake:
             body["max_lifetime"] = duration_seconds(max_lifetime, "max_lifetime")
         if metadata:
             body["metadata"] = dict(metadata)
+        if stripe_account is not None:
+            body["stripe_account"] = stripe_account
         headers = {"Idempotency-Key": idempotency_key or f"kb-{uuid.uuid4()}"}
         data = await self._api("POST", "/v1/keys", body=body, headers=headers)
         return IssuedKey.from_json(data)

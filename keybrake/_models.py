@@ -40,6 +40,8 @@ class KeyInfo:
     spent_today_usd: Decimal | None = None
     reserved_today_usd: Decimal | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    #: The Stripe connected account the key acts on, if it is pinned to one.
+    stripe_account: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod
@@ -60,6 +62,7 @@ class KeyInfo:
             "spent_today_usd": None if spent is None else Decimal(str(spent)),
             "reserved_today_usd": None if reserved is None else Decimal(str(reserved)),
             "metadata": dict(data.get("metadata") or {}),
+            "stripe_account": data.get("stripe_account"),
             "raw": dict(data),
         }
 

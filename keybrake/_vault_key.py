@@ -104,6 +104,8 @@ class VaultKey:
         max_lifetime: a hard age limit enforced by the server; keepalive stops there.
         client: a :class:`Keybrake` client to share; otherwise one is created and closed here.
         metadata: string pairs stored with the key.
+        stripe_account: Stripe keys only: the connected account (``"acct_..."``) every
+            request acts on; the proxy refuses a request naming any other.
         on_lost: called with the error when keepalive finds the key revoked or expired.
         cancel_on_loss: also cancel the task running the block when the key is lost.
         token, api_url, proxy_url: passed to the :class:`Keybrake` client created here.
@@ -124,6 +126,7 @@ class VaultKey:
         max_lifetime: str | int | timedelta | None = None,
         client: Keybrake | None = None,
         metadata: Mapping[str, str] | None = None,
+        stripe_account: str | None = None,
         on_lost: Callable[[KeybrakeError], object] | None = None,
         cancel_on_loss: bool = False,
         token: str | None = None,
@@ -143,6 +146,7 @@ class VaultKey:
         self.label = label or ""
         self.keepalive = keepalive
         self.metadata = dict(metadata or {})
+        self.stripe_account = stripe_account
         self.on_lost = on_lost
         self.cancel_on_loss = cancel_on_loss
         if client is None:
@@ -315,6 +319,7 @@ class VaultKey:
                 label=self.label,
                 max_lifetime=self.max_lifetime,
                 metadata=self.metadata,
+                stripe_account=self.stripe_account,
                 idempotency_key=f"kb-{uuid.uuid4()}",
             )
         )

@@ -1,0 +1,103 @@
+"""The one reading of a proxy request, piece by piece."""
+
+from __future__ import annotations
+
+import pytest
+
+from keybrake.server.shaping import (
+    FORM,
+    BadRequest,
+    canonical_form,
+    canonical_query,
+    check_headers,
+    fingerprint,
+    forwarded_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "sent"),
+    [
+        (b"amount=100&currency=usd", b"amount=100&currency=usd"),
+        (b"description=a+b%2Bc", b"description=a%20b%2Bc"),
+        # An escape a strict reader would choke on reaches the vendor as the literal text
+        # the pricer read.
+        (b"metadata[x]=%zz", b"metadata[x]=%25zz"),
+        (b"%61mount=1", b"amount=1"),
+        (b"a=", b"a="),
+    ],
+)
+def test_forms_are_sent_as_the_pairs_read(body: bytes, sent: bytes) -> None:
+    assert canonical_form(FORM, body) == sent
+    assert canonical_form(FORM + "; charset=utf-8", body) == sent
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (FORM, b'{"amount": 1, "x": "=1"}'),
+        (FORM, b'  ["a=1"]'),
+        (FORM, b'"a=1"'),
+        ("application/json", b"a=1"),
+        (FORM + "; charset=latin-1", b"a=1"),
+        (FORM + "; boundary=x", b"a=1"),
+        ("", b"a=1"),
+        (FORM, b"a=1&&b=2"),
+        (FORM, b"a"),
+        (FORM, b"a=\xff"),
+        (FORM, b"=1"),
+        (FORM, b"a%20=1"),
+        (FORM, b"a%00b=1"),
+    ],
+)
+def test_bodies_another_reader_could_take_another_way_are_refused(
+    content_type: str, body: bytes
+) -> None:
+    with pytest.raises(BadRequest):
+        canonical_form(content_type, body)
+
+
+def test_queries_are_read_strictly() -> None:
+    assert canonical_query("") == ""
+    assert canonical_query("limit=3&expand[]=data.customer") == "limit=3&expand[]=data.customer"
+    with pytest.raises(BadRequest):
+        canonical_query("a=1&&b")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"Idempotency-Key", b"a"), (b"idempotency-key", b"b")],
+        [(b"Stripe-Account", b"acct_1"), (b"STRIPE-ACCOUNT", b"acct_1")],
+        [(b"User-Agent", "caf\u00e9".encode())],
+        [(b"X-Other", b"a\x7fb")],
+        [(b"X-\xc3\xa9", b"a")],
+    ],
+)
+def test_headers_read_two_ways_are_refused(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(BadRequest):
+        check_headers(headers)
+
+
+def test_other_headers_may_repeat() -> None:
+    check_headers([(b"X-Trace", b"a"), (b"x-trace", b"b"), (b"Accept", b"a\tb c")])
+
+
+def test_forwarded_headers_are_the_listed_ones_and_the_credential_wins() -> None:
+    sent = forwarded_headers(
+        {"user-agent": "ua", "Cookie": "c", "Authorization": "Bearer vault_key_x"},
+        authorization="Bearer sk_real",
+        extra={"Stripe-Account": "acct_1"},
+    )
+    assert sent == [
+        ("User-Agent", "ua"),
+        ("Stripe-Account", "acct_1"),
+        ("Authorization", "Bearer sk_real"),
+    ]
+
+
+def test_a_fingerprint_tells_every_part_apart() -> None:
+    base = fingerprint("POST", "/v1/a", "", b"x=1")
+    assert base != fingerprint("POST", "/v1/a", "x=1", b"")
+    assert base != fingerprint("POST", "/v1/ax", "", b"=1")
+    assert base == fingerprint("POST", "/v1/a", "", b"x=1")
