@@ -121,8 +121,11 @@ async def test_refusals_are_proper_stripe_errors(server: RunningServer, kb: Keyb
             lambda: client.v1.payment_intents.create(params={"amount": 1001, "currency": "usd"})
         )
     body: Any = capped.value.json_body
-    assert body["code"] == "cap_exhausted"  # Stripe's 429 class drops .code
+    assert body["code"] == "cap_exhausted"
     assert capped.value.http_status == 429
+    # Stripe's 401 and 429 classes take no code of their own: it is on the error object.
+    assert capped.value.error is not None
+    assert capped.value.error.code == "cap_exhausted"
     with pytest.raises(stripe.PermissionError) as scoped:
         await off_loop(lambda: client.v1.payouts.list())
     assert scoped.value.error is not None
@@ -132,3 +135,22 @@ async def test_refusals_are_proper_stripe_errors(server: RunningServer, kb: Keyb
             lambda: client.v1.payment_intents.create(params={"amount": 100, "currency": "xyz"})
         )
     assert bad.value.code == "unsupported_currency"
+
+
+async def test_a_revoked_key_is_an_authentication_error_with_keybrakes_code(
+    server: RunningServer, kb: Keybrake
+) -> None:
+    client, key_id = await stripe_for(kb, server, cap="10")
+    await kb.revoke_key(key_id)
+    with pytest.raises(stripe.AuthenticationError) as refused:
+        await off_loop(lambda: client.v1.payment_intents.list())
+    assert refused.value.http_status == 401
+    assert refused.value.error is not None
+    assert refused.value.error.code == "key_revoked"
+    live, _ = await stripe_for(kb, server, cap="10")
+    with pytest.raises(stripe.PermissionError) as scoped:
+        await off_loop(
+            lambda: live.v1.payment_intents.list(options={"stripe_account": "acct_someone"})
+        )
+    assert scoped.value.error is not None
+    assert scoped.value.error.code == "account_not_allowed"
