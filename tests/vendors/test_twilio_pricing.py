@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import attrs
+import phonenumbers
 import pytest
 
 from keybrake._common import normalise_path
 from keybrake.vendors._pricing import PriceReport, PricingRefusal, Quote, VendorRequest
+from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
+from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
 from keybrake.vendors.twilio.pricing import TwilioPricer, TwilioPricing, sms_segments
 
 ACCOUNT = "AC" + "1" * 32
@@ -103,10 +110,15 @@ async def test_the_account_in_the_path_is_replaced() -> None:
     result = await quote([("To", "+15005550006")])
     assert result.segments == ("2010-04-01", "Accounts", ACCOUNT, "Messages.json")
     pricer = TwilioPricer(account_sid=ACCOUNT)
-    fetch = await pricer.quote(
-        request(f"/2010-04-01/Accounts/{'AC' + 'f' * 32}.json", [], "GET"), no_lookup
-    )
-    assert fetch.segments == ("2010-04-01", "Accounts", f"{ACCOUNT}.json")
+    fetch = await pricer.quote(request(CALLS.replace(".json", "/CA1.json"), [], "GET"), no_lookup)
+    assert fetch.segments == ("2010-04-01", "Accounts", ACCOUNT, "Calls", "CA1.json")
+
+
+async def test_the_account_is_pinned_however_accounts_is_spelt() -> None:
+    other = MESSAGES.replace("Accounts", "accounts")
+    result = await quote([("To", "+15005550006")], other)
+    assert result.segments == ("2010-04-01", "Accounts", ACCOUNT, "Messages.json")
+    assert result.micros == 8_300
 
 
 @pytest.mark.parametrize(
@@ -179,3 +191,405 @@ async def test_a_call_update_cannot_lift_the_time_limit() -> None:
 async def test_a_free_channel_price_is_honoured() -> None:
     prices: Any = {"sms_usd_per_segment": {"whatsapp:": "0", "default": "0.5"}}
     assert (await quote([("To", "whatsapp:+15005550006")], **prices)).micros == 0
+
+
+# Credentials: never proxied, whatever the method and the key's allowed endpoints.
+
+ACCOUNT_PATH = f"/2010-04-01/Accounts/{'AC' + 'f' * 32}"
+SPEC_DIR = Path(__file__).parents[2] / "node_modules/@twilio-alpha/mcp/twilio-oai/spec/json"
+
+
+async def refusal(path: str, method: str, form: list[tuple[str, str]] | None = None) -> Any:
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    with pytest.raises(PricingRefusal) as refused:
+        await pricer.quote(request(path, form or [], method), no_lookup)
+    return refused.value
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "HEAD"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/2010-04-01/Accounts.json",
+        "/2010-04-01/Accounts",
+        "/2010-04-01/accounts.JSON",
+        f"{ACCOUNT_PATH}.json",
+        ACCOUNT_PATH,
+        ACCOUNT_PATH.replace("Accounts", "ACCOUNTS"),
+        f"{ACCOUNT_PATH}/Keys.json",
+        f"{ACCOUNT_PATH}/Keys/SK1.json",
+        f"{ACCOUNT_PATH}/KEYS.json",
+        f"{ACCOUNT_PATH}/keys",
+        f"{ACCOUNT_PATH}/Keys.xml",
+        f"{ACCOUNT_PATH}/Keys;v=1",
+        f"{ACCOUNT_PATH}/%4Beys.json",
+        f"{ACCOUNT_PATH}/SigningKeys.json",
+        f"{ACCOUNT_PATH}/SigningKeys/SK1.json",
+        f"{ACCOUNT_PATH}/Tokens.json",
+        f"{ACCOUNT_PATH}/SIP/CredentialLists.json",
+        f"{ACCOUNT_PATH}/SIP/CredentialLists/CL1/Credentials/CR1.json",
+        f"{ACCOUNT_PATH}/SIP/Domains/SD1/Auth/Calls/CredentialListMappings.json",
+        f"{ACCOUNT_PATH}/SIP/Domains/SD1/IpAccessControlListMappings.json",
+        f"{ACCOUNT_PATH}/SIP/IpAccessControlLists/AL1/IpAddresses.json",
+        f"{ACCOUNT_PATH}/ConnectApps/CN1.json",
+    ],
+)
+async def test_credential_resources_are_never_proxied(path: str, method: str) -> None:
+    refused = await refusal(path, method, [("FriendlyName", "x")] if method == "POST" else [])
+    assert (refused.status, refused.code) == (403, "endpoint_not_allowed")
+    assert "credential resources are never proxied" in refused.message
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/2010-04-01",
+        "/2010-04-01.json",
+        "/2008-08-01/Accounts/AC1/SMS/Messages.json",
+        "/2010-04-01/Foo/AC1/Messages.json",
+        "/v2/Services",
+        "/Accounts/AC1/Messages.json",
+    ],
+)
+async def test_paths_outside_an_account_are_refused(path: str) -> None:
+    refused = await refusal(path, "GET")
+    assert (refused.status, refused.code) == (403, "endpoint_not_allowed")
+
+
+def _spec(name: str) -> Any:
+    return json.loads((SPEC_DIR / name).read_text(encoding="utf-8"))
+
+
+def _properties(spec: Any, schema: Any) -> set[str]:
+    """Property names of a schema and of the objects its arrays hold."""
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rpartition("/")[2]]
+    names = set(schema.get("properties", {}))
+    for prop in schema.get("properties", {}).values():
+        names |= _properties(spec, prop["items"]) if "$ref" in prop.get("items", {}) else set()
+    return names
+
+
+#: A field of an answer that holds a secret or a credential.
+SECRET = re.compile(r"auth_token|secret|password|credential", re.IGNORECASE)
+#: A form field that makes a credential (``SipAuthPassword`` only authenticates a call).
+MAKES_SECRET = frozenset({"Password", "CredentialListSid"})
+
+
+def credential_paths() -> list[tuple[str, str]]:
+    """Every (method, path) of the v2010 spec whose answer or form holds a secret."""
+    spec = _spec("twilio_api_v2010.json")
+    found = []
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method not in ("get", "post", "delete"):
+                continue
+            fields: set[str] = set()
+            for answer in op.get("responses", {}).values():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema")
+                fields |= _properties(spec, schema) if schema else set()
+            form: set[str] = set()
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                form |= set(content.get("schema", {}).get("properties", {}))
+            if any(SECRET.search(f) for f in fields) or form & MAKES_SECRET:
+                found.append((method.upper(), path))
+    return found
+
+
+def test_the_spec_lists_the_credential_resources_we_know() -> None:
+    paths = {path.partition("/Accounts")[2] for _, path in credential_paths()}
+    assert {
+        ".json",
+        "/{Sid}.json",
+        "/{AccountSid}/Keys.json",
+        "/{AccountSid}/SigningKeys.json",
+        "/{AccountSid}/Tokens.json",
+        "/{AccountSid}/SIP/CredentialLists/{CredentialListSid}/Credentials.json",
+        "/{AccountSid}/SIP/Domains/{DomainSid}/CredentialListMappings.json",
+    } <= paths
+
+
+async def test_every_credential_resource_of_the_spec_is_refused() -> None:
+    for method, template in credential_paths():
+        path = re.sub(r"\{[A-Za-z]+\}", "XX1", template)
+        refused = await refusal(path, method, [("FriendlyName", "x")])
+        assert (refused.status, refused.code) == (403, "endpoint_not_allowed"), (method, path)
+    # The children of a credential resource are refused too, as is the account's every path
+    # whose response holds a secret. Resources without one are still proxied:
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    for path in ("Messages.json", "SIP/Domains.json", "IncomingPhoneNumbers.json", "Balance.json"):
+        fetched = await pricer.quote(request(f"{ACCOUNT_PATH}/{path}", [], "GET"), no_lookup)
+        assert fetched.micros == 0
+
+
+async def test_post_parameters_in_the_query_are_refused() -> None:
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    smuggled = VendorRequest(
+        "POST",
+        normalise_path(MESSAGES),
+        "To=%2B18765551234",
+        "application/x-www-form-urlencoded",
+        urlencode([("To", "+15005550006"), ("Body", "hi")]).encode(),
+    )
+    with pytest.raises(PricingRefusal) as refused:
+        await pricer.quote(smuggled, no_lookup)
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    listing = attrs.evolve(smuggled, method="GET", body=b"", query="PageSize=2")
+    assert (await pricer.quote(listing, no_lookup)).micros == 0
+
+
+# Messages that may be MMS.
+
+
+@pytest.mark.parametrize(
+    ("form", "micros"),
+    [
+        ([("SendAsMms", "true")], 22_000),
+        ([("SendAsMms", "True")], 22_000),
+        ([("SendAsMms", "1")], 22_000),  # whatever Twilio reads as true
+        ([("SendAsMms", "false")], 8_300),
+        # Twilio may still send media as an SMS (with a link): the dearer of the two.
+        ([("Body", "ж" * 400), ("MediaUrl", "https://x/1.png")], 7 * 8_300),
+        ([("Body", "ж" * 400), ("SendAsMms", "true")], 6 * 8_300),
+    ],
+)
+async def test_a_message_that_may_be_an_mms(form: list[tuple[str, str]], micros: int) -> None:
+    assert (await quote([("To", "+15005550006"), *form])).micros == micros
+
+
+# +1 outside the US and Canada.
+
+
+@pytest.mark.parametrize(
+    ("to", "micros"),
+    [
+        ("+12125550000", 8_300),  # New York
+        ("+14165550000", 8_300),  # Toronto
+        ("+18005550000", 8_300),  # toll free
+        ("+18765551234", 200_000),  # Jamaica: the default, never the "1" price
+        ("+18095551234", 200_000),  # Dominican Republic
+        ("+12845551234", 200_000),  # British Virgin Islands
+        ("+17875551234", 200_000),  # Puerto Rico
+        ("+19005551234", 200_000),  # premium rate
+        ("+1", 200_000),
+        ("+1 (876) 555-1234", 200_000),
+        ("whatsapp:+18765551234", 200_000),
+        ("4412345678", 200_000),  # not international: Twilio reads it in the sender's country
+        ("18765551234", 200_000),
+    ],
+)
+async def test_nanp_outside_the_us_and_canada(to: str, micros: int) -> None:
+    assert (await quote([("To", to), ("Body", "hi")])).micros == micros
+
+
+async def test_a_caribbean_number_takes_only_its_own_prefix() -> None:
+    prices: Any = {"call_usd_per_minute": {"1": "0.01", "18": "0.02", "1876": "0.30"}}
+    to_jamaica = await quote([("To", "+18765551234")], CALLS, **prices)
+    assert to_jamaica.micros == 10 * 300_000
+    with pytest.raises(PricingRefusal) as refused:  # "18" is not the Dominican Republic's
+        await quote([("To", "+18095551234")], CALLS, **prices)
+    assert refused.value.code == "unpriced_endpoint"
+    to_toll_free = await quote([("To", "+18005551234")], CALLS, **prices)
+    assert to_toll_free.micros == 10 * 20_000
+
+
+#: Area codes that phonenumbers puts in the US or Canada and _nanp leaves out on purpose.
+LEFT_OUT = frozenset({"900"})  # premium rate
+
+
+def nanp_area_codes(region: str) -> set[str]:
+    """Every area code some valid number of ``region`` has, by phonenumbers' metadata."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert metadata is not None
+    kinds = [
+        "fixed_line",
+        "mobile",
+        "toll_free",
+        "premium_rate",
+        "shared_cost",
+        "personal_number",
+        "voip",
+        "pager",
+        "uan",
+        "voicemail",
+    ]
+    patterns = [getattr(metadata, kind) for kind in kinds]
+    valid = re.compile(
+        "|".join(f"(?:{p.national_number_pattern})" for p in patterns if p is not None)
+    )
+    return {
+        str(npa)
+        for npa in range(200, 1000)
+        if any(
+            valid.fullmatch(f"{npa}{nxx}{line}")
+            for nxx in range(200, 1000)
+            for line in ("0000", "1234", "5678", "9999")
+        )
+    }
+
+
+def test_the_us_and_canadian_area_codes_match_phonenumbers() -> None:
+    us_ca = nanp_area_codes("US") | nanp_area_codes("CA")
+    assert us_ca >= US_CA_AREA_CODES
+    assert us_ca - US_CA_AREA_CODES == LEFT_OUT
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        if region in ("US", "CA"):
+            continue
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        assert metadata is not None
+        assert metadata.leading_digits, region
+        theirs = re.compile(f"(?:{metadata.leading_digits})")
+        for npa in US_CA_AREA_CODES:
+            # 8001 is the Dominican Republic's, but no NANP exchange starts with 0 or 1.
+            clash = [d for d in "23456789" if theirs.match(f"{npa}{d}000000")]
+            assert not clash, (region, npa)
+    assert {"787", "939", "671", "340", "684", "670", "876", "809"}.isdisjoint(US_CA_AREA_CODES)
+
+
+# Inline TwiML that dials.
+
+
+def dial(*nouns: str) -> str:
+    return f"<Response><Say>connecting</Say><Dial>{''.join(nouns)}</Dial></Response>"
+
+
+@pytest.mark.parametrize(
+    ("twiml", "micros"),
+    [
+        ("<Response><Say>hi</Say><Pause/><Hangup/></Response>", 10 * 14_000),
+        (dial("+447700900000"), 10 * (14_000 + 17_000)),
+        (dial("<Number>+18765551234</Number>"), 10 * (14_000 + 600_000)),
+        (dial("<Number>+12125550000</Number>", "<Number> +447700900000 </Number>"), 450_000),
+        ("<Response><dial>+447700900000</dial><Dial>+447700900001</Dial></Response>", 480_000),
+        (
+            '<Response><Gather input="dtmf"><Say><prosody rate="slow">press</prosody></Say>'
+            "</Gather></Response>",
+            10 * 14_000,
+        ),
+    ],
+)
+async def test_inline_twiml_dials_are_priced(twiml: str, micros: int) -> None:
+    result = await quote([("To", "+15005550006"), ("Twiml", twiml)], CALLS)
+    assert result.micros == micros
+    update = await quote([("Twiml", twiml)], CALLS.replace(".json", "/CA1.json"))
+    assert update.micros == micros - 10 * 14_000
+
+
+@pytest.mark.parametrize(
+    ("twiml", "status"),
+    [
+        (dial("<Sip>sip:alice@example.com</Sip>"), 403),
+        (dial("<Client>alice</Client>"), 403),
+        (dial("<Conference>room</Conference>"), 403),
+        (dial("<Queue>support</Queue>"), 403),
+        (dial("<Number>+12125550000</Number>", "<Sip>sip:a@b</Sip>"), 403),
+        ("<Response><Enqueue>support</Enqueue></Response>", 403),
+        ("<Response><Refer><Sip>sip:a@b</Sip></Refer></Response>", 403),
+        ("<Response><Connect><Stream url='wss://x'/></Connect></Response>", 403),
+        ("<Response><Sms>hi</Sms></Response>", 403),
+        ("<Response><Gather><Dial>+18765551234</Dial></Gather></Response>", 403),
+        ("<Response><Say><Dial>+18765551234</Dial></Say></Response>", 403),
+        ('<Response xmlns:t="x"><t:Dial><t:Sip>sip:a@b</t:Sip></t:Dial></Response>', 403),
+        ("<Response><Dial></Dial></Response>", 400),
+        ("<Response><Dial><Number/></Dial></Response>", 400),
+        ("<Response><Dial>", 400),
+        ("not xml", 400),
+        ("<Dial>+18765551234</Dial>", 400),
+        (
+            '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY n "+18765551234">]>'
+            "<Response><Dial>&n;</Dial></Response>",
+            400,
+        ),
+        ('<!DOCTYPE Response SYSTEM "http://x/t.dtd"><Response/>', 400),
+    ],
+)
+async def test_inline_twiml_we_cannot_price_is_refused(twiml: str, status: int) -> None:
+    for form, path in (
+        ([("To", "+15005550006"), ("Twiml", twiml)], CALLS),
+        ([("Twiml", twiml)], CALLS.replace(".json", "/CA1.json")),
+    ):
+        with pytest.raises(PricingRefusal) as refused:
+            await quote(form, path)
+        code = "unpriced_endpoint" if status == 403 else "bad_request"
+        assert (refused.value.status, refused.value.code) == (status, code)
+
+
+def test_a_call_that_dials_keeps_its_estimate() -> None:
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    answer = b'{"sid": "CA1", "price": null}'
+    dials = request(CALLS, [("To", "+15005550006"), ("Twiml", dial("+447700900000"))])
+    outcome = pricer.outcome(dials, Quote(310_000), answer)
+    assert (outcome.micros, outcome.final) == (310_000, True)
+    plain = request(CALLS, [("To", "+15005550006"), ("Url", "https://x/t.xml")])
+    assert pricer.outcome(plain, Quote(140_000), answer).final is False
+    update = request(CALLS.replace(".json", "/CA1.json"), [("Status", "completed")])
+    done = pricer.outcome(update, Quote(0), b'{"sid": "CA1", "price": "-0.14"}')
+    assert (done.micros, done.final) == (0, True)  # the call's price is the call's, not this
+
+
+# Parameters that repeat.
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        (
+            CALLS,
+            [
+                ("To", "+15005550006"),
+                ("Url", "https://x/t.xml"),
+                ("RecordingStatusCallbackEvent", "in-progress"),
+                ("RecordingStatusCallbackEvent", "completed"),
+                ("StatusCallbackEvent", "initiated"),
+                ("StatusCallbackEvent", "answered"),
+            ],
+        ),
+        (
+            MESSAGES,
+            [
+                ("To", "+15005550006"),
+                ("Body", "hi"),
+                ("PersistentAction", "mailto:a@example.com"),
+                ("PersistentAction", "geo:37.78,-122.39"),
+            ],
+        ),
+    ],
+)
+async def test_array_parameters_of_the_spec_may_repeat(
+    path: str, form: list[tuple[str, str]]
+) -> None:
+    await quote(form, path)
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        (MESSAGES, [("To", "+15005550006"), ("To", "+18765551234")]),
+        (
+            MESSAGES,
+            [("To", "+15005550006"), ("StatusCallbackEvent", "a"), ("StatusCallbackEvent", "b")],
+        ),
+        (CALLS, [("To", "+15005550006"), ("MediaUrl", "a"), ("MediaUrl", "b")]),
+        (CALLS, [("To", "+15005550006"), ("Twiml", "<Response/>"), ("Twiml", dial("+1"))]),
+    ],
+)
+async def test_scalar_parameters_may_not_repeat(path: str, form: list[tuple[str, str]]) -> None:
+    with pytest.raises(PricingRefusal) as refused:
+        await quote(form, path)
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+def test_the_array_parameters_are_the_specs() -> None:
+    spec = _spec("twilio_api_v2010.json")
+    arrays = {}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue  # the path's own "parameters", "servers", ...
+            form = op.get("requestBody", {}).get("content", {})
+            schema = form.get("application/x-www-form-urlencoded", {}).get("schema", {})
+            names = {k for k, v in schema.get("properties", {}).items() if v.get("type") == "array"}
+            assert method == "post" or not names
+            if names:
+                arrays[path] = frozenset(names)
+    assert arrays == ARRAY_PARAMETERS

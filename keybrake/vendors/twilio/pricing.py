@@ -1,39 +1,75 @@
 """What a Twilio request can cost, decided before it is sent.
 
+Only the v2010 API below one account is proxied, and never a credential:
+
+- **Paths**: anything not below ``/2010-04-01/Accounts/{sid}/`` is refused (403
+  ``endpoint_not_allowed``), whatever the key's allowed endpoints say, as are the account list
+  and the account itself (``/2010-04-01/Accounts[.json]``, ``/2010-04-01/Accounts/{sid}[.json]``:
+  they show the master auth token, and a ``POST`` can suspend or close the account) and every
+  resource that holds or makes a credential (:data:`CREDENTIAL_RESOURCES`: API and signing
+  keys, network traversal tokens, SIP credential lists, credentials, IP access control lists
+  and their mappings, Connect apps), for every method, reads included. A segment is compared
+  as a lenient router might read it: case-folded, percent-decoded, cut at its extension or at
+  anything that can't be part of a name (``KEYS.json``, ``keys;x``).
+- The account SID in a path is replaced by the configured account's, so a vault key can only
+  ever act on that account (``accounts`` spelt in any case included).
+- **Parameters**: a ``POST``'s parameters belong in its form body; any query string is refused
+  (400 ``bad_request``). A parameter may repeat only if Twilio's OpenAPI spec types it as an
+  array for that path (``MediaUrl``, ``StatusCallbackEvent``, ..., :mod:`._spec`).
 - **Messages** (``POST .../Messages.json``): SMS are priced as segments times the per-segment
   price for the destination; a body that fits GSM-7 makes segments of 160 characters (153
-  when split), anything else is UCS-2 with 70 (67) UTF-16 units. With a ``MediaUrl`` the
-  message is an MMS, priced per message. A templated message (``ContentSid``) is bounded by
-  the largest body Twilio sends (1,600 characters of UCS-2).
+  when split), anything else is UCS-2 with 70 (67) UTF-16 units. A message that may be an MMS
+  (a ``MediaUrl``, ``SendAsMms`` anything but ``false``, or a template) is priced at the
+  dearer of the MMS price and the SMS price (Twilio sends media as a link where MMS isn't
+  supported: one more segment). A templated message (``ContentSid``) is bounded by the
+  largest body Twilio sends (1,600 characters of UCS-2).
 - **Calls** (``POST .../Calls.json``): ``TimeLimit`` is forced down to the configured maximum
-  and the call is reserved as that many minutes times the per-minute price for the destination.
+  and the call is reserved as that many minutes times the per-minute price for the
+  destination, plus, for inline ``Twiml``, each leg its ``<Dial>`` opens (each ``<Number>``,
+  or the Dial's text) at its destination's per-minute price for as many minutes; a ``<Sip>``,
+  ``<Client>``, ``<Conference>``, ``<Queue>``, ``<Enqueue>``, ``<Refer>``, ``<Connect>``, ...
+  is refused (403 ``unpriced_endpoint``), malformed TwiML or TwiML with a ``<!DOCTYPE`` is
+  400 ``bad_request`` (:mod:`._twiml` has the rules). Such a call's estimate is never lowered
+  to the price Twilio reports for it (that is its own leg's).
+- **Updates** of a live call (``POST .../Calls/{sid}.json``) cost what their inline TwiML
+  dials, for the longest a call may last; a ``TimeLimit`` given there is cut like one given
+  at creation. Updates of messages (redact, cancel) are free.
 - Prices are looked up by the longest matching prefix of the destination's digits
   (``"1"`` for the US and Canada, ``"44"`` for the UK, ...), falling back to ``"default"``;
-  with no match the request is refused (403 ``unpriced_endpoint``).
-- Reads and deletes are free, as are updates of existing messages and calls; any other
-  ``POST`` is refused as ``unpriced_endpoint`` unless the operator marks it free.
+  with no match the request is refused (403 ``unpriced_endpoint``). ``"1"`` means the US and
+  Canada only: a ``+1`` number of another country or a US territory (876 Jamaica, 809 the
+  Dominican Republic, 787 Puerto Rico, ...; :mod:`._nanp`) takes a prefix as long as its area
+  code (``"1876"``) or ``"default"``. An address not in international form (no ``+``) takes
+  only its channel's price or ``"default"``: Twilio reads it in the sender's country.
+- Reads and deletes of the rest are free; any other ``POST`` is refused as
+  ``unpriced_endpoint`` unless the operator marks it free.
 
 Twilio reports a message's or call's ``price`` late. The estimate stays counted until a
 fetched message or call shows its price; then the spend is corrected to it.
 
-The account SID in a path (``/2010-04-01/Accounts/{sid}/...``) is replaced by the configured
-account's, so a vault key can only ever act on that account.
+What these rules can't see: TwiML that Twilio fetches from a URL (a call's ``Url`` or
+``ApplicationSid``, a ``<Redirect>``, a ``<Dial action>``, a ``<Number url>``) may dial
+anywhere, and only the call's own leg is priced. Features billed on top of a call's minutes
+(recording, transcription, answering machine detection, speech recognition, premium voices)
+are not priced.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 import attrs
 
 from keybrake._common import EndpointPattern
 from keybrake.vendors._pricing import (
     FREE,
+    Counted,
     Lookup,
     Outcome,
     PriceReport,
@@ -42,12 +78,17 @@ from keybrake.vendors._pricing import (
     VendorRequest,
     decimal_setting,
     endpoint_patterns,
+    nothing_counted,
     parse_form,
     single_values,
     usd_to_micros,
 )
+from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
+from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
+from keybrake.vendors.twilio._twiml import dialled_numbers
 
 __all__ = [
+    "CREDENTIAL_RESOURCES",
     "DEFAULT_CALL_PRICES",
     "DEFAULT_MAX_CALL_MINUTES",
     "DEFAULT_MMS_PRICES",
@@ -159,13 +200,90 @@ class TwilioPricing:
         )
 
 
-def _is_account_path(segments: tuple[str, ...]) -> bool:
-    return len(segments) >= 3 and segments[0] == "2010-04-01" and segments[1] == "Accounts"
+#: Resources below an account that hold or make a credential, by name as :func:`_name` reads
+#: it: API keys and signing keys (their ``secret``), network traversal tokens (a TURN
+#: ``password``), SIP credential lists, credentials, IP access control lists, their
+#: addresses and their mappings onto SIP domains (who may place calls as the account), and
+#: Connect apps (where the account's authorisations are redirected). Never proxied, whatever
+#: the method and the key's allowed endpoints.
+CREDENTIAL_RESOURCES = frozenset(
+    {
+        "auth",
+        "connectapps",
+        "credentiallistmappings",
+        "credentiallists",
+        "credentials",
+        "ipaccesscontrollistmappings",
+        "ipaccesscontrollists",
+        "ipaddresses",
+        "keys",
+        "signingkeys",
+        "tokens",
+    }
+)
+
+_NAME = re.compile(r"[a-z0-9_-]*")
 
 
-def _resource(segments: tuple[str, ...]) -> tuple[str, ...]:
-    """The path below the account: ``("Messages.json",)``, ``("Calls", "CA1.json")``, ..."""
-    return segments[3:] if _is_account_path(segments) else ()
+def _name(segment: str) -> str:
+    """A path segment as a lenient router might read it: decoded, case-folded and cut at
+    the first character that can't be part of a name (``Keys.json``, ``KEYS;x`` and
+    ``%4Beys`` are all ``keys``)."""
+    match = _NAME.match(unquote(segment).casefold())
+    return match[0] if match else ""
+
+
+def _account_resource(segments: tuple[str, ...]) -> tuple[str, ...]:
+    """The path below the account (``("Messages.json",)``, ``("Calls", "CA1.json")``, ...).
+
+    Raises:
+        PricingRefusal: 403 ``endpoint_not_allowed`` for a path that is not below
+            ``/2010-04-01/Accounts/{sid}/``, or that names a credential resource.
+    """
+    under_accounts = len(segments) >= 2 and segments[0] == "2010-04-01"
+    under_accounts = under_accounts and _name(segments[1]) == "accounts"
+    if under_accounts and len(segments) <= 3:
+        raise PricingRefusal(
+            403,
+            "endpoint_not_allowed",
+            "an account and the account list show its auth token: credential resources are"
+            " never proxied",
+        )
+    if not under_accounts:
+        raise PricingRefusal(
+            403, "endpoint_not_allowed", "only /2010-04-01/Accounts/{AccountSid}/... is proxied"
+        )
+    resource = segments[3:]
+    for segment in resource:
+        if _name(segment) in CREDENTIAL_RESOURCES:
+            raise PricingRefusal(
+                403,
+                "endpoint_not_allowed",
+                f"{segment} holds or makes a credential: credential resources are never proxied",
+            )
+    return resource
+
+
+def _spec_path(template: str) -> tuple[str, ...]:
+    return tuple(s.casefold() for s in template.strip("/").split("/"))
+
+
+_ARRAYS = [(_spec_path(path), names) for path, names in ARRAY_PARAMETERS.items()]
+
+
+def _array_parameters(segments: tuple[str, ...]) -> frozenset[str]:
+    """The parameters Twilio's spec lets repeat on a ``POST`` to this path."""
+    folded = tuple(s.casefold() for s in segments)
+    for template, names in _ARRAYS:
+        if len(template) == len(folded) and all(
+            t.startswith("{") or t == s for t, s in zip(template, folded, strict=True)
+        ):
+            return names
+    return frozenset()
+
+
+def _is_false(value: str) -> bool:
+    return value.strip().casefold() == "false"
 
 
 class TwilioPricer:
@@ -178,10 +296,23 @@ class TwilioPricer:
         self.account_sid = account_sid
 
     def _price_for(self, table: Mapping[str, Decimal], to: str, what: str) -> Decimal:
+        """The price for a destination: its channel's (``whatsapp:``) and its longest prefix.
+
+        Only an address in international form (``+`` and the country code) is read by its
+        digits: Twilio reads other forms in the sender's country, which we don't know. A
+        ``+1`` number outside the US and Canada (Caribbean, US territories) skips the
+        prefixes shorter than its area code, so it never takes the ``"1"`` price.
+        """
         channel, _, address = to.rpartition(":")
-        digits = "".join(ch for ch in address if ch.isdigit())
+        address = address.strip()
+        digits = "".join(ch for ch in address if ch in "0123456789")
+        if not address.startswith("+"):
+            digits = ""
+        shortest = 1
+        if digits.startswith("1") and digits[1:4] not in US_CA_AREA_CODES:
+            shortest = 4
         prefix = f"{channel}:" if channel else ""
-        for length in range(len(digits), 0, -1):
+        for length in range(len(digits), shortest - 1, -1):
             price = table.get(prefix + digits[:length])
             if price is not None:
                 return price
@@ -195,67 +326,101 @@ class TwilioPricer:
         return price
 
     def _rewrite_account(self, segments: tuple[str, ...]) -> tuple[str, ...] | None:
-        if self.account_sid is None or not _is_account_path(segments):
+        """The path with the configured account (and ``Accounts`` spelt as Twilio does)."""
+        if self.account_sid is None:
             return None
-        suffix = ".json" if segments[2].endswith(".json") else ""
-        return (*segments[:2], self.account_sid + suffix, *segments[3:])
+        return (segments[0], "Accounts", self.account_sid, *segments[3:])
 
-    async def quote(self, request: VendorRequest, lookup: Lookup) -> Quote:
+    async def quote(
+        self, request: VendorRequest, lookup: Lookup, counted: Counted = nothing_counted
+    ) -> Quote:
         """The most the request can cost, with the account SID and ``TimeLimit`` rewritten.
 
         Raises:
-            PricingRefusal: a malformed request (400) or one nothing bounds (403).
+            PricingRefusal: a malformed request (400), a credential resource or a path
+                outside an account (403 ``endpoint_not_allowed``), or one nothing bounds
+                (403 ``unpriced_endpoint``).
         """
-        segments = self._rewrite_account(request.segments)
-        free = attrs.evolve(FREE, segments=segments)
-        method, resource = request.method, _resource(request.segments)
+        resource = _account_resource(request.segments)
+        free = attrs.evolve(FREE, segments=self._rewrite_account(request.segments))
+        method = request.method
         if method in ("GET", "HEAD", "DELETE"):
             return free
         if method != "POST":
             raise PricingRefusal(403, "unpriced_endpoint", f"{method} is not priced for Twilio")
+        if request.query:
+            raise PricingRefusal(400, "bad_request", "Twilio POST parameters belong in the body")
         pairs = parse_form(request)
-        form = single_values(pairs, frozenset({"MediaUrl", "StatusCallbackEvent"}))
+        form = single_values(pairs, _array_parameters(request.segments))
         if any(p.matches(method, request.segments) for p in self.settings.free_endpoints):
             return free
-        if resource == ("Messages.json",):
+        folded = tuple(s.casefold() for s in resource)
+        if folded == ("messages.json",):
             return attrs.evolve(free, micros=self._message_bound(pairs, form))
-        if resource == ("Calls.json",):
+        if folded == ("calls.json",):
             micros, body = self._call_bound(pairs, form)
             return attrs.evolve(free, micros=micros, body=body)
-        if len(resource) == 2 and resource[0] == "Messages":
+        if len(folded) == 2 and folded[0] == "messages":
             return free  # redacting or cancelling an existing message
-        if len(resource) == 2 and resource[0] == "Calls":
-            # Updating a live call (new TwiML, hang up) is free, but it may not lift the cap
-            # on its length: a TimeLimit given here is cut like one given at creation.
-            if "TimeLimit" not in form:
-                return free
-            return attrs.evolve(free, body=self._time_limited(pairs, form)[1])
+        if len(folded) == 2 and folded[0] == "calls":
+            return self._call_update(free, pairs, form)
         raise PricingRefusal(
             403, "unpriced_endpoint", f"POST {request.path} has no Twilio price rule"
         )
 
     def _message_bound(self, pairs: list[tuple[str, str]], form: dict[str, str]) -> int:
+        """An SMS bound by its segments; a message that may be an MMS (media, ``SendAsMms``,
+        a template) by the dearer of the MMS price and the SMS price, since Twilio may still
+        send it as SMS (media as a link, one more segment)."""
         to = form.get("To", "")
         if not to:
             raise PricingRefusal(400, "bad_request", "'To' is required")
-        if any(name == "MediaUrl" for name, _ in pairs):
-            return usd_to_micros(self._price_for(self.settings.mms_usd_per_message, to, "MMS"))
         body = form.get("Body", "")
-        segments = (
-            sms_segments("\u4e00" * MAX_BODY)
-            if form.get("ContentSid")
-            else max(1, sms_segments(body))
-        )
-        price = self._price_for(self.settings.sms_usd_per_segment, to, "SMS")
-        return usd_to_micros(price * segments)
+        media = any(name == "MediaUrl" for name, _ in pairs)
+        if form.get("ContentSid"):
+            segments = sms_segments("\u4e00" * MAX_BODY)
+        else:
+            segments = max(1, sms_segments(body)) + (1 if media else 0)
+        sms = self._price_for(self.settings.sms_usd_per_segment, to, "SMS") * segments
+        may_be_mms = media or not _is_false(form.get("SendAsMms", "false"))
+        if not may_be_mms and not form.get("ContentSid"):
+            return usd_to_micros(sms)
+        mms = self._price_for(self.settings.mms_usd_per_message, to, "MMS")
+        return usd_to_micros(max(sms, mms))
 
     def _call_bound(self, pairs: list[tuple[str, str]], form: dict[str, str]) -> tuple[int, bytes]:
+        """The call to ``To``, and each leg its inline TwiML dials, for the whole time limit."""
         to = form.get("To", "")
         if not to:
             raise PricingRefusal(400, "bad_request", "'To' is required")
         limit, body = self._time_limited(pairs, form)
         price = self._price_for(self.settings.call_usd_per_minute, to, "call")
+        price += self._dialled_per_minute(form)
         return usd_to_micros(price * math.ceil(limit / 60)), body
+
+    def _call_update(
+        self, free: Quote, pairs: list[tuple[str, str]], form: dict[str, str]
+    ) -> Quote:
+        """Updating a live call (hang up, new TwiML) costs what its new TwiML dials, for the
+        longest a call may last, and may not lift the cap on its length: a ``TimeLimit``
+        given here is cut like one given at creation."""
+        limit = self.settings.max_call_minutes * 60
+        body = None
+        if "TimeLimit" in form:
+            limit, body = self._time_limited(pairs, form)
+        micros = usd_to_micros(self._dialled_per_minute(form) * math.ceil(limit / 60))
+        return attrs.evolve(free, micros=micros, body=body)
+
+    def _dialled_per_minute(self, form: dict[str, str]) -> Decimal:
+        """What the legs dialled by the call's inline TwiML cost per minute together."""
+        twiml = form.get("Twiml")
+        if twiml is None:
+            return Decimal(0)
+        table = self.settings.call_usd_per_minute
+        return sum(
+            (self._price_for(table, number, "call") for number in dialled_numbers(twiml)),
+            Decimal(0),
+        )
 
     def _time_limited(
         self, pairs: list[tuple[str, str]], form: dict[str, str]
@@ -273,9 +438,16 @@ class TwilioPricer:
         return limit, body.encode()
 
     def outcome(self, request: VendorRequest, quote: Quote, body: bytes) -> Outcome:
-        """The price if Twilio already knows it; else the estimate, awaiting a report."""
+        """The price if Twilio already knows it; else the estimate, awaiting a report.
+
+        Only a new message or call is its own price. An update of a live call and a call
+        whose TwiML dials other legs keep their estimate for good: the price Twilio reports
+        for the call is its own leg's, never what the update or the other legs cost.
+        """
         data = _json_object(body)
         sid = data.get("sid") if isinstance(data.get("sid"), str) else None
+        if not _priced_by_its_report(request):
+            return Outcome(quote.micros, final=True, object_id=sid)
         price = _usd_price(data)
         if price is not None:
             return Outcome(price, final=True, object_id=sid)
@@ -298,6 +470,20 @@ class TwilioPricer:
             if price is not None:
                 reports.append(PriceReport(item["sid"], price))
         return reports
+
+
+def _priced_by_its_report(request: VendorRequest) -> bool:
+    """Whether the price Twilio reports for the object a request made is all it cost."""
+    try:
+        folded = tuple(s.casefold() for s in _account_resource(request.segments))
+        if folded == ("messages.json",):
+            return True
+        if folded != ("calls.json",):
+            return False
+        form = single_values(parse_form(request), _array_parameters(request.segments))
+        return "Twiml" not in form or not dialled_numbers(form["Twiml"])
+    except PricingRefusal:
+        return False
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
