@@ -523,3 +523,22 @@ def test_any_parameter_off_a_deletes_list_is_refused(
     query, body = (param, b"") if where == "query" else ("", param.encode())
     req = request("DELETE", _concrete(shape), body, query)
     assert asyncio.run(refusal(req)) == (403, "unpriced_endpoint")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"&price=price_1",
+        b"&price_data[unit_amount]=999999",
+        b"&tax_rates[]=txr_1",
+        b"&unit_amount_decimal=99999.5",
+        b"&tax_behavior=exclusive",
+    ],
+)
+async def test_an_invoice_item_that_may_bill_more_than_its_amount_is_refused(extra: bytes) -> None:
+    with pytest.raises(PricingRefusal) as refused:
+        await quote(
+            StripePricer(),
+            request("POST", "/v1/invoiceitems", b"amount=100&currency=usd&customer=cus_1" + extra),
+        )
+    assert refused.value.code == "unpriced_endpoint"

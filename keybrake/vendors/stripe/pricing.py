@@ -425,6 +425,15 @@ class StripePricer:
         return self.to_usd_micros(amount, str(target["currency"]))
 
     def _invoice_item_bound(self, form: dict[str, str]) -> int:
+        # A price object, a decimal unit amount or a tax on top could bill more than the
+        # amount read here: refused rather than guessed.
+        beyond = sorted(_INVOICE_ITEM_UNBOUNDED & {_top(name) for name in form})
+        if beyond:
+            raise PricingRefusal(
+                403,
+                "unpriced_endpoint",
+                f"an invoice item with {beyond} may bill more than its amount",
+            )
         currency = _currency(form)
         if "amount" in form:
             return self.to_usd_micros(_amount(form, "amount"), currency)
@@ -464,6 +473,20 @@ class StripePricer:
 
     def reports(self, request: VendorRequest, body: bytes) -> list[PriceReport]:
         return []
+
+
+#: Invoice item parameters that can make it bill more than ``amount`` or ``unit_amount``.
+_INVOICE_ITEM_UNBOUNDED = frozenset(
+    {
+        "price",
+        "price_data",
+        "pricing",
+        "unit_amount_decimal",
+        "tax_rates",
+        "tax_behavior",
+        "tax_code",
+    }
+)
 
 
 def _amount(form: dict[str, str], name: str) -> int:
