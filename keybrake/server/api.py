@@ -21,6 +21,15 @@ from keybrake._common import (
     to_micros,
 )
 from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
+from keybrake.server._input import (
+    MAX_QUERY_VALUE,
+    BadRequest,
+    is_day,
+    is_whole_number,
+    query,
+    query_int,
+    read_json_object,
+)
 from keybrake.server._keys import CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.openapi import openapi_document
@@ -51,13 +60,8 @@ MAX_METADATA = 50
 #: Longest ``expires_in`` or ``max_lifetime`` a key may ask for.
 MAX_LIFETIME = timedelta(days=30)
 TOKEN_PREFIX = "vault_key_"
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+#: Largest audit entry id a cursor may name (a signed 64-bit integer, as stored).
+MAX_AUDIT_ID = 2**63 - 1
 
 
 def key_json(key: KeyRecord, now: int, *, spent: int | None = None) -> dict[str, Any]:
@@ -99,7 +103,7 @@ async def _tenant(request: web.Request) -> str:
     """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token or not token.isascii():
         raise Unauthorized
     digest = hash_token(token)
     if hmac.compare_digest(digest, request.app[CONFIGURED_ADMIN_HASH]):
@@ -110,32 +114,8 @@ async def _tenant(request: web.Request) -> str:
     return tenant
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        data = json.loads(raw or b"{}", parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    if not _encodable(data):
-        raise BadRequest("request body has a string that is not valid Unicode (lone surrogate)")
-    return data
-
-
-def _encodable(value: Any) -> bool:
-    """Whether every string in a JSON value can be stored as UTF-8 (``"\\ud800"`` can't)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_encodable(k) and _encodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_encodable(v) for v in value)
-    return True
+def _limit(request: web.Request) -> int:
+    return query_int(request, "limit", default=10, low=1, high=100)
 
 
 def _duration(data: dict[str, Any], name: str) -> timedelta:
@@ -146,6 +126,8 @@ def _duration(data: dict[str, Any], name: str) -> timedelta:
         raise BadRequest(f"'{name}' must be a duration like '5m' or whole seconds", param=name)
     try:
         result = parse_duration(value)
+    except OverflowError:  # more days than a timedelta holds
+        raise BadRequest(f"'{name}' may be at most {MAX_LIFETIME.days} days", param=name) from None
     except ValueError as exc:
         raise BadRequest(str(exc), param=name) from None
     if result > MAX_LIFETIME:
@@ -178,7 +160,7 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("'daily_usd_cap' must be a USD amount", param="daily_usd_cap")
     try:
         cap_micros = to_micros(cap)
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is the latter
         raise BadRequest(str(exc), param="daily_usd_cap") from None
     expires_in = _duration(data, "expires_in")
     if "max_lifetime" not in data:
@@ -255,13 +237,13 @@ def _fingerprint(data: dict[str, Any]) -> str:
 
 async def create_key(request: web.Request) -> web.Response:
     store, tenant = _store(request), await _tenant(request)
-    data = await _json_object(request)
+    data = await read_json_object(request)
     fields = _parse_issue(data)
     idem_key = request.headers.get("Idempotency-Key")
     fingerprint = _fingerprint(data)
     if idem_key is not None:
-        if not 0 < len(idem_key) <= 255:
-            raise BadRequest("'Idempotency-Key' must be 1 to 255 characters")
+        if not 0 < len(idem_key) <= 255 or not (idem_key.isascii() and idem_key.isprintable()):
+            raise BadRequest("'Idempotency-Key' must be 1 to 255 printable ASCII characters")
         previous = await store.find_idempotent_issue(tenant, _idem_hash(tenant, idem_key))
         if previous is not None:
             return await _replay(request, previous, idem_key, fingerprint)
@@ -319,13 +301,19 @@ async def _replay(
 
 
 def _not_found(key_id: str) -> web.Response:
-    return error_response(404, "key_not_found", f"no key {key_id!r}")
+    return error_response(404, "key_not_found", f"no key {key_id[:MAX_QUERY_VALUE]!r}")
+
+
+def _can_be_id(key_id: str) -> bool:
+    """Whether a key id from a path is worth a look in the store (not too long, no controls
+    or NUL, which PostgreSQL text can't even hold)."""
+    return len(key_id) <= MAX_QUERY_VALUE and key_id.isprintable()
 
 
 async def get_key(request: web.Request) -> web.Response:
     store, tenant = _store(request), await _tenant(request)
     key_id = request.match_info["key_id"]
-    key = await store.get_key(tenant, key_id)
+    key = await store.get_key(tenant, key_id) if _can_be_id(key_id) else None
     if key is None:
         return _not_found(key_id)
     now = now_micros()
@@ -338,14 +326,11 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
-    status = request.query.get("status")
+    status = query(request, "status")
     if status is not None and status not in ("active", "expired", "revoked"):
         raise BadRequest("'status' must be active, expired or revoked", param="status")
-    raw_limit = request.query.get("limit", "10")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise BadRequest("'limit' must be a whole number from 1 to 100", param="limit")
-    limit = int(raw_limit)
-    after = request.query.get("starting_after") or None
+    limit = _limit(request)
+    after = query(request, "starting_after") or None
     store, now = _store(request), now_micros()
     if after is not None and await store.get_key(tenant, after) is None:
         return _not_found(after)
@@ -362,8 +347,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    key_id = request.match_info["key_id"]
-    key = await _store(request).revoke_key(await _tenant(request), key_id, now_micros())
+    tenant, key_id = await _tenant(request), request.match_info["key_id"]
+    if not _can_be_id(key_id):
+        return _not_found(key_id)
+    key = await _store(request).revoke_key(tenant, key_id, now_micros())
     if key is None or key.revoked_at is None:
         return _not_found(key_id)
     return web.json_response(
@@ -379,8 +366,10 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def refresh_key(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     key_id = request.match_info["key_id"]
-    data = await _json_object(request)
+    data = await read_json_object(request)
     increment = _duration(data, "expires_in")
+    if not _can_be_id(key_id):
+        return _not_found(key_id)
     now = now_micros()
     key = await _store(request).extend_key(tenant, key_id, now, now + _micros(increment))
     if key is None:
@@ -397,13 +386,6 @@ async def refresh_key(request: web.Request) -> web.Response:
             "status": status,
         }
     )
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "10")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise BadRequest("'limit' must be a whole number from 1 to 100", param="limit")
-    return int(raw)
 
 
 def audit_json(entry: AuditEntry) -> dict[str, Any]:
@@ -428,15 +410,15 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
 async def list_audit(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     limit = _limit(request)
-    after_raw = request.query.get("starting_after") or None
-    if after_raw is not None and not after_raw.isdigit():
+    after = query(request, "starting_after") or None
+    if after is not None and not is_whole_number(after, 0, MAX_AUDIT_ID):
         raise BadRequest("'starting_after' must be an audit entry id", param="starting_after")
     entries = await _store(request).list_audit(
         tenant,
-        key_id=request.query.get("key_id") or None,
-        decision=request.query.get("decision") or None,
+        key_id=query(request, "key_id") or None,
+        decision=query(request, "decision") or None,
         limit=limit + 1,
-        starting_after=None if after_raw is None else int(after_raw),
+        starting_after=None if after is None else int(after),
     )
     return web.json_response(
         {
@@ -447,26 +429,24 @@ async def list_audit(request: web.Request) -> web.Response:
     )
 
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
 async def list_usage(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     limit = _limit(request)
-    day = request.query.get("day")
-    if day is not None and not _DAY.match(day):
+    day = query(request, "day")
+    if day is not None and not is_day(day):
         raise BadRequest("'day' must be a UTC date like 2026-11-27", param="day")
-    after_raw = request.query.get("starting_after")
+    after_raw = query(request, "starting_after")
     after: tuple[str, str] | None = None
     if after_raw is not None:
         after_day, _, after_key = after_raw.partition(":")
-        if not _DAY.match(after_day) or not after_key:
+        if not is_day(after_day) or not after_key:
             raise BadRequest("'starting_after' must be '<day>:<key id>'", param="starting_after")
         after = (after_day, after_key)
+    key_id = query(request, "key_id") or None
     await request.app[LEDGER].flush()  # spend as of every request answered so far
     rows = await _store(request).usage(
         tenant,
-        key_id=request.query.get("key_id") or None,
+        key_id=key_id,
         day=day,
         limit=limit + 1,
         starting_after=after,
