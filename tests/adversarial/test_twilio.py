@@ -1,0 +1,144 @@
+"""Class 3: Twilio never hands out a credential, and prices what an adversary can hide.
+
+The recording upstream stands in for Twilio, so each test sees exactly what reached it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+import pytest
+
+from tests.adversarial.rawhttp import RawAnswer, send
+from tests.adversarial.test_forwarding import FORM, key_view
+from tests.conftest import TWILIO_ACCOUNT_SID
+from tests.recorder import Proxy, Recorder
+
+OTHER = "AC" + "f" * 32
+
+
+async def twilio(
+    proxy: Proxy, token: str, method: str, path: str, form: list[tuple[str, str]] | None = None
+) -> RawAnswer:
+    body = urlencode(form).encode() if form else b""
+    headers = [("Authorization", f"Bearer {token}"), ("Content-Type", FORM)]
+    return await send(proxy.url, method, "/twilio" + path, headers, body)
+
+
+async def issue(proxy: Proxy, cap: int = 100) -> dict[str, str]:
+    key = await proxy.issue(vendor="twilio", allowed_endpoints=["/**"], daily_usd_cap=cap)
+    return {"id": key["id"], "token": key["token"]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/2010-04-01/Accounts/{OTHER}.json",  # answers with the account's auth token
+        f"/2010-04-01/Accounts/{OTHER}",
+        "/2010-04-01/Accounts.json",
+        f"/2010-04-01/%41ccounts/{OTHER}.json",  # another spelling of the same
+        f"/2010-04-01/accounts/{OTHER}.json",
+        f"/2010-04-01/Accounts/{OTHER}/Keys.json",
+        f"/2010-04-01/Accounts/{OTHER}/SigningKeys.json",
+        f"/2010-04-01/Accounts/{OTHER}/SIP/CredentialLists.json",
+        "/v1/Services",
+    ],
+)
+async def test_credential_resources_are_never_proxied(
+    proxy: Proxy, recorder: Recorder, path: str
+) -> None:
+    key = await issue(proxy)
+    for method in ("GET", "POST", "DELETE"):
+        answer = await twilio(proxy, key["token"], method, path)
+        assert answer.status == 403, (method, path)
+        assert answer.json()["code"] == "endpoint_not_allowed"
+    assert recorder.requests == []
+
+
+async def test_an_escaped_path_is_pinned_to_the_account_like_any_other(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    key = await issue(proxy)
+    answer = await twilio(proxy, key["token"], "GET", f"/2010-04-01/%41ccounts/{OTHER}/Calls.json")
+    assert answer.status == 200
+    [(_, target, _, _)] = recorder.requests
+    assert target == f"/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Calls.json"
+
+
+async def test_post_parameters_in_the_query_string_are_refused(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    key = await issue(proxy)
+    answer = await twilio(
+        proxy,
+        key["token"],
+        "POST",
+        f"/2010-04-01/Accounts/{OTHER}/Messages.json?SendAsMms=true",
+        [("To", "+15005550006"), ("From", "+15005550001"), ("Body", "hi")],
+    )
+    assert (answer.status, answer.json()["code"]) == (400, "bad_request")
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("form", "spent"),
+    [
+        # An SMS to the US is $0.0083 a segment; sent as MMS it is $0.022.
+        ([("To", "+15005550006"), ("Body", "hi"), ("SendAsMms", "true")], "0.022"),
+        # Jamaica shares +1 with the US, not its rates: the default price, $0.20.
+        ([("To", "+18765550123"), ("Body", "hi")], "0.20"),
+    ],
+)
+async def test_messages_are_priced_by_what_they_are(
+    proxy: Proxy, recorder: Recorder, form: list[tuple[str, str]], spent: str
+) -> None:
+    recorder.answer = {"sid": "SM1", "status": "queued", "price": None}
+    key = await issue(proxy)
+    path = f"/2010-04-01/Accounts/{OTHER}/Messages.json"
+    answer = await twilio(proxy, key["token"], "POST", path, [("From", "+15005550001"), *form])
+    assert answer.status == 200
+    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == spent
+
+
+async def test_inline_twiml_is_priced_for_the_leg_it_dials(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    recorder.answer = {"sid": "CA1", "status": "queued", "price": None}
+    key = await issue(proxy)
+    twiml = "<Response><Dial><Number>+447700900123</Number></Dial></Response>"
+    answer = await twilio(
+        proxy,
+        key["token"],
+        "POST",
+        f"/2010-04-01/Accounts/{OTHER}/Calls.json",
+        [("To", "+15005550006"), ("From", "+15005550001"), ("Twiml", twiml)],
+    )
+    assert answer.status == 200
+    # Ten minutes to the US at $0.014, and ten to the UK leg at $0.017.
+    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "0.31"
+
+
+async def test_array_parameters_of_twilios_spec_pass_through(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    recorder.answer = {"sid": "CA1", "status": "queued", "price": None}
+    key = await issue(proxy)
+    form = [
+        ("To", "+15005550006"),
+        ("From", "+15005550001"),
+        ("Url", "https://example.com/twiml"),
+        ("RecordingStatusCallbackEvent", "in-progress"),
+        ("RecordingStatusCallbackEvent", "completed"),
+        ("StatusCallbackEvent", "initiated"),
+        ("StatusCallbackEvent", "answered"),
+    ]
+    answer = await twilio(
+        proxy, key["token"], "POST", f"/2010-04-01/Accounts/{OTHER}/Calls.json", form
+    )
+    assert answer.status == 200
+    [(_, _, _, body)] = recorder.requests
+    sent = parse_qsl(body.decode(), keep_blank_values=True)
+    assert [v for k, v in sent if k == "RecordingStatusCallbackEvent"] == [
+        "in-progress",
+        "completed",
+    ]
