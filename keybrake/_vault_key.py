@@ -256,7 +256,9 @@ class VaultKey:
         """The official ``twilio.rest.Client``, rebased onto the proxy.
 
         Its ``api`` domain (messages, calls, ...) goes through the proxy, which pins the
-        account; the vault key is the auth token. Closed when the key is. Needs
+        account; the vault key is the auth token. A request for any other Twilio host
+        (verify, lookups, ...) raises :class:`EndpointNotAllowed` before anything is sent, so
+        the key never leaves for a host that isn't the proxy. Closed when the key is. Needs
         ``pip install 'keybrake[twilio]'``.
 
         Raises:
@@ -266,13 +268,14 @@ class VaultKey:
         self._transport("twilio")
         self._require_open("twilio_client()")
         try:
-            from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
         except ImportError:
             raise ConfigurationError(
                 "vk.twilio_client() needs the official SDK: pip install 'keybrake[twilio]'"
             ) from None
-        http_client = TwilioHttpClient()
+        from keybrake.vendors.twilio.official import proxy_only_http_client
+
+        http_client = proxy_only_http_client(self._client.config.proxy_url)
         client = Client(
             PLACEHOLDER_ACCOUNT_SID, self.token, http_client=http_client, environment={}
         )

@@ -54,3 +54,21 @@ async def test_official_client_for_the_wrong_vendor(kb: Keybrake) -> None:
             vk.twilio_client()
         with pytest.raises(ConfigurationError, match="for stripe, not twilio"):
             _ = vk.twilio
+
+
+async def test_twilio_client_never_sends_the_key_to_another_twilio_host(
+    twilio_server: RunningServer,
+) -> None:
+    from keybrake import EndpointNotAllowed
+
+    async with (
+        twilio_server.client() as kb,
+        VaultKey("twilio", TWILIO_ENDPOINTS, cap=1, ttl="5m", client=kb) as vk,
+    ):
+        client = vk.twilio_client()
+        for call in (
+            lambda: client.verify.v2.services.list(),
+            lambda: client.lookups.v2.phone_numbers("+15005550006").fetch(),
+        ):
+            with pytest.raises(EndpointNotAllowed):
+                await asyncio.to_thread(call)
