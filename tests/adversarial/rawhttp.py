@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -24,7 +25,7 @@ async def send(
     base_url: str,
     method: str,
     target: str,
-    headers: list[tuple[str, str] | tuple[bytes, bytes]],
+    headers: Sequence[tuple[str, str] | tuple[bytes, bytes]],
     body: bytes = b"",
 ) -> RawAnswer:
     """Send one request on a connection of its own, exactly as given, and read the answer."""
