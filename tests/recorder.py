@@ -90,7 +90,8 @@ class Proxy:
             data: dict[str, Any] = await response.json()
             return data
 
-    async def spend(self, key_id: str) -> str:
+    async def key(self, key_id: str) -> dict[str, Any]:
+        """``GET /v1/keys/{key_id}``: the key's view, spend included."""
         async with (
             aiohttp.ClientSession() as http,
             http.get(
@@ -98,7 +99,11 @@ class Proxy:
                 headers={"Authorization": f"Bearer {self.admin_token}"},
             ) as response,
         ):
-            return str((await response.json())["spent_today_usd"])
+            data: dict[str, Any] = await response.json()
+            return data
+
+    async def spend(self, key_id: str) -> str:
+        return str((await self.key(key_id))["spent_today_usd"])
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ reaches the vendor exactly as it was priced.
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
@@ -20,18 +19,6 @@ from tests.recorder import Proxy, Recorder
 
 FORM = "application/x-www-form-urlencoded"
 CREATE = "/stripe/v1/payment_intents"
-
-
-async def key_view(proxy: Proxy, key_id: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{proxy.url}/v1/keys/{key_id}",
-            headers={"Authorization": f"Bearer {proxy.admin_token}"},
-        ) as response,
-    ):
-        data: dict[str, Any] = await response.json()
-        return data
 
 
 async def post(
@@ -71,7 +58,7 @@ async def test_a_second_idempotency_key_does_not_make_a_priced_request_a_free_re
         )
         assert refused(answer)
     assert len(recorder.requests) == 1
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "10.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "10.00"
 
 
 async def test_headers_that_matter_are_sent_once(proxy: Proxy, recorder: Recorder) -> None:
@@ -98,7 +85,7 @@ async def test_header_bytes_outside_visible_ascii_are_refused_and_nothing_stays_
         answer = await post(proxy, key["token"], b"amount=100&currency=usd", (b"User-Agent", value))
         # aiohttp's parser refuses some heads before the proxy sees them: JSON all the same.
         assert refused(answer)
-    view = await key_view(proxy, key["id"])
+    view = await proxy.key(key["id"])
     assert (view["spent_today_usd"], view["reserved_today_usd"]) == ("0.00", "0.00")
     assert recorder.requests == []
 
@@ -124,7 +111,7 @@ async def test_a_body_another_reader_would_take_another_way_is_refused(
         answer = await post(proxy, key["token"], body, content_type=content_type)
         assert answer.status == 400, (body, content_type)
     assert recorder.requests == []
-    assert (await key_view(proxy, key["id"]))["reserved_today_usd"] == "0.00"
+    assert (await proxy.key(key["id"]))["reserved_today_usd"] == "0.00"
 
 
 async def test_a_get_with_a_body_is_refused(proxy: Proxy, recorder: Recorder) -> None:
@@ -148,11 +135,11 @@ async def test_a_replay_is_free_only_when_it_is_the_same_request(
     assert (await post(proxy, token, b"amount=1000&currency=usd", ("Idempotency-Key", "k"))).status
     # The same request again: Stripe answers with the first result, counted once.
     await post(proxy, token, b"amount=1000&currency=usd", ("Idempotency-Key", "k"))
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "10.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "10.00"
     # Another amount under the same key is another request: priced (Stripe refuses it, and
     # a refusal gives the reservation back; this recorder accepts it, so it counts).
     await post(proxy, token, b"amount=5000&currency=usd", ("Idempotency-Key", "k"))
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "60.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "60.00"
     # So is another path under the same key.
     await post(
         proxy,
@@ -161,7 +148,7 @@ async def test_a_replay_is_free_only_when_it_is_the_same_request(
         ("Idempotency-Key", "k"),
         target="/stripe/v1/charges",
     )
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "70.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "70.00"
 
 
 async def test_requests_with_nobodys_key_are_counted_not_written(
@@ -239,5 +226,5 @@ async def test_what_reaches_the_vendor_is_what_was_priced(
     # ...and what was counted is that amount at its rate, rounded up.
     rate = {"usd": (1, 100), "eur": (120, 10_000), "jpy": (8, 1000)}[currency]
     micros = -(-amount * rate[0] * 1_000_000 // rate[1])
-    view = await key_view(proxy, key["id"])
+    view = await proxy.key(key["id"])
     assert view["spent_today_usd"] == format_usd(micros)

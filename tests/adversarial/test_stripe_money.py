@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.adversarial.rawhttp import RawAnswer, send
-from tests.adversarial.test_forwarding import FORM, key_view
+from tests.adversarial.test_forwarding import FORM
 from tests.recorder import Proxy, Recorder
 
 
@@ -69,11 +69,11 @@ async def test_confirming_an_intent_this_key_never_counted_is_priced(
         proxy, key["token"], "POST", "/v1/payment_intents", b"amount=1000&currency=usd&confirm=true"
     )
     assert declined.status == 402
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "0.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "0.00"
     recorder.answer, recorder.status = {**intent, "status": "succeeded"}, 200
     confirmed = await call(proxy, key["token"], "POST", "/v1/payment_intents/pi_declined/confirm")
     assert confirmed.status == 200
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "10.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "10.00"
     # An intent made elsewhere, confirmed through this key, counts just the same: a second
     # $10 doesn't fit the $15 cap.
     recorder.answer = {**intent, "id": "pi_elsewhere"}
@@ -96,7 +96,7 @@ async def test_confirming_an_intent_this_key_created_costs_nothing_more(
     ).status == 200
     confirmed = await call(proxy, key["token"], "POST", "/v1/payment_intents/pi_mine/confirm")
     assert confirmed.status == 200
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "10.00"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "10.00"
 
 
 @pytest.mark.parametrize(

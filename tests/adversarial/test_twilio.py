@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 
 from tests.adversarial.rawhttp import RawAnswer, send
-from tests.adversarial.test_forwarding import FORM, key_view
+from tests.adversarial.test_forwarding import FORM
 from tests.conftest import TWILIO_ACCOUNT_SID
 from tests.recorder import Proxy, Recorder
 
@@ -97,7 +97,7 @@ async def test_messages_are_priced_by_what_they_are(
     path = f"/2010-04-01/Accounts/{OTHER}/Messages.json"
     answer = await twilio(proxy, key["token"], "POST", path, [("From", "+15005550001"), *form])
     assert answer.status == 200
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == spent
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == spent
 
 
 async def test_inline_twiml_is_priced_for_the_leg_it_dials(
@@ -115,7 +115,7 @@ async def test_inline_twiml_is_priced_for_the_leg_it_dials(
     )
     assert answer.status == 200
     # Ten minutes to the US at $0.014, and ten to the UK leg at $0.017.
-    assert (await key_view(proxy, key["id"]))["spent_today_usd"] == "0.31"
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "0.31"
 
 
 async def test_array_parameters_of_twilios_spec_pass_through(
