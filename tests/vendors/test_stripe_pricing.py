@@ -542,3 +542,28 @@ async def test_an_invoice_item_that_may_bill_more_than_its_amount_is_refused(ext
             request("POST", "/v1/invoiceitems", b"amount=100&currency=usd&customer=cus_1" + extra),
         )
     assert refused.value.code == "unpriced_endpoint"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        # Another path to the same tax id, and a credit taken off the next invoice.
+        ("DELETE", "/v1/tax_ids/txi_1", b""),
+        ("DELETE", "/v1/invoiceitems/ii_credit", b""),
+        ("DELETE", "/v1/some_resource_stripe_adds_later/x_1", b""),
+        # What decides the tax running subscriptions bill.
+        ("POST", "/v1/customers/cus_1", b"shipping[address][country]=HU&shipping[name]=x"),
+        ("POST", "/v1/customers/cus_1", b"address[country]=HU"),
+        ("POST", "/v1/products/prod_1", b"tax_code=txcd_10000000"),
+        ("POST", "/v1/prices/price_1", b"tax_behavior=exclusive"),
+    ],
+)
+async def test_writes_that_raise_later_bills_are_refused(
+    method: str, path: str, body: bytes
+) -> None:
+    assert await refusal(request(method, path, body)) == (403, "unpriced_endpoint")
+
+
+async def test_a_new_customer_may_have_an_address() -> None:
+    req = request("POST", "/v1/customers", b"email=a%40b.c&address[country]=HU")
+    assert await quote(StripePricer(), req) == 0

@@ -7,7 +7,7 @@ a list is refused with 403 ``unpriced_endpoint``, so one Stripe adds tomorrow is
 someone reads what it does and lists it here.
 
 Each list leaves out, on purpose, what the spec shows can move money (see
-``docs/_stripe_writes.md`` for the table):
+``docs/security.md`` for the table):
 
 - customers: ``balance`` (a debit the next invoice collects), ``cash_balance`` (how a
   customer's cash is applied to invoices); on update also ``source``/``card``/
@@ -22,7 +22,9 @@ Each list leaves out, on purpose, what the spec shows can move money (see
   movement);
 - products and prices: ``default_price`` on a product update, ``transfer_lookup_key`` and an
   update's ``currency_options`` (re-point or re-price what existing checkouts and
-  subscriptions charge).
+  subscriptions charge); on update, a product's ``tax_code`` and a price's ``tax_behavior``,
+  and a customer's ``address`` and ``shipping`` (they decide the tax running subscriptions
+  bill).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ _PRODUCT = _names(
 FREE_WRITES: Mapping[tuple[str, ...], frozenset[str]] = {
     _shape("/v1/customers"): _CUSTOMER_DESCRIPTION
     | _names("coupon payment_method promotion_code source tax tax_exempt tax_id_data test_clock"),
-    _shape("/v1/customers/*"): _CUSTOMER_DESCRIPTION
+    _shape("/v1/customers/*"): (_CUSTOMER_DESCRIPTION - _names("address shipping"))
     | _names("default_alipay_account default_bank_account default_card default_source"),
     _shape("/v1/customers/*/sources"): _names(
         "alipay_account bank_account card expand metadata source validate"
@@ -115,7 +117,7 @@ FREE_WRITES: Mapping[tuple[str, ...], frozenset[str]] = {
     ),
     _shape("/v1/setup_intents/*/cancel"): _names("cancellation_reason expand"),
     _shape("/v1/products"): _PRODUCT,
-    _shape("/v1/products/*"): _PRODUCT - _names("default_price_data id type"),
+    _shape("/v1/products/*"): _PRODUCT - _names("default_price_data id tax_code type"),
     _shape("/v1/prices"): _names(
         """
         active billing_scheme currency currency_options custom_unit_amount expand lookup_key
@@ -123,7 +125,7 @@ FREE_WRITES: Mapping[tuple[str, ...], frozenset[str]] = {
         transform_quantity unit_amount unit_amount_decimal
         """
     ),
-    _shape("/v1/prices/*"): _names("active expand lookup_key metadata nickname tax_behavior"),
+    _shape("/v1/prices/*"): _names("active expand lookup_key metadata nickname"),
     _shape("/v1/refunds/*"): _names("expand metadata"),
 }
 
@@ -166,24 +168,30 @@ OBJECT_WRITES: Mapping[tuple[str, ...], tuple[frozenset[str], frozenset[str]]] =
     ),
 }
 
-#: DELETEs that bill or raise later bills whatever their parameters: removing a discount
-#: raises what a running subscription charges, removing a tax id can add tax to it.
-BILLING_DELETES: tuple[tuple[str, ...], ...] = tuple(
-    _shape(p)
-    for p in (
-        "/v1/customers/*/discount",
-        "/v1/customers/*/subscriptions/*/discount",
-        "/v1/subscriptions/*/discount",
-        "/v1/customers/*/tax_ids/*",
-    )
-)
-#: Parameters a DELETE may carry and stay free; ``expand`` alone for any other path.
-#: Left out: ``invoice_now`` and ``prorate`` (cancelling a subscription bills at once),
-#: ``proration_behavior``, ``proration_date`` and ``payment_behavior`` (removing a
+#: DELETEs that are free, each with the parameters it may carry. Any other DELETE is refused:
+#: removing a discount raises what a running subscription charges, removing a tax id (by
+#: either path) can add tax to it, removing a pending invoice item can remove a credit.
+#: Left out of the lists: ``invoice_now`` and ``prorate`` (cancelling a subscription bills
+#: at once), ``proration_behavior``, ``proration_date`` and ``payment_behavior`` (removing a
 #: subscription item can invoice the proration at once).
 DELETE_PARAMS: Mapping[tuple[str, ...], frozenset[str]] = {
     _shape("/v1/subscriptions/*"): _names("cancellation_details expand"),
     _shape("/v1/customers/*/subscriptions/*"): _names("cancellation_details expand"),
     _shape("/v1/subscription_items/*"): _names("clear_usage expand"),
+    # Objects whose removal stops or moves no money.
+    **{
+        _shape(path): _names("expand")
+        for path in (
+            "/v1/customers/*",
+            "/v1/customers/*/sources/*",
+            "/v1/customers/*/cards/*",
+            "/v1/customers/*/bank_accounts/*",
+            "/v1/products/*",
+            "/v1/plans/*",
+            "/v1/coupons/*",
+            "/v1/webhook_endpoints/*",
+            "/v1/ephemeral_keys/*",
+            "/v1/invoices/*",
+        )
+    },
 }
-DELETE_DEFAULT: frozenset[str] = _names("expand")

@@ -75,9 +75,7 @@ from keybrake.vendors._pricing import (
     single_values,
 )
 from keybrake.vendors.stripe._params import (
-    BILLING_DELETES,
     CHARGE_CAPTURE,
-    DELETE_DEFAULT,
     DELETE_PARAMS,
     FREE_WRITES,
     INTENT_CAPTURE,
@@ -300,16 +298,18 @@ class StripePricer:
         )
 
     def _delete(self, request: VendorRequest) -> Quote:
-        """A DELETE is free unless it bills: by its path, or by a parameter (query or body).
+        """A DELETE is free only on a path whose removal moves no money, with the parameters
+        listed for it (query or body).
 
         Raises:
-            PricingRefusal: 403 ``unpriced_endpoint`` for a DELETE that may bill, 400
+            PricingRefusal: 403 ``unpriced_endpoint`` for any other DELETE, 400
                 ``bad_request`` for a malformed query or body.
         """
         segments = request.segments
-        if any(_matches(shape, segments) for shape in BILLING_DELETES):
+        found = _find(DELETE_PARAMS, segments)
+        if found is None:
             raise PricingRefusal(
-                403, "unpriced_endpoint", f"DELETE {request.path} raises what is billed later"
+                403, "unpriced_endpoint", f"DELETE {request.path} may raise what is billed later"
             )
         names = [name for name, _ in parse_form(request)]
         if request.query:
@@ -318,8 +318,7 @@ class StripePricer:
             except ValueError:
                 raise PricingRefusal(400, "bad_request", "malformed query string") from None
             names += [name for name, _ in query]
-        found = _find(DELETE_PARAMS, segments)
-        _refuse_unlisted(names, DELETE_DEFAULT if found is None else found[1], request)
+        _refuse_unlisted(names, found[1], request)
         return FREE
 
     async def _object_write(
