@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -51,10 +52,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         BadRequest: not UTF-8, not JSON, not an object, too deep, or with a string that
             can't be stored.
     """
+    if "Content-Encoding" in request.headers:
+        raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
     try:
         text = (await request.read()).decode("utf-8-sig") or "{}"
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
+    except (HttpProcessingError, web.RequestPayloadError):
+        raise BadRequest("the request body can't be read") from None
     if _nesting(text) > MAX_JSON_DEPTH:
         raise BadRequest(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:

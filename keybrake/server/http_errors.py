@@ -77,8 +77,16 @@ class _RequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # aiohttp's own: logs (through SERVER_LOG), refuses if an answer was begun.
-        super().handle_error(request, status, exc, message)
+        if isinstance(exc, HttpProcessingError):
+            # A refused head: nothing was answered yet. aiohttp's line would quote the bytes
+            # of the TCP chunk around the error, which may hold most of a token split across
+            # chunks, past any redaction that needs the token's prefix: say only what it was.
+            self.logger.warning(
+                "refused a malformed request from %s: %s", request.remote, type(exc).__name__
+            )
+        else:
+            # aiohttp's own: logs (through SERVER_LOG), refuses if an answer was begun.
+            super().handle_error(request, status, exc, message)
         # A parse error has no request line (aiohttp's placeholder path is "/"); an escaped
         # exception has one, and a Stripe path gets Stripe's error shape.
         vendor = request.path.lstrip("/").partition("/")[0]

@@ -121,7 +121,7 @@ _RESERVE = """
 WITH earlier AS (
     SELECT 1 FROM reservations
     WHERE $5::text IS NOT NULL AND key_id = $1 AND idem_hash = $5
-      AND state <> 'released' AND created_at >= $6
+      AND state = 'settled' AND created_at >= $6
     LIMIT 1
 ), cap AS (
     SELECT cap_micros FROM keys WHERE id = $1

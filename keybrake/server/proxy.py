@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import attrs
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -87,6 +88,8 @@ log = logging.getLogger("keybrake.proxy")
 IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
 #: Seconds a pricing look-up at the vendor may take.
 LOOKUP_TIMEOUT = 10.0
+#: Seconds a client may take to send a request body once its head has arrived.
+BODY_TIMEOUT = 30.0
 
 # Response headers not passed back: hop-by-hop, and those aiohttp recomputes.
 _DROP_RESPONSE_HEADERS = frozenset(
@@ -161,7 +164,7 @@ def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
 
 
 #: Longest path kept in an audit entry.
-MAX_AUDIT_PATH = 2000
+MAX_AUDIT_PATH = 256
 
 
 @functools.lru_cache(maxsize=4096)
@@ -409,7 +412,18 @@ class ProxyHandler:
             )
 
         query = canonical_query(request.raw_path.partition("?")[2])
-        body = await request.read()
+        if "Content-Encoding" in headers:
+            # aiohttp would decode it: one more reading of the body, and a decompressor for
+            # the client to aim at. Vendors take plain forms.
+            raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
+        try:
+            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise refuse(
+                408, "request_timeout", f"the request body did not arrive in {BODY_TIMEOUT:g}s"
+            ) from None
+        except (HttpProcessingError, web.RequestPayloadError):
+            raise BadRequest("the request body can't be read") from None
         if body and method in ("GET", "HEAD"):
             raise BadRequest(f"a {method} request has no body")
         body = canonical_form(headers.get("Content-Type", ""), body)
@@ -487,9 +501,11 @@ class ProxyHandler:
             if vendor.honours_idempotency and decided.idempotency_key:
                 # A replay is free only if it is the same request: a new body under an old
                 # key is priced as what it is (the vendor refuses it, which releases it).
+                same = fingerprint(
+                    vendor_request.method, path, vendor_request.query, body, decided.headers
+                )
                 idem_hash = hashlib.sha256(
-                    f"{key.id}\0{decided.idempotency_key}\0".encode()
-                    + fingerprint(vendor_request.method, path, vendor_request.query, body).encode()
+                    f"{key.id}\0{decided.idempotency_key}\0{same}".encode()
                 ).hexdigest()
             reservation = Reservation(
                 id=self._ids.next(),

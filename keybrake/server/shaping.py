@@ -66,6 +66,10 @@ _FORWARD_LOWER = {h.lower(): h for h in FORWARD_REQUEST_HEADERS}
 _HEADER_NAME = re.compile(rb"[!-~]+")
 _HEADER_VALUE = re.compile(rb"[ \t!-~]*")
 _JSON_START = frozenset('{["')
+# A parameter name: a plain top-level part, then bracketed parts (``metadata[k]``,
+# ``items[0][price]``, ``expand[]``). ``amount]`` or ``[amount]`` is refused: a lenient
+# reader may take either for ``amount``.
+_NAME = re.compile(r"[^\[\]\s]+(?:\[[^\[\]]*\])*")
 
 
 class BadRequest(Exception):
@@ -99,7 +103,7 @@ def _pairs(text: str, what: str) -> list[tuple[str, str]]:
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(f"the {what} is not a valid form") from None
     for name, _ in pairs:
-        if not name or not name.isascii() or not name.isprintable() or name != name.strip():
+        if not name.isascii() or not name.isprintable() or not _NAME.fullmatch(name):
             raise BadRequest(f"the {what} has a parameter name that is not plain ASCII")
     return pairs
 
@@ -161,10 +165,16 @@ def forwarded_headers(
     return list(out.items())
 
 
-def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
-    """What identifies a request for idempotent replays: method, path, query and body."""
+def fingerprint(
+    method: str, path: str, query: str, body: bytes, headers: Iterable[tuple[str, str]] = ()
+) -> str:
+    """What identifies a request for idempotent replays: method, path, query, body and the
+    headers sent with it (``Stripe-Version`` and the like; the credential left out)."""
     digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query.encode(), body):
+    sent = sorted((k.lower(), v) for k, v in headers if k.lower() != "authorization")
+    parts = [method.encode(), path.encode(), query.encode(), body]
+    parts += [f"{k}: {v}".encode() for k, v in sent]
+    for part in parts:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()

@@ -1124,9 +1124,11 @@ def _reserve(
     c: sqlite3.Connection, r: Reservation, now: int, replay_after: int
 ) -> tuple[ReserveResult, SpendState]:
     if r.idem_hash is not None:
+        # Only a request already counted makes a replay free: one still in flight may yet be
+        # refused (and released), and the vendor answers a concurrent repeat with an error.
         earlier = c.execute(
             "SELECT 1 FROM reservations WHERE key_id = ? AND idem_hash = ?"
-            " AND state != 'released' AND created_at >= ?",
+            " AND state = 'settled' AND created_at >= ?",
             (r.key_id, r.idem_hash, replay_after),
         ).fetchone()
         if earlier is not None:

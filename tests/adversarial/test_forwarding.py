@@ -7,13 +7,17 @@ reaches the vendor exactly as it was priced.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keybrake._common import format_usd
+from keybrake.server import proxy as proxy_module
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.recorder import Proxy, Recorder
 
@@ -228,3 +232,73 @@ async def test_what_reaches_the_vendor_is_what_was_priced(
     micros = -(-amount * rate[0] * 1_000_000 // rate[1])
     view = await proxy.key(key["id"])
     assert view["spent_today_usd"] == format_usd(micros)
+
+
+async def test_a_compressed_or_unreadable_body_is_refused(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    for encoding, body in (
+        ("gzip", b"amount=100&currency=usd"),  # says gzip, isn't
+        ("gzip", gzip.compress(b"amount=100&currency=usd")),
+        ("deflate", b"amount=100&currency=usd"),
+    ):
+        answer = await post(proxy, key["token"], body, ("Content-Encoding", encoding))
+        assert refused(answer), encoding
+    assert recorder.requests == []
+
+
+async def test_a_body_that_never_arrives_is_a_408(
+    proxy: Proxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy_module, "BODY_TIMEOUT", 0.2)
+    key = await proxy.issue()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key['token']}\r\nContent-Type: {FORM}\r\n"
+        "Content-Length: 100\r\n\r\namount=1".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
+    assert recorder.requests == []
+
+
+async def test_audit_rows_keep_a_short_path(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue()
+    long_path = "/stripe/v1/" + "a" * 1900
+    answer = await send(proxy.url, "GET", long_path, [("Authorization", f"Bearer {key['token']}")])
+    assert answer.status == 200
+    async with proxy.client() as kb:
+        for _ in range(50):
+            entries = [entry async for entry in kb.audit()]
+            if entries:
+                break
+            await asyncio.sleep(0.05)
+    assert [entry.decision for entry in entries] == ["allowed"]
+    assert len(entries[0].path) == 256
+
+
+async def test_a_replay_must_carry_the_same_headers(proxy: Proxy, recorder: Recorder) -> None:
+    key = await proxy.issue(daily_usd_cap=100)
+    body = b"amount=1000&currency=usd"
+    for version in ("2024-06-20", "2024-06-20", "1999-01-01"):
+        answer = await post(
+            proxy, key["token"], body, ("Idempotency-Key", "k"), ("Stripe-Version", version)
+        )
+        assert answer.status == 200
+    # The second is the first again; the third asks Stripe another way: priced.
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "20.00"
+
+
+async def test_parameter_names_a_lenient_reader_could_fold_are_refused(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    key = await proxy.issue()
+    for name in (b"amount]", b"[amount]", b"amount[", b"am%20ount"):
+        answer = await post(proxy, key["token"], b"amount=1&currency=usd&" + name + b"=99999")
+        assert refused(answer), name
+    assert recorder.requests == []

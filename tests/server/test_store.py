@@ -17,6 +17,7 @@ from keybrake.server.store import (
     Reservation,
     ReserveResult,
     Settlement,
+    SpendState,
     SQLiteStore,
     Store,
     StoreUnavailable,
@@ -153,21 +154,29 @@ async def test_settle_release_and_correct_happen_once(store: Store) -> None:
     }
 
 
-async def test_replays_reserve_once(store: Store) -> None:
+async def test_a_replay_is_free_only_once_the_first_is_counted(store: Store) -> None:
     await store.insert_key(key(cap=1_000_000))
-    results = await asyncio.gather(
-        *(
-            store.reserve(Reservation(f"r{i}", "vk_1", DAY, 1000, idem_hash="k"), NOW)
-            for i in range(10)
-        )
-    )
-    assert [r for r, _ in results].count(ReserveResult.RESERVED) == 1
-    assert (await store.spend("vk_1", DAY)).reserved == 1000
+
+    async def reserve(rid: str) -> ReserveResult:
+        result, _ = await store.reserve(Reservation(rid, "vk_1", DAY, 1000, idem_hash="k"), NOW)
+        return result
+
+    assert await reserve("r0") is ReserveResult.RESERVED
+    # While the first is in flight it may still be refused (and released): a repeat is
+    # priced as a new request, never waved through on the strength of a pending one.
+    assert await reserve("r1") is ReserveResult.RESERVED
+    await store.release("r1", NOW)
+    await store.settle("r0", Settlement(1000), NOW)
+    results = await asyncio.gather(*(reserve(f"r{i}") for i in range(2, 12)))
+    assert set(results) == {ReserveResult.REPLAY}
+    assert await store.spend("vk_1", DAY) == SpendState(1000, 0)
     # A released request may be sent again under its key: it is reserved again.
-    first = next(e for e in await store.ledger("vk_1"))
-    await store.release(first.id, NOW)
-    result, _ = await store.reserve(Reservation("again", "vk_1", DAY, 1000, idem_hash="k"), NOW)
-    assert result is ReserveResult.RESERVED
+    await store.insert_key(key("vk_2", cap=1_000_000))
+    first = Reservation("s0", "vk_2", DAY, 1000, idem_hash="k")
+    assert (await store.reserve(first, NOW))[0] is ReserveResult.RESERVED
+    await store.release("s0", NOW)
+    again = Reservation("s1", "vk_2", DAY, 1000, idem_hash="k")
+    assert (await store.reserve(again, NOW))[0] is ReserveResult.RESERVED
 
 
 async def test_admin_tokens_audit_and_usage(store: Store) -> None:

@@ -593,3 +593,20 @@ def test_the_array_parameters_are_the_specs() -> None:
             if names:
                 arrays[path] = frozenset(names)
     assert arrays == ARRAY_PARAMETERS
+
+
+@pytest.mark.parametrize(
+    ("body", "segments"),
+    [
+        ("]" * 153, 3),  # an escape pair is never split: 76 a part, not 76.5
+        ("\u20ac" * 229, 4),
+        ("\U0001f600" * 67, 3),  # nor a surrogate pair
+        ("\U0001f600" * 100, 4),
+        (("a" + "\u0301" * 33) * 47, 47),  # nor a grapheme cluster
+        ("\U0001f44d\U0001f3fd" * 33, 3),  # a skin-toned emoji is 4 units that stay together
+        ("a" * 306, 2),
+        ("a" * 307, 3),
+    ],
+)
+def test_segments_are_packed_as_twilio_packs_them(body: str, segments: int) -> None:
+    assert sms_segments(body) == segments
