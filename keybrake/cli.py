@@ -6,15 +6,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+log = logging.getLogger("keybrake.server")
 
+
+def _serve(args: argparse.Namespace) -> int:
     from keybrake.server.app import create_app
     from keybrake.server.config import ServerConfig
     from keybrake.server.runner import running_server
@@ -26,7 +28,15 @@ def _serve(args: argparse.Namespace) -> int:
     from keybrake.server.pricing import PricingFileError
     from keybrake.server.store import StoreUnavailable
 
-    config = ServerConfig.from_env(database_url=args.database, pricing_file=args.pricing)
+    try:
+        config = ServerConfig.from_env(
+            database_url=args.database,
+            pricing_file=args.pricing,
+            upstream_timeout=args.upstream_timeout,
+        )
+    except ValueError as exc:
+        print(f"keybrake serve: {exc}", file=sys.stderr)
+        return 2
 
     def announce(token: str) -> None:
         print(
@@ -50,20 +60,20 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def serve() -> None:
-        async with running_server(
-            config, host=args.host, port=args.port, app=app, handle_signals=True
-        ):
+        stop = _stop_on_signals()
+        async with running_server(config, host=args.host, port=args.port, app=app):
             print(
                 f"keybrake serving on http://{args.host}:{args.port} ({_store_name(config)})",
                 flush=True,
             )
-            await asyncio.Event().wait()  # until SIGINT or SIGTERM
+            await stop.wait()  # until SIGINT or SIGTERM
+            log.info("shutting down: requests in flight finish, queues are written")
 
     asyncio.set_event_loop(loop)
     task = loop.create_task(serve())
     try:
         loop.run_until_complete(task)
-    except (web.GracefulExit, KeyboardInterrupt):
+    except KeyboardInterrupt:
         pass
     except StoreUnavailable as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
@@ -78,6 +88,30 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.set_event_loop(None)
         loop.close()
     return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGINT or SIGTERM; later ones are logged and ignored, so a
+    second signal can't cut the clean shutdown short."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning(
+                "%s: already shutting down; waiting for requests in flight",
+                signal.Signals(signum).name,
+            )
+            return
+        log.info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except NotImplementedError:  # pragma: no cover - Windows
+            signal.signal(signum, lambda n, _: loop.call_soon_threadsafe(on_signal, n))
+    return stop
 
 
 def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
@@ -247,6 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="JSON file overriding prices (else KEYBRAKE_PRICING_FILE); see docs/vendors",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a vendor may take to answer before 504 upstream_timeout"
+        " (else KEYBRAKE_UPSTREAM_TIMEOUT, else 30)",
+    )
     serve.add_argument(
         "--loop",
         default="auto",

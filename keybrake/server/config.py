@@ -28,6 +28,11 @@ DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600
 
 
+def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value <= 3600:
+        raise ValueError(f"{attribute.name} must be more than 0 and at most 3600 seconds")
+
+
 def _secret_repr(value: str | None) -> str:
     return "None" if value is None else "'***'"
 
@@ -44,7 +49,10 @@ class ServerConfig:
     twilio_auth_token: str | None = attrs.field(default=None, repr=_secret_repr)
     twilio_api_base: str = DEFAULT_TWILIO_API_BASE
     pricing_file: str | None = None
-    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: Seconds a vendor may take to answer in full before the proxy answers 504.
+    upstream_timeout: float = attrs.field(
+        default=DEFAULT_UPSTREAM_TIMEOUT, converter=float, validator=_positive_seconds
+    )
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
 
     @classmethod
@@ -66,5 +74,7 @@ class ServerConfig:
         ):
             if env.get(var):
                 values[field] = env[var]
+        if env.get("KEYBRAKE_UPSTREAM_TIMEOUT"):
+            values["upstream_timeout"] = env["KEYBRAKE_UPSTREAM_TIMEOUT"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
