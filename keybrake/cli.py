@@ -33,6 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
             database_url=args.database,
             pricing_file=args.pricing,
             upstream_timeout=args.upstream_timeout,
+            retention_days=args.retention_days,
+            audit=args.audit,
         )
     except ValueError as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
@@ -256,6 +258,53 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _older_than(text: str) -> int | None:
+    """``--older-than``: a whole number of days, ``30d``; None if it is not one (or is 0)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d{1,5})d\s*", text)
+    days = int(match.group(1)) if match else 0
+    return days if days >= 1 else None
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from keybrake.server.config import ServerConfig
+    from keybrake.server.retention import cutoff
+    from keybrake.server.store import PruneResult, StoreUnavailable, open_store
+
+    days = None if args.older_than is None else _older_than(args.older_than)
+    if days is None:
+        print(
+            "keybrake prune: --older-than takes a number of days, like --older-than 30d",
+            file=sys.stderr,
+        )
+        return 2
+    before = cutoff(_now(), days)
+
+    async def run(database_url: str) -> PruneResult:
+        store = open_store(database_url)
+        await store.open()
+        try:
+            return await store.prune(before)
+        finally:
+            await store.close()
+
+    try:
+        config = ServerConfig.from_env(database_url=args.database)
+        result = asyncio.run(run(config.database_url))
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"keybrake prune: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"deleted {result.audit_entries} audit entries, {result.reservations} finished"
+        f" reservations and {result.spend_rows} spend rows older than {days} days"
+        f" (before {_when(before)} UTC)"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from keybrake._demo import run_demo
 
@@ -295,7 +344,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop: uvloop when installed (the 'server' extra), else asyncio (auto)",
     )
+    serve.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="delete audit entries, finished reservations and spend rows older than N days"
+        " in the background; 0 keeps everything (else KEYBRAKE_RETENTION_DAYS, else 30)",
+    )
+    serve.add_argument(
+        "--audit",
+        default=None,
+        choices=["batched", "durable"],
+        help="durable: a proxy answer waits for its audit entry's commit, 503 audit_unavailable"
+        " if it can't be written (else KEYBRAKE_AUDIT, else batched)",
+    )
     serve.set_defaults(run=_serve)
+
+    prune = commands.add_parser(
+        "prune", help="delete audit entries, finished reservations and spend rows, once"
+    )
+    prune.add_argument("--older-than", default=None, metavar="DAYS", help="e.g. 30d")
+    prune.add_argument(
+        "--database",
+        default=None,
+        help="sqlite:///path or postgresql://... (else KEYBRAKE_DATABASE_URL)",
+    )
+    prune.set_defaults(run=_prune)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
     migrate.add_argument(

@@ -8,9 +8,12 @@ from collections.abc import Mapping
 import attrs
 
 __all__ = [
+    "AUDIT_MODES",
+    "DEFAULT_AUDIT",
     "DEFAULT_DATABASE_URL",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_LIFETIME_SECONDS",
+    "DEFAULT_RETENTION_DAYS",
     "DEFAULT_STRIPE_API_BASE",
     "DEFAULT_TWILIO_API_BASE",
     "DEFAULT_UPSTREAM_TIMEOUT",
@@ -26,6 +29,34 @@ DEFAULT_UPSTREAM_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 #: Hard age limit of a key when the issuer gives no ``max_lifetime``.
 DEFAULT_MAX_LIFETIME_SECONDS = 24 * 3600
+#: Days audit entries, finished reservations and spend rows are kept (0: kept forever).
+DEFAULT_RETENTION_DAYS = 30
+#: ``batched``: an answer never waits for its audit entry; ``durable``: it waits for its commit.
+AUDIT_MODES = ("batched", "durable")
+DEFAULT_AUDIT = "batched"
+
+
+def _days(value: object) -> int:
+    """A whole number of days, 0 (keep everything) or from 1 to 36500.
+
+    Raises:
+        ValueError: anything else.
+    """
+    try:
+        days = int(str(value).strip())
+    except ValueError:
+        days = -1
+    if not 0 <= days <= 36500:
+        raise ValueError(
+            f"retention_days must be a whole number of days from 1 to 36500, or 0 to keep"
+            f" everything (got {value!r})"
+        )
+    return days
+
+
+def _audit_mode(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in AUDIT_MODES:
+        raise ValueError(f"audit must be 'batched' or 'durable' (got {value!r})")
 
 
 def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -54,6 +85,11 @@ class ServerConfig:
         default=DEFAULT_UPSTREAM_TIMEOUT, converter=float, validator=_positive_seconds
     )
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    #: Audit entries, finished reservations and spend rows older than this many days are
+    #: deleted in the background; 0 keeps everything.
+    retention_days: int = attrs.field(default=DEFAULT_RETENTION_DAYS, converter=_days)
+    #: ``batched`` or ``durable`` (a proxy answer waits for its audit entry's commit).
+    audit: str = attrs.field(default=DEFAULT_AUDIT, validator=_audit_mode)
 
     @classmethod
     def from_env(
@@ -76,5 +112,9 @@ class ServerConfig:
                 values[field] = env[var]
         if env.get("KEYBRAKE_UPSTREAM_TIMEOUT"):
             values["upstream_timeout"] = env["KEYBRAKE_UPSTREAM_TIMEOUT"]
+        if env.get("KEYBRAKE_RETENTION_DAYS"):
+            values["retention_days"] = env["KEYBRAKE_RETENTION_DAYS"]
+        if env.get("KEYBRAKE_AUDIT"):
+            values["audit"] = env["KEYBRAKE_AUDIT"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
