@@ -17,7 +17,7 @@ installed). Both proxies serve on aiohttp's web server; the bare one forwards wi
 client, as anyone would write one.
 
     python benchmarks/proxy_overhead.py [--requests 2000] [--rounds 3] [--loop auto]
-        [--store sqlite|postgresql://...]
+        [--store sqlite|postgresql://...] [--audit batched|durable]
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def run_bare_proxy(port: int, upstream: str, loop: str) -> None:
 
 #: The event loop every process runs on (``--loop``).
 LOOP = "auto"
+#: keybrake's audit mode (``--audit``): ``batched``, or ``durable`` (answers wait for it).
+AUDIT = "batched"
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 
@@ -296,6 +298,8 @@ def orchestrate(requests: int, store: str, rounds: int) -> None:
                 "warning",
                 "--loop",
                 LOOP,
+                "--audit",
+                AUDIT,
                 env=env,
             ),
         ):
@@ -343,7 +347,7 @@ def orchestrate(requests: int, store: str, rounds: int) -> None:
     print(
         f"store: {'sqlite' if store == 'sqlite' else store.partition(':')[0]}, "
         f"{requests} requests at 1 and at 32 connections, "
-        f"event loop: {loop_name(LOOP)} (every process), "
+        f"event loop: {loop_name(LOOP)} (every process), audit: {AUDIT}, "
         f"median of {rounds} interleaved round{'s' if rounds > 1 else ''}"
     )
     print(
@@ -431,6 +435,8 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
                                 "warning",
                                 "--loop",
                                 LOOP,
+                                "--audit",
+                                AUDIT,
                                 env=env,
                             )
                         )
@@ -446,7 +452,7 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
         asyncio.run(migrate(drop=True))
     print(
         f"store: postgresql, {requests} priced requests at 32 connections, spread evenly, "
-        f"event loop: {loop_name(LOOP)} (every process)"
+        f"event loop: {loop_name(LOOP)} (every process), audit: {AUDIT}"
     )
     print(f"{'replicas':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
     for count, r in rows:
@@ -479,9 +485,16 @@ def main() -> None:
         choices=["auto", "asyncio", "uvloop"],
         help="event loop of every process, keybrake's included (auto: uvloop if installed)",
     )
+    parser.add_argument(
+        "--audit",
+        default="batched",
+        choices=["batched", "durable"],
+        help="keybrake's audit mode (keybrake serve --audit)",
+    )
     args = parser.parse_args()
-    global LOOP
+    global LOOP, AUDIT
     LOOP = args.loop
+    AUDIT = args.audit
     if args.role == "upstream":
         run_upstream(args.port, args.loop)
     elif args.role == "bare":

@@ -265,6 +265,8 @@ class _Facts:
     vendor_request_id: str | None = None
     #: Settles the request; run once its answer has been sent (or has failed to be).
     after_answer: Callable[[], Awaitable[None]] | None = None
+    #: The audit entry is written already (durable audit), or will be by the ledger.
+    audited: bool = False
 
 
 @attrs.frozen
@@ -285,6 +287,8 @@ class ProxyHandler:
     def __init__(self, app: web.Application, config: ServerConfig) -> None:
         self._app = app
         self._ids = _ReservationIds()
+        #: Durable audit: an answer goes back only once its audit entry is committed.
+        self._durable = config.audit == "durable"
 
     @property
     def vendors(self) -> dict[str, Vendor]:
@@ -321,6 +325,8 @@ class ProxyHandler:
                 answer = Answer.error(
                     500, "internal_error", "unexpected server error", vendor=facts.vendor
                 )
+            if self._durable and facts.key is not None:
+                answer = await self._audit_durably(facts, answer)
             # Send the answer now: what follows (settling, audit, metrics) is ours alone.
             response = web.Response(
                 status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
@@ -334,6 +340,36 @@ class ProxyHandler:
                 # the handler is being cancelled.
                 await facts.after_answer()
             self._record(facts)
+
+    async def _audit_durably(self, facts: _Facts, answer: Answer) -> Answer:
+        """Commit the request's audit entry before its answer goes: ``answer``, or ``503
+        audit_unavailable`` if the entry can't be written (then the vendor may have acted:
+        the entry records the vendor's answer, so it is written once that has come)."""
+        if facts.after_answer is not None:
+            # Settled first, so that the entry says what was counted; a batching ledger
+            # commits the settlement and the entry together.
+            settle, facts.after_answer = facts.after_answer, None
+            await settle()
+        facts.audited = True
+        try:
+            await self._app[LEDGER].commit_audit(self._entry(facts))
+        except StoreUnavailable:
+            log.exception("audit entry not written: answering 503 audit_unavailable")
+            facts.audited = False  # this refusal's own entry waits in the audit log's queue
+            if facts.decision == "allowed":
+                detail = f"; {facts.vendor} did receive the request and answered {facts.status}"
+            elif facts.decision in ("upstream_timeout", "upstream_unavailable"):
+                detail = ""  # it may have reached the vendor
+            else:
+                detail = "; nothing was forwarded"
+            return self._refuse(
+                facts,
+                503,
+                "audit_unavailable",
+                "keybrake could not write this request's audit entry, so it withholds the"
+                " answer" + detail,
+            )
+        return answer
 
     def _refuse(
         self,
@@ -613,6 +649,29 @@ class ProxyHandler:
             upstream.body,
         )
 
+    @staticmethod
+    def _entry(facts: _Facts) -> AuditEntry:
+        """The audit entry of a request made with one of our keys (``facts.key``)."""
+        key = facts.key
+        assert key is not None
+        return AuditEntry(
+            at=now_micros(),
+            tenant=key.tenant,
+            key_id=key.id,
+            label=key.label,
+            vendor=facts.vendor,
+            method=facts.method,
+            path=facts.path[:MAX_AUDIT_PATH],
+            decision=facts.decision,
+            status=facts.status,
+            reserved=facts.reserved,
+            settled=facts.settled,
+            upstream_ms=None
+            if facts.upstream_seconds is None
+            else round(facts.upstream_seconds * 1000, 3),
+            vendor_request_id=facts.vendor_request_id,
+        )
+
     def _record(self, facts: _Facts) -> None:
         app = self._app
         key = facts.key
@@ -627,26 +686,8 @@ class ProxyHandler:
         label = None if key is None else key.label
         # A request with nobody's key is counted in the metrics above, never a row each (a
         # flood of them would fill the disk); the log line below still says it.
-        if key is not None:
-            app[AUDIT].record(
-                AuditEntry(
-                    at=now_micros(),
-                    tenant=key.tenant,
-                    key_id=key.id,
-                    label=label,
-                    vendor=facts.vendor,
-                    method=facts.method,
-                    path=path,
-                    decision=facts.decision,
-                    status=facts.status,
-                    reserved=facts.reserved,
-                    settled=facts.settled,
-                    upstream_ms=None
-                    if facts.upstream_seconds is None
-                    else round(facts.upstream_seconds * 1000, 3),
-                    vendor_request_id=facts.vendor_request_id,
-                )
-            )
+        if key is not None and not facts.audited:
+            app[AUDIT].record(self._entry(facts))
         if log.isEnabledFor(logging.INFO):
             path, label = redact(path), None if label is None else redact(label)
             log.info(
