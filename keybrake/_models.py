@@ -167,6 +167,9 @@ class UsageRecord:
     spent_usd: Decimal
     reserved_usd: Decimal
     daily_usd_cap: Decimal
+    #: Of ``spent_usd``, what was counted at its bound because the request's outcome was
+    #: lost (the server stopped before settling it): the vendor may have charged less.
+    unconfirmed_usd: Decimal = Decimal(0)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageRecord:
@@ -177,4 +180,5 @@ class UsageRecord:
             spent_usd=Decimal(str(data["spent_usd"])),
             reserved_usd=Decimal(str(data["reserved_usd"])),
             daily_usd_cap=Decimal(str(data["daily_usd_cap"])),
+            unconfirmed_usd=Decimal(str(data.get("unconfirmed_usd", "0"))),
         )

@@ -94,9 +94,10 @@ class PrivatePostgres:
             capture_output=True,
         )
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the cluster: ``fast`` (clean) or ``immediate`` (as a crash: no checkpoint)."""
         subprocess.run(
-            _as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"),
+            _as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-w", "-m", mode, "stop"),
             check=False,
             capture_output=True,
         )

@@ -20,7 +20,14 @@ from keybrake._common import (
     parse_duration,
     to_micros,
 )
-from keybrake.server._http import error_response, hash_token, now_micros, to_datetime, utc_day
+from keybrake.server._http import (
+    error_body,
+    error_response,
+    hash_token,
+    now_micros,
+    to_datetime,
+    utc_day,
+)
 from keybrake.server._input import (
     MAX_QUERY_VALUE,
     BadRequest,
@@ -30,7 +37,7 @@ from keybrake.server._input import (
     query_int,
     read_json_object,
 )
-from keybrake.server._keys import CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
+from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.openapi import openapi_document
 from keybrake.server.store import (
@@ -39,6 +46,7 @@ from keybrake.server.store import (
     IdempotentIssue,
     KeyRecord,
     Store,
+    StoreUnavailable,
 )
 from keybrake.server.tokens import DEFAULT_TENANT
 
@@ -320,7 +328,11 @@ async def get_key(request: web.Request) -> web.Response:
     await request.app[LEDGER].flush()  # spend as of every request answered so far
     spend = await store.spend(key.id, utc_day(now))
     return web.json_response(
-        {**key_json(key, now, spent=spend.spent), "reserved_today_usd": format_usd(spend.reserved)}
+        {
+            **key_json(key, now, spent=spend.spent),
+            "reserved_today_usd": format_usd(spend.reserved),
+            "unconfirmed_today_usd": format_usd(spend.unconfirmed),
+        }
     )
 
 
@@ -463,6 +475,7 @@ async def list_usage(request: web.Request) -> web.Response:
                     "day": row.day,
                     "spent_usd": format_usd(row.spent),
                     "reserved_usd": format_usd(row.reserved),
+                    "unconfirmed_usd": format_usd(row.unconfirmed),
                     "daily_usd_cap": format_usd(row.cap),
                 }
                 for row in rows[:limit]
@@ -473,8 +486,10 @@ async def list_usage(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    active = await _store(request).count_active_keys(now_micros())
-    text = request.app[METRICS].render(active_keys=active)
+    store, now = _store(request), now_micros()
+    active = await store.count_active_keys(now)
+    unconfirmed = await store.unconfirmed(utc_day(now))
+    text = request.app[METRICS].render(active_keys=active, unconfirmed_today=unconfirmed)
     return web.Response(
         text=text,
         content_type="text/plain",
@@ -488,8 +503,33 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    await _store(request).ping()
-    return web.json_response({"status": "ok"})
+    """200 while the store answers and takes writes, else 503 with the reason.
+
+    Cheap enough to poll: one trivial query, and what the ledger and the audit writer
+    already know from their last writes (the ledger owes settlements the store refused; the
+    audit writer's last batch failed). Both retry by themselves, so the answer turns 200
+    again on its own once the store takes writes.
+    """
+    ledger, audit = request.app[LEDGER], request.app[AUDIT]
+    reason = None
+    if ledger.owed:
+        reason = (
+            f"the ledger can't write to the store ({ledger.last_error or 'unknown error'});"
+            f" {ledger.owed} settlement(s) wait to be retried"
+        )
+    elif audit.failing is not None:
+        reason = f"the audit log can't write to the store ({audit.failing})"
+    else:
+        try:
+            await _store(request).ping()
+        except StoreUnavailable as exc:
+            reason = f"the store doesn't answer ({exc})"
+    if reason is None:
+        return web.json_response({"status": "ok"})
+    body, headers = error_body(
+        503, "store_unavailable", f"keybrake's store is unhealthy: {reason}", reason=reason
+    )
+    return web.json_response({"status": "unhealthy", **body}, status=503, headers=headers)
 
 
 def add_routes(app: web.Application) -> None:

@@ -23,6 +23,7 @@ from keybrake.server.audit import AuditLog
 from keybrake.server.config import ServerConfig
 from keybrake.server.ledger import Ledger
 from keybrake.server.metrics import Metrics
+from keybrake.server.retention import Retention
 from keybrake.server.store import Store, StoreUnavailable, open_store
 from keybrake.server.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 from keybrake.server.upstream import SessionForwarder
@@ -95,7 +96,11 @@ def create_app(
         middlewares=[errors_middleware],
         client_max_size=config.max_body_size,
     )
-    app[STORE] = store if store is not None else open_store(config.database_url, serving=True)
+    app[STORE] = (
+        store
+        if store is not None
+        else open_store(config.database_url, serving=True, upstream_timeout=config.upstream_timeout)
+    )
     app[METRICS] = Metrics()
     app[CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
 
@@ -115,6 +120,8 @@ def create_app(
         ledger = app[LEDGER] = Ledger(the_store)
         ledger.audit = audit
         ledger.start()
+        retention = Retention(the_store, config.retention_days)
+        retention.start()
         try:
             if (
                 config.admin_token is None
@@ -125,6 +132,7 @@ def create_app(
                 on_new_admin_token(token)
             yield
         finally:
+            await retention.close()
             await ledger.close()
             await audit.close()
             await forwarder.close()

@@ -17,7 +17,7 @@ import attrs
 
 from keybrake.server.store import AuditEntry, Store, StoreUnavailable
 
-__all__ = ["MAX_PENDING", "AuditLog", "redact"]
+__all__ = ["MAX_PENDING", "AuditLog", "redact", "redact_entry"]
 
 log = logging.getLogger("keybrake.audit")
 
@@ -54,7 +54,8 @@ def _keep_name(match: re.Match[str]) -> str:
     return next(group for group in match.groups() if group is not None) + "***"
 
 
-def _redacted(entry: AuditEntry) -> AuditEntry:
+def redact_entry(entry: AuditEntry) -> AuditEntry:
+    """The entry with :func:`redact` applied to its ``path`` and ``label``."""
     path = redact(entry.path)
     label = None if entry.label is None else redact(entry.label)
     if path is entry.path and label is entry.label:
@@ -69,6 +70,8 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
+        #: Why the writer's last attempt failed; None once it has written what was queued.
+        self.failing: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="keybrake-audit-writer")
@@ -89,7 +92,7 @@ class AuditLog:
         """Hand up to ``limit`` queued entries, redacted, to a writer that will write them,
         or :meth:`give_back` them if it can't."""
         batch, self._pending = self._pending[:limit], self._pending[limit:]
-        return [_redacted(e) for e in batch]
+        return [redact_entry(e) for e in batch]
 
     def give_back(self, entries: list[AuditEntry]) -> None:
         """Put entries a writer could not write back at the front of the queue."""
@@ -100,7 +103,7 @@ class AuditLog:
         while self._pending:
             batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
             # Redacted here, off the request path: nothing token-like reaches the store.
-            batch = [_redacted(e) for e in batch]
+            batch = [redact_entry(e) for e in batch]
             try:
                 await self._store.write_audit(batch)
             except BaseException:
@@ -115,13 +118,16 @@ class AuditLog:
             self._wake.clear()
             try:
                 await self.flush()
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self.failing = str(exc)
                 log.warning("audit log: store unavailable, %d entries waiting", len(self._pending))
                 await asyncio.sleep(1.0)
-            except Exception:
+            except Exception as exc:
+                self.failing = repr(exc)
                 log.exception("audit log: writing failed; will retry")
                 await asyncio.sleep(1.0)
             else:
+                self.failing = None
                 if self.dropped:
                     log.warning("audit log: %d entries were dropped while backlogged", self.dropped)
                     self.dropped = 0

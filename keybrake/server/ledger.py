@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from keybrake.server._http import now_micros
-from keybrake.server.audit import AuditLog
+from keybrake.server.audit import AuditLog, redact_entry
 from keybrake.server.store import (
     AuditEntry,
     AuditOp,
@@ -83,6 +83,8 @@ class Ledger:
         #: Where a batching ledger takes audit entries to write along with its batches.
         self.audit: AuditLog | None = None
         self._owed: dict[str, Settlement | None] = {}
+        #: Why the store last refused a write (what ``/healthz`` reports while :attr:`owed`).
+        self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -189,6 +191,35 @@ class Ledger:
         """Write every queued operation now (a no-op unless the store batches)."""
         self._flush_queue()
 
+    async def commit_audit(self, entry: AuditEntry) -> None:
+        """Write one audit entry (redacted) and return once it is committed: durable audit.
+
+        A batching ledger writes it with the batch of this turn of the event loop (group
+        commit), with the operations queued before it, the request's settlement included,
+        and the other entries of the turn; otherwise the store writes it on its own. If the
+        caller is cancelled meanwhile, the write still ends, and an entry it could not write
+        waits in the audit log's queue instead.
+
+        Raises:
+            StoreUnavailable: the entry could not be written.
+        """
+        entry = redact_entry(entry)
+        written: asyncio.Future[Any]
+        if self._batching is not None:
+            written = asyncio.get_running_loop().create_future()
+            self._enqueue(AuditOp([entry]), written)
+        else:
+            written = asyncio.ensure_future(self._store.write_audit([entry]))
+        try:
+            await asyncio.shield(written)
+        except asyncio.CancelledError:
+            written.add_done_callback(lambda done: self._requeue_unwritten(entry, done))
+            raise
+
+    def _requeue_unwritten(self, entry: AuditEntry, written: asyncio.Future[Any]) -> None:
+        if (written.cancelled() or written.exception() is not None) and self.audit is not None:
+            self.audit.record(entry)
+
     async def _reserve_batched(
         self, reservation: Reservation, now: int, replay_after: int
     ) -> tuple[ReserveResult, SpendState]:
@@ -263,6 +294,7 @@ class Ledger:
         try:
             results = store.apply_ledger_ops(ops)[: len(live)]
         except StoreUnavailable as exc:
+            self.last_error = str(exc)
             if audit is not None and entries:
                 audit.give_back(entries)
             for op, done in live:
@@ -275,6 +307,8 @@ class Ledger:
                     self._owe(op.reservation_id, op.settlement)
                 elif isinstance(op, CorrectPriceOp):
                     log.warning("store unavailable: the price of %s stays estimated", op.object_id)
+                elif done is not None:  # a durable audit entry (commit_audit)
+                    done.set_exception(StoreUnavailable(str(exc)))
             return None
         for (_, done), result in zip(live, results, strict=True):
             if done is not None:
@@ -304,7 +338,8 @@ class Ledger:
         for reservation_id, settlement in list(self._owed.items()):
             try:
                 await self._once(reservation_id, settlement)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self.last_error = str(exc)
                 return
             # Settling and releasing only touch pending reservations: a retry of one that
             # did land the first time changes nothing, so nothing is counted twice.

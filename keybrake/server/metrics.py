@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+from keybrake._common import format_usd
+
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
 #: Upper bounds (seconds) of the upstream latency histogram's buckets.
@@ -38,7 +40,7 @@ class Metrics:
         self.latency_buckets[vendor][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum[vendor] += seconds
 
-    def render(self, *, active_keys: int) -> str:
+    def render(self, *, active_keys: int, unconfirmed_today: int = 0) -> str:
         lines = [
             "# HELP keybrake_proxy_requests_total Proxy requests by vendor and decision.",
             "# TYPE keybrake_proxy_requests_total counter",
@@ -77,5 +79,9 @@ class Metrics:
             "# HELP keybrake_active_keys Vault keys neither expired nor revoked.",
             "# TYPE keybrake_active_keys gauge",
             f"keybrake_active_keys {active_keys}",
+            "# HELP keybrake_unconfirmed_spend_usd Spend of the current UTC day counted at its"
+            " bound because its request's outcome was lost (a crash before settling), in USD.",
+            "# TYPE keybrake_unconfirmed_spend_usd gauge",
+            f"keybrake_unconfirmed_spend_usd {format_usd(unconfirmed_today)}",
         ]
         return "\n".join(lines) + "\n"

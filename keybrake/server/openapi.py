@@ -38,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         422: "Idempotency-Key reused with another body (`idempotency_key_reused`)",
         429: "The request would pass the key's daily cap (`cap_exhausted`)",
         502: "The vendor can't be reached (`upstream_unavailable`)",
-        503: "The store is down (`store_unavailable`) or the vendor is not configured",
+        503: "The store is down (`store_unavailable`), the vendor is not configured, or with"
+        " durable audit the request's audit entry can't be written (`audit_unavailable`)",
         504: "The vendor did not answer in time (`upstream_timeout`)",
     }
     return {str(s): _json(_ref("Error"), text[s]) for s in statuses}
@@ -88,7 +89,8 @@ def _key_schema(*, with_token: bool = False, with_spend: bool = False) -> dict[s
     if with_spend:
         properties["spent_today_usd"] = _DECIMAL
         properties["reserved_today_usd"] = _DECIMAL
-        required += ["spent_today_usd", "reserved_today_usd"]
+        properties["unconfirmed_today_usd"] = _DECIMAL
+        required += ["spent_today_usd", "reserved_today_usd", "unconfirmed_today_usd"]
     return {
         "type": "object",
         "required": required,
@@ -223,6 +225,7 @@ _SCHEMAS: dict[str, Any] = {
             "day": {"type": "string", "format": "date"},
             "spent_usd": _DECIMAL,
             "reserved_usd": _DECIMAL,
+            "unconfirmed_usd": _DECIMAL,
             "daily_usd_cap": _DECIMAL,
         },
     },
@@ -443,9 +446,30 @@ def openapi_document() -> dict[str, Any]:
                                 "required": ["status"],
                                 "properties": {"status": {"type": "string", "enum": ["ok"]}},
                             },
-                            "The server and its store answer",
+                            "The server and its store answer, and the store takes writes",
                         ),
-                        **_errors(503),
+                        "503": {
+                            **_json(
+                                {
+                                    "type": "object",
+                                    "required": ["status", "code", "message", "reason"],
+                                    "properties": {
+                                        "status": {"type": "string", "enum": ["unhealthy"]},
+                                        "code": {"type": "string", "enum": ["store_unavailable"]},
+                                        "message": {"type": "string"},
+                                        "reason": {"type": "string"},
+                                    },
+                                },
+                                "The store doesn't answer, or refuses writes: settlements"
+                                " or audit entries wait to be written (`store_unavailable`)",
+                            ),
+                            "headers": {
+                                "Keybrake-Error": {
+                                    "description": "The error code",
+                                    "schema": {"type": "string", "enum": ["store_unavailable"]},
+                                }
+                            },
+                        },
                     },
                 }
             },

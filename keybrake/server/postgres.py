@@ -15,20 +15,29 @@ Same contract as :class:`~keybrake.server.store.SQLiteStore`, on an asyncpg conn
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
+import logging
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from keybrake._common import format_usd
+from keybrake.server._http import utc_day
 from keybrake.server.store import (
+    PRUNE_CHUNK,
     AdminToken,
     AuditEntry,
     IdempotencyConflict,
     IdempotentIssue,
     KeyRecord,
     LedgerEntry,
+    PruneResult,
     Reservation,
     ReserveResult,
     Settlement,
@@ -50,13 +59,27 @@ __all__ = [
     "SchemaMismatch",
 ]
 
+log = logging.getLogger("keybrake.store")
 T = TypeVar("T")
 
 #: Connections per replica when the URL doesn't say (``?pool_size=N``).
 DEFAULT_POOL_SIZE = 10
 #: Seconds to wait for a connection or a statement before failing closed.
 COMMAND_TIMEOUT = 5.0
-MIGRATIONS = ("postgres_001_initial.sql", "postgres_002_stripe_account.sql")
+MIGRATIONS = (
+    "postgres_001_initial.sql",
+    "postgres_002_stripe_account.sql",
+    "postgres_003_unconfirmed.sql",
+)
+#: Seconds a replica's hold on its pending reservations lasts unless renewed (it renews
+#: every third of it); ``?lease_seconds=N`` in the URL changes it.
+DEFAULT_LEASE_SECONDS = 15.0
+#: Past its lease, a pending reservation is left this long more before another replica
+#: resolves it: the longest its request could still be reaching the vendor (the server's
+#: vendor timeout, when the store is given it).
+SWEEP_GRACE_SECONDS = 30.0
+#: Most reservations one sweep resolves.
+SWEEP_BATCH = 1000
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -64,17 +87,24 @@ class SchemaMismatch(StoreUnavailable):
     """The database's schema is not the one this keybrake knows: run ``keybrake migrate``."""
 
 
-def _split_url(url: str) -> tuple[str, str | None, int]:
-    """The DSN for asyncpg, and our own options: ``schema`` and ``pool_size``."""
+_OURS = ("schema", "pool_size", "lease_seconds")
+
+
+def _split_url(url: str) -> tuple[str, str | None, int, float]:
+    """The DSN for asyncpg, and our own options: ``schema``, ``pool_size`` and
+    ``lease_seconds``."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in query if k in ("schema", "pool_size")}
-    rest = [(k, v) for k, v in query if k not in ("schema", "pool_size")]
+    ours = {k: v for k, v in query if k in _OURS}
+    rest = [(k, v) for k, v in query if k not in _OURS]
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
     pool_size = int(ours.get("pool_size", DEFAULT_POOL_SIZE))
     if not 1 <= pool_size <= 1000:
         raise ValueError("pool_size must be from 1 to 1000")
-    return dsn, ours.get("schema") or None, pool_size
+    lease = float(ours.get("lease_seconds", DEFAULT_LEASE_SECONDS))
+    if not 0.1 <= lease <= 3600:
+        raise ValueError("lease_seconds must be from 0.1 to 3600")
+    return dsn, ours.get("schema") or None, pool_size, lease
 
 
 def _key(row: Any) -> KeyRecord:
@@ -132,14 +162,37 @@ WITH earlier AS (
     WHERE s.spent + s.reserved + EXCLUDED.reserved <= (SELECT cap_micros FROM cap)
     RETURNING s.spent, s.reserved
 ), recorded AS (
-    INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)
-    SELECT $4, $1, $2, $3, 'pending', $5, $7 FROM up
+    INSERT INTO reservations
+        (id, key_id, day, amount, state, idem_hash, created_at, owner, lease_until)
+    SELECT $4, $1, $2, $3, 'pending', $5, $7, $8, $9 FROM up
     RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM earlier) AS replay,
        (SELECT spent FROM up) AS spent,
        (SELECT reserved FROM up) AS reserved,
        (SELECT count(*) FROM recorded) AS recorded
+"""
+# Pending reservations whose lease lapsed (or that never had one: made before leases), as
+# many as fit a batch, skipping any a concurrent sweep holds: counted at their bounds.
+_RESOLVE_ABANDONED = """
+WITH r AS (
+    UPDATE reservations SET state = 'settled', settled_amount = amount, unconfirmed = true,
+        finished_at = $1
+    WHERE id IN (
+        SELECT id FROM reservations
+        WHERE state = 'pending' AND coalesce(lease_until, 0) < $2
+        LIMIT $3 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING key_id, day, amount
+), t AS (
+    SELECT key_id, day, sum(amount) AS total FROM r GROUP BY key_id, day
+), s AS (
+    UPDATE spend AS s SET reserved = s.reserved - t.total, spent = s.spent + t.total,
+        unconfirmed = s.unconfirmed + t.total
+    FROM t WHERE s.key_id = t.key_id AND s.day = t.day
+    RETURNING 1
+)
+SELECT count(*), coalesce(sum(amount), 0) FROM r
 """
 _SETTLE = """
 WITH r AS (
@@ -177,9 +230,17 @@ class PostgresStore:
     ``pool_size`` sets the connections of this replica's pool.
     """
 
-    def __init__(self, url: str) -> None:
-        self._dsn, self.schema, self.pool_size = _split_url(url)
+    def __init__(
+        self, url: str, *, serving: bool = False, upstream_timeout: float | None = None
+    ) -> None:
+        self._dsn, self.schema, self.pool_size, self.lease_seconds = _split_url(url)
         self._pool: asyncpg.Pool | None = None
+        #: This replica, as the owner of the reservations it makes.
+        self.replica = "rpl_" + secrets.token_hex(8)
+        #: A serving replica keeps its leases and resolves what dead replicas left pending.
+        self.serving = serving
+        self._leases: asyncio.Task[None] | None = None
+        self.sweep_grace = SWEEP_GRACE_SECONDS if upstream_timeout is None else upstream_timeout
 
     def __repr__(self) -> str:
         host = urlsplit(self._dsn).hostname
@@ -221,11 +282,63 @@ class PostgresStore:
                     f"the database has schema version {version}, this keybrake needs"
                     f" {SCHEMA_VERSION}: run 'keybrake migrate --database ...'"
                 )
+        if self.serving:
+            self._leases = asyncio.create_task(self._keep_leases(), name="keybrake-pg-leases")
 
     async def close(self) -> None:
+        task, self._leases = self._leases, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def _keep_leases(self) -> None:
+        """Renew this replica's leases, and resolve reservations whose lease has lapsed,
+        every third of a lease, for as long as the replica serves."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            now = time.time_ns() // 1000
+            try:
+                await self.renew_leases(now)
+                count, total = await self.resolve_abandoned(now)
+            except StoreUnavailable:
+                log.warning("can't renew leases or resolve abandoned reservations; will retry")
+                continue
+            if count:
+                log.warning(
+                    "%d reservations (%s USD) were left pending by a replica that stopped;"
+                    " counted at their bounds, marked unconfirmed",
+                    count,
+                    format_usd(total),
+                )
+
+    async def renew_leases(self, now: int) -> None:
+        """Extend the lease of every reservation this replica has in flight."""
+        until = now + int(self.lease_seconds * 1_000_000)
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE reservations SET lease_until = $1 WHERE owner = $2 AND state = 'pending'",
+                until,
+                self.replica,
+            )
+        )
+
+    async def resolve_abandoned(self, now: int) -> tuple[int, int]:
+        """Count at its bound, marked unconfirmed, every pending reservation whose lease
+        lapsed more than :attr:`sweep_grace` seconds ago (its replica stopped without settling
+        it; the request may have reached the vendor).
+
+        Returns:
+            How many reservations, and how many micro-dollars, this call resolved.
+        """
+        before = now - int(self.sweep_grace * 1_000_000)
+        row = await self._run(
+            lambda c: c.fetchrow(_RESOLVE_ABANDONED, now, before, SWEEP_BATCH),
+            transaction=True,
+        )
+        return int(row[0]), int(row[1])
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -484,10 +597,20 @@ class PostgresStore:
     async def spend(self, key_id: str, day: str) -> SpendState:
         row = await self._run(
             lambda c: c.fetchrow(
-                "SELECT spent, reserved FROM spend WHERE key_id = $1 AND day = $2", key_id, day
+                "SELECT spent, reserved, unconfirmed FROM spend WHERE key_id = $1 AND day = $2",
+                key_id,
+                day,
             )
         )
-        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+        return SpendState(0, 0) if row is None else SpendState(*(int(v) for v in row))
+
+    async def unconfirmed(self, day: str) -> int:
+        value = await self._run(
+            lambda c: c.fetchval(
+                "SELECT coalesce(sum(unconfirmed), 0) FROM spend WHERE day = $1", day
+            )
+        )
+        return int(value)
 
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
@@ -498,7 +621,18 @@ class PostgresStore:
         row and re-check the cap against what is committed.
         """
         r = reservation
-        args = (r.key_id, r.day, r.amount, r.id, r.idem_hash, replay_after, now)
+        lease = now + int(self.lease_seconds * 1_000_000)
+        args = (
+            r.key_id,
+            r.day,
+            r.amount,
+            r.id,
+            r.idem_hash,
+            replay_after,
+            now,
+            self.replica,
+            lease,
+        )
         if r.idem_hash is None:
             row = await self._run(lambda c: c.fetchrow(_RESERVE, *args))
         else:
@@ -520,14 +654,9 @@ class PostgresStore:
         return ReserveResult.RESERVED, SpendState(int(row["spent"]), int(row["reserved"]))
 
     async def _finish(self, sql: str, *args: Any) -> bool:
-        """Settle or release in one statement. Its commit need not wait for the disk: if a
-        crash loses it, the money stays reserved (counted too much, never too little)."""
-
-        async def finish(c: Any) -> bool:
-            await c.execute("SET LOCAL synchronous_commit TO OFF")
-            return await c.fetchval(sql, *args) is not None
-
-        return await self._run(finish, transaction=True)
+        """Settle or release in one statement, committed durably before it returns: a
+        settlement acknowledged is never lost to a database crash."""
+        return await self._run(lambda c: c.fetchval(sql, *args)) is not None
 
     async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool:
         s = settlement
@@ -643,13 +772,15 @@ class PostgresStore:
             args.extend(starting_after)
             where.append(f"(s.day, s.key_id) < (${len(args) - 1}, ${len(args)})")
         sql = (
-            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros"
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed"
             " FROM spend s JOIN keys k ON k.id = s.key_id"
             f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC"
             f" LIMIT ${len(args) + 1}"
         )
         rows = await self._run(lambda c: c.fetch(sql, *args, limit))
-        return [UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
+        return [
+            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows
+        ]
 
     async def count_active_keys(self, now: int) -> int:
         return int(
@@ -659,3 +790,72 @@ class PostgresStore:
                 )
             )
         )
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def prune(self, before: int) -> PruneResult:
+        """Delete what is older than ``before`` (see :meth:`Store.prune`), in statements of
+        at most :data:`~keybrake.server.store.PRUNE_CHUNK` rows, each its own transaction.
+
+        Any number of replicas may run it at once: audit entries are walked by ``id``, and
+        a range another replica is deleting is waited for, then found gone; reservations
+        and spend rows are taken with ``FOR UPDATE SKIP LOCKED``, so two never take the
+        same rows. A reservation being corrected meanwhile is skipped until the next pass.
+        """
+        audit = await self._prune_audit(before)
+        reservations = await self._prune_where(
+            "reservations", "state <> 'pending' AND finished_at < $1", before
+        )
+        spend = await self._prune_where("spend", "day < $1 AND reserved = 0", utc_day(before))
+        return PruneResult(audit, reservations, spend)
+
+    async def _prune_audit(self, before: int) -> int:
+        """Audit entries, chunk by chunk of ids, only as far as entries older than
+        ``before`` go (entries are written in time order): no scan of the whole table."""
+        deleted = 0
+        after: int | None = 0
+        while after is not None:
+            n, after = await self._run(
+                functools.partial(_prune_audit_chunk, after=after, before=before)
+            )
+            deleted += n
+        return deleted
+
+    async def _prune_where(self, table: str, condition: str, bound: int | str) -> int:
+        """Rows of ``table`` matching ``condition`` (on ``$1``), a chunk at a time."""
+        sql = (
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+            f"SELECT ctid FROM {table} WHERE {condition} LIMIT $2 FOR UPDATE SKIP LOCKED))"
+        )
+        deleted = 0
+        while True:
+            status = await self._run(lambda c: c.execute(sql, bound, PRUNE_CHUNK))
+            n = int(status.split()[-1])
+            deleted += n
+            if n < PRUNE_CHUNK:
+                return deleted
+
+
+async def _prune_audit_chunk(c: Any, *, after: int, before: int) -> tuple[int, int | None]:
+    """Delete the entries older than ``before`` among the next chunk of ids after ``after``.
+
+    Returns:
+        How many were deleted, and the id to go on from, or None when the chunk reached
+        entries of ``before`` or later (or the end of the table).
+    """
+    end = await c.fetchrow(
+        "SELECT id, at FROM audit WHERE id > $1 ORDER BY id OFFSET $2 LIMIT 1",
+        after,
+        PRUNE_CHUNK - 1,
+    )
+    if end is None:
+        last = await c.fetchval("SELECT max(id) FROM audit")
+        if last is None or last <= after:
+            return 0, None
+        upto, more = int(last), False
+    else:
+        upto, more = int(end["id"]), end["at"] < before
+    status = await c.execute(
+        "DELETE FROM audit WHERE id > $1 AND id <= $2 AND at < $3", after, upto, before
+    )
+    return int(status.split()[-1]), upto if more else None

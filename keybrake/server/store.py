@@ -19,12 +19,16 @@ import logging
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import attrs
+
+from keybrake._common import format_usd
+from keybrake.server._http import utc_day
 
 __all__ = [
     "AdminToken",
@@ -39,6 +43,7 @@ __all__ = [
     "key_row",
     "IdempotencyConflict",
     "LedgerEntry",
+    "PruneResult",
     "ReserveResult",
     "Settlement",
     "IdempotentIssue",
@@ -104,6 +109,9 @@ class IdempotentIssue:
 class SpendState:
     spent: int
     reserved: int
+    #: Of ``spent``, what was counted at its bound because its request's outcome was lost
+    #: (a crash between forwarding and settling): the vendor may have charged less.
+    unconfirmed: int = 0
 
 
 @attrs.frozen
@@ -252,6 +260,7 @@ class UsageRow:
     spent: int
     reserved: int
     cap: int
+    unconfirmed: int = 0
 
 
 @attrs.frozen
@@ -264,6 +273,15 @@ class LedgerEntry:
     settled_amount: int | None
     final: bool
     object_id: str | None
+
+
+@attrs.frozen
+class PruneResult:
+    """What :meth:`Store.prune` deleted: rows of each table."""
+
+    audit_entries: int = 0
+    reservations: int = 0
+    spend_rows: int = 0
 
 
 class Store(Protocol):
@@ -341,6 +359,10 @@ class Store(Protocol):
 
     async def spend(self, key_id: str, day: str) -> SpendState: ...
 
+    async def unconfirmed(self, day: str) -> int:
+        """Spend of ``day`` counted at its bound because its outcome was lost, in total."""
+        ...
+
     async def counted(self, key_id: str, object_id: str) -> int:
         """What ``key_id`` counted for vendor object ``object_id``, released reservations
         left out, in micro-dollars."""
@@ -357,6 +379,14 @@ class Store(Protocol):
     async def correct_price(self, object_id: str, actual: int, now: int) -> bool: ...
 
     async def ledger(self, key_id: str) -> list[LedgerEntry]: ...
+
+    async def prune(self, before: int) -> PruneResult:
+        """Delete what is older than ``before`` (epoch microseconds): audit entries, finished
+        (settled or released) reservations, and spend rows of the UTC days before
+        ``before``'s on which no money is still reserved. Pending reservations and keys stay.
+        In short transactions: the store serves requests meanwhile.
+        """
+        ...
 
 
 _SCHEMA = """
@@ -416,6 +446,7 @@ CREATE TABLE IF NOT EXISTS spend (
     day TEXT NOT NULL,
     spent INTEGER NOT NULL DEFAULT 0,
     reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    unconfirmed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day)
 );
 CREATE TABLE IF NOT EXISTS reservations (
@@ -426,6 +457,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     settled_amount INTEGER,
     state TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'released')),
     final INTEGER NOT NULL DEFAULT 1,
+    unconfirmed INTEGER NOT NULL DEFAULT 0,
     idem_hash TEXT,
     object_id TEXT,
     vendor_request_id TEXT,
@@ -442,10 +474,14 @@ CREATE INDEX IF NOT EXISTS reservations_key_object ON reservations (key_id, obje
 """
 #: Each version's upgrade from the one before; a database of an older version is upgraded in
 #: place when it is opened.
-_MIGRATIONS: dict[int, str] = {
-    3: "ALTER TABLE keys ADD COLUMN stripe_account TEXT;",
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: ("ALTER TABLE keys ADD COLUMN stripe_account TEXT",),
+    4: (
+        "ALTER TABLE reservations ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE spend ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+    ),
 }
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The oldest schema version this keybrake upgrades.
 OLDEST_SCHEMA_VERSION = 2
 #: Keys kept in :class:`SQLiteStore`'s look-up cache; it starts over when full.
@@ -456,10 +492,30 @@ SPEND_CACHE_SIZE = 10_000
 BUSY_TIMEOUT_MS = 250
 #: Seconds between background WAL checkpoints.
 CHECKPOINT_INTERVAL = 1.0
+#: WAL size (bytes) past which the background checkpoint, after its ``PASSIVE`` pass, also
+#: restarts the log and truncates the file to nothing (``TRUNCATE``). That needs writers held
+#: back for a moment (the frames written since the ``PASSIVE`` pass are copied, the database
+#: synced): a write waits for it, well within :data:`BUSY_TIMEOUT_MS`. Below this size a
+#: checkpoint never holds a writer back; under steady load the WAL would then never restart,
+#: and grow without bound.
+WAL_TRUNCATE_SIZE = 16 * 1024 * 1024
+#: Largest WAL file (bytes) SQLite leaves behind once it restarts the log
+#: (``PRAGMA journal_size_limit``); larger, it is cut to this size.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: Longest the background checkpoint waits for a lock before giving up until its next turn:
+#: a ``TRUNCATE`` holds writers back while it waits for readers, so this stays well under
+#: :data:`BUSY_TIMEOUT_MS`, lest a write held back fail closed.
+CHECKPOINT_BUSY_TIMEOUT_MS = 50
 
 
 class _ServeLock:
-    """An exclusive, non-blocking lock on ``<database>.serve-lock``, held while serving."""
+    """An exclusive, non-blocking lock on the database file itself, held while serving.
+
+    On POSIX it is a ``flock`` on a descriptor of the file, so it follows the file (its
+    inode), not the name it was opened by: a symlink or a hard link to a served database
+    meets the same lock. On Windows it is a lock on ``<real path>.serve-lock``, which covers
+    symlinks but not hard links.
+    """
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -470,27 +526,35 @@ class _ServeLock:
         Raises:
             StoreUnavailable: another process serves this file (or the lock can't be made).
         """
-        path = database + ".serve-lock"
+        path = _lock_path(database)
         try:
+            # Made here if new: SQLite takes an empty file for an empty database.
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise StoreUnavailable(f"can't create {path}: {exc}") from exc
+            raise StoreUnavailable(f"can't open {path}: {exc}") from exc
         try:
             _lock_file(fd)
         except OSError:
             os.close(fd)
             raise StoreUnavailable(
-                f"another keybrake server is using {database} (its {path} is locked);"
+                f"another keybrake server is using {database} (the file is locked);"
                 " one server per SQLite file, or use PostgreSQL for several"
             ) from None
         return cls(fd)
 
     def release(self) -> None:
+        """Drop the lock; only once this store's SQLite connections are closed (see
+        :func:`_lock_file`)."""
         os.close(self._fd)  # closing the descriptor releases the lock
 
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
+
+    def _lock_path(database: str) -> str:
+        # Windows byte-range locks are mandatory: one on the database itself would block
+        # SQLite's own reads, so the lock is on a file beside it, named by its real path.
+        return os.path.realpath(database) + ".serve-lock"
 
     def _lock_file(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -498,7 +562,16 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
 else:
     import fcntl
 
+    def _lock_path(database: str) -> str:
+        return database
+
     def _lock_file(fd: int) -> None:
+        # flock, not fcntl (POSIX) locks: POSIX locks belong to the process, so SQLite's
+        # own byte-range locks in this process would merge with ours, and closing any
+        # descriptor of the file drops all of them, which SQLite does whenever one of its
+        # connections closes. A flock belongs to this open file alone, and on Linux never
+        # meets SQLite's POSIX locks. The other way round, closing this descriptor drops the
+        # process's POSIX locks on the file, SQLite's included: hence release() comes last.
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
@@ -508,14 +581,16 @@ class SQLiteStore:
     Statements run on the event loop's own thread: each takes microseconds, far less than a
     hand-off to a worker thread would. What can take long, the WAL checkpoint that writes
     pages back and syncs the file, never runs there: automatic checkpoints are off, and a
-    background thread checkpoints (``PASSIVE``, so it never blocks a writer) every
-    :data:`CHECKPOINT_INTERVAL` seconds. A write that finds the database locked by another
-    process waits at most :data:`BUSY_TIMEOUT_MS`, then fails closed.
+    background thread checkpoints every :data:`CHECKPOINT_INTERVAL` seconds (``PASSIVE``,
+    which never blocks a writer, then ``TRUNCATE`` once the WAL passes
+    :data:`WAL_TRUNCATE_SIZE`, which holds writers back for a moment). A write that finds
+    the database locked by another process waits at most :data:`BUSY_TIMEOUT_MS`, then
+    fails closed.
 
     With ``serving=True`` (what ``keybrake serve`` uses) the store claims the file for its
-    process: it holds an exclusive lock on ``<path>.serve-lock`` while open, so a second
-    server on the same file refuses to start, and it caches keys by token hash (see
-    :meth:`get_key_by_token_hash`). Other processes (``keybrake tokens``, backups, a
+    process: it holds an exclusive lock on the file while open, so a second server on the
+    same file (by any path, link or symlink) refuses to start, and it caches keys by token
+    hash (see :meth:`get_key_by_token_hash`). Other processes (``keybrake tokens``, backups, a
     reader) may still open the file without ``serving``.
     """
 
@@ -574,6 +649,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             if row is not None and not OLDEST_SCHEMA_VERSION <= row[0] <= SCHEMA_VERSION:
@@ -584,12 +660,22 @@ class SQLiteStore:
             if row is not None and row[0] < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 for version in range(row[0] + 1, SCHEMA_VERSION + 1):
-                    conn.execute(_MIGRATIONS[version])
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
                 conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
                 conn.execute("COMMIT")
             conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            if self.serving:
+                count, total = _resolve_pending(conn, time.time_ns() // 1000)
+                if count:
+                    log.warning(
+                        "%d reservations (%s USD) were left pending when the server last"
+                        " stopped; counted at their bounds, marked unconfirmed",
+                        count,
+                        format_usd(total),
+                    )
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -606,14 +692,21 @@ class SQLiteStore:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-checkpoint")
         loop = asyncio.get_running_loop()
         conn = await loop.run_in_executor(
-            executor, functools.partial(sqlite3.connect, self.path, check_same_thread=False)
+            executor,
+            functools.partial(
+                sqlite3.connect,
+                self.path,
+                timeout=CHECKPOINT_BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            ),
         )
         try:
+            frames = -1
             while True:
                 await asyncio.sleep(CHECKPOINT_INTERVAL)
                 try:
-                    await loop.run_in_executor(
-                        executor, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                    frames = await loop.run_in_executor(
+                        executor, _checkpoint, conn, self.path + "-wal", frames
                     )
                 except sqlite3.Error:
                     log.warning("WAL checkpoint of %s failed; will retry", self.path)
@@ -739,12 +832,14 @@ class SQLiteStore:
             where.append("(s.day, s.key_id) < (?, ?)")
             params.extend(starting_after)
         sql = (
-            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros"
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed"
             " FROM spend s JOIN keys k ON k.id = s.key_id"
             f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC LIMIT ?"
         )
         rows = await self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5])) for r in rows]
+        return [
+            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows
+        ]
 
     async def count_active_keys(self, now: int) -> int:
         row = await self._run(
@@ -911,12 +1006,15 @@ class SQLiteStore:
         return int(row[0])
 
     async def spend(self, key_id: str, day: str) -> SpendState:
+        return await self._run(lambda c: _spend_state(c, key_id, day))
+
+    async def unconfirmed(self, day: str) -> int:
         row = await self._run(
             lambda c: c.execute(
-                "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?", (key_id, day)
+                "SELECT coalesce(sum(unconfirmed), 0) FROM spend WHERE day = ?", (day,)
             ).fetchone()
         )
-        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+        return int(row[0])
 
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
@@ -980,6 +1078,103 @@ class SQLiteStore:
         return [
             LedgerEntry(r[0], r[1], r[2], int(r[3]), r[4], r[5], bool(r[6]), r[7]) for r in rows
         ]
+
+    async def prune(self, before: int) -> PruneResult:
+        """Delete what is older than ``before`` (see :meth:`Store.prune`).
+
+        Each table is walked in the order its rows were written (``rowid``), at most
+        :data:`PRUNE_CHUNK` rows per transaction, the event loop serving requests between
+        two, and only as far as its old rows go: the write lock is never held for long, and
+        a table that has nothing old is not read through.
+        """
+        counts = []
+        for table, clock, bound, condition in (
+            ("audit", "at", before, "at < :bound"),
+            (
+                "reservations",
+                "created_at",
+                before,
+                "state <> 'pending' AND finished_at < :bound",
+            ),
+            ("spend", "day", utc_day(before), "day < :bound AND reserved = 0"),
+        ):
+            deleted: int = 0
+            after: int | None = 0
+            while after is not None:
+                chunk = functools.partial(_prune_chunk, table, clock, condition, bound, after)
+                n, after = self._run_now(functools.partial(_in_transaction, chunk))
+                deleted += n
+                await asyncio.sleep(0)  # requests go first
+            counts.append(deleted)
+        if counts[2]:
+            self._spend.clear()  # written behind the batches' back
+        return PruneResult(*counts)
+
+
+def _in_transaction(body: Callable[[sqlite3.Connection], T], c: sqlite3.Connection) -> T:
+    return _transaction(c, lambda: body(c))
+
+
+#: Rows one pruning transaction looks at, at most.
+PRUNE_CHUNK = 1000
+
+
+def _prune_chunk(
+    table: str,
+    clock: str,
+    condition: str,
+    bound: int | str,
+    after: int,
+    c: sqlite3.Connection,
+) -> tuple[int, int | None]:
+    """Delete the rows matching ``condition`` among the next :data:`PRUNE_CHUNK` rows of
+    ``table`` after rowid ``after``.
+
+    Returns:
+        How many were deleted, and the rowid to go on from, or None when the chunk reached
+        rows whose ``clock`` is at ``bound`` or later (or the end of the table): rows are
+        written in time order, so nothing older follows.
+    """
+    end = c.execute(
+        f"SELECT rowid, {clock} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?",
+        (after, PRUNE_CHUNK - 1),
+    ).fetchone()
+    if end is None:
+        last = c.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        if last is None or last <= after:
+            return 0, None
+        upto, more = int(last), False
+    else:
+        upto, more = int(end[0]), end[1] < bound
+    deleted = c.execute(
+        f"DELETE FROM {table} WHERE rowid > :after AND rowid <= :upto AND {condition}",
+        {"after": after, "upto": upto, "bound": bound},
+    ).rowcount
+    return deleted, upto if more else None
+
+
+def _checkpoint(conn: sqlite3.Connection, wal: str, frames_before: int) -> int:
+    """One background checkpoint: ``PASSIVE``, then ``TRUNCATE`` if the WAL is past
+    :data:`WAL_TRUNCATE_SIZE`, or if nothing was written since the last turn (so an idle
+    server's WAL is back to nothing).
+
+    The ``PASSIVE`` pass first writes back nearly everything without holding writers back,
+    so the ``TRUNCATE`` that may follow has only the last few frames left to copy.
+
+    Returns:
+        The frames in the WAL at the ``PASSIVE`` pass, for the next turn's ``frames_before``.
+    """
+    _, frames, written_back = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    try:
+        size = os.stat(wal).st_size
+    except FileNotFoundError:
+        return -1
+    idle = frames == frames_before == written_back > 0
+    if idle or size > WAL_TRUNCATE_SIZE:
+        # Gives up (busy) after CHECKPOINT_BUSY_TIMEOUT_MS if readers or a writer hold on;
+        # the next turn tries again.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return int(frames)
 
 
 def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
@@ -1212,9 +1407,43 @@ def _correct_price(c: sqlite3.Connection, object_id: str, actual: int, now: int)
 
 def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
     row = c.execute(
-        "SELECT spent, reserved FROM spend WHERE key_id = ? AND day = ?", (key_id, day)
+        "SELECT spent, reserved, unconfirmed FROM spend WHERE key_id = ? AND day = ?",
+        (key_id, day),
     ).fetchone()
-    return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+    return SpendState(0, 0) if row is None else SpendState(*(int(v) for v in row))
+
+
+def _resolve_pending(c: sqlite3.Connection, now: int) -> tuple[int, int]:
+    """Count every pending reservation at its bound, marked unconfirmed: its request may
+    have reached the vendor before the server stopped without settling it. Only a server
+    holding the file's lock may call this (no request of its own is in flight yet).
+
+    Returns:
+        How many reservations, and how many micro-dollars, were resolved.
+    """
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        count, total = c.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM reservations WHERE state = 'pending'"
+        ).fetchone()
+        if count:
+            c.execute(
+                "UPDATE spend SET reserved = reserved - p.total, spent = spent + p.total,"
+                " unconfirmed = unconfirmed + p.total"
+                " FROM (SELECT key_id, day, sum(amount) AS total FROM reservations"
+                "       WHERE state = 'pending' GROUP BY key_id, day) AS p"
+                " WHERE spend.key_id = p.key_id AND spend.day = p.day"
+            )
+            c.execute(
+                "UPDATE reservations SET state = 'settled', settled_amount = amount,"
+                " unconfirmed = 1, finished_at = ? WHERE state = 'pending'",
+                (now,),
+            )
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    return int(count), int(total)
 
 
 _AUDIT_COLUMNS = (
@@ -1272,12 +1501,18 @@ def _key_from_row(row: Any) -> KeyRecord:
     )
 
 
-def open_store(database_url: str, *, serving: bool = False) -> Store:
+def open_store(
+    database_url: str, *, serving: bool = False, upstream_timeout: float | None = None
+) -> Store:
     """Build the store a database URL names: ``sqlite:///path`` (``sqlite:///:memory:``) or
-    ``postgresql://user@host:port/db`` (with optional ``?schema=...&pool_size=...``).
+    ``postgresql://user@host:port/db`` (with optional ``?schema=...&pool_size=...&
+    lease_seconds=...``).
 
-    ``serving``: the store is a server's (a SQLite file is then locked against a second
-    server, see :class:`SQLiteStore`).
+    ``serving``: the store is a server's: a SQLite file is then locked against a second
+    server, and reservations a stopped server left pending are resolved when it opens (see
+    :class:`SQLiteStore`); a PostgreSQL replica keeps leases on its reservations and
+    resolves those of replicas that stopped, ``upstream_timeout`` seconds after their lease
+    lapsed.
 
     Raises:
         ValueError: an unsupported or malformed URL.
@@ -1287,6 +1522,6 @@ def open_store(database_url: str, *, serving: bool = False) -> Store:
     if database_url.startswith(("postgresql://", "postgres://")):
         from keybrake.server.postgres import PostgresStore
 
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, serving=serving, upstream_timeout=upstream_timeout)
     scheme = database_url.partition(":")[0]
     raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite:///path)")
