@@ -15,7 +15,7 @@ from keybrake.server.store import (
     SpendState,
     SQLiteStore,
 )
-from tests.pg import migrated_schema
+from tests.pg import migrated_schema, private_postgres
 
 DAY = "2026-12-02"
 NOW = 1_000_000
@@ -97,3 +97,31 @@ async def test_postgres_replicas_resolve_what_a_stopped_replica_left_pending() -
         finally:
             await living.close()
             await dying.close()
+
+
+async def test_postgres_settlements_acknowledged_survive_a_database_crash() -> None:
+    """Every settlement the store acknowledged is there after an immediate stop (a crash of
+    PostgreSQL: no checkpoint, WAL buffers not flushed)."""
+    with private_postgres() as cluster:
+        async with migrated_schema(cluster.url) as url:
+            store = PostgresStore(url)
+            await store.open()
+            try:
+                await store.insert_key(key())
+                ids = [f"r{i}" for i in range(40)]
+                for rid in ids:
+                    await store.reserve(Reservation(rid, "vk_1", DAY, 1000), NOW)
+                for rid in ids:
+                    assert await store.settle(rid, Settlement(900), NOW)
+                await asyncio.to_thread(cluster.stop, "immediate")
+            finally:
+                await store.close()
+            await asyncio.to_thread(cluster.start)
+            store = PostgresStore(url)
+            await store.open()
+            try:
+                states = [e.state for e in await store.ledger("vk_1")]
+                assert states == ["settled"] * 40
+                assert await store.spend("vk_1", DAY) == SpendState(36_000, 0)
+            finally:
+                await store.close()
