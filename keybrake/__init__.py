@@ -23,6 +23,7 @@ from keybrake._errors import (
     VaultKeyRevoked,
     VendorError,
 )
+from keybrake._key_spec import KeySpec
 from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
 from keybrake._retry import RetryPolicy
 from keybrake._vault_key import VaultKey
@@ -39,6 +40,7 @@ __all__ = [
     "IssuanceError",
     "IssuedKey",
     "KeyInfo",
+    "KeySpec",
     "Keybrake",
     "KeybrakeError",
     "KeybrakeTimeout",

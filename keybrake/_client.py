@@ -7,52 +7,24 @@ import json
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
-from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
-from keybrake._common import parse_duration, to_micros
 from keybrake._config import ClientConfig
 from keybrake._errors import ConfigurationError, KeybrakeError, KeybrakeUnavailable
+from keybrake._key_spec import Cap, Duration, KeySpec, duration_seconds
 from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
 from keybrake._retry import DEFAULT_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Keybrake", "decode_error", "duration_seconds"]
+__all__ = ["Keybrake", "decode_error"]
 
 USER_AGENT = "keybrake-python"
-
-
-def duration_seconds(value: str | int | timedelta, name: str) -> int:
-    """Validate a TTL-like argument and give it as whole seconds.
-
-    Raises:
-        ConfigurationError: not a positive duration.
-    """
-    try:
-        delta = parse_duration(value)
-    except ValueError as exc:
-        raise ConfigurationError(f"{name}: {exc}") from None
-    return max(1, int(delta.total_seconds()))
-
-
-def cap_string(cap: int | str | Decimal) -> str:
-    """Validate a USD cap and give it as the decimal string the API takes.
-
-    Raises:
-        ConfigurationError: not a non-negative USD amount (floats are refused).
-    """
-    try:
-        to_micros(cap)
-    except ValueError as exc:
-        raise ConfigurationError(f"cap: {exc}") from None
-    return str(cap)
 
 
 def decode_error(
@@ -184,39 +156,70 @@ class Keybrake:
 
     async def issue_key(
         self,
-        vendor: str,
-        endpoints: list[str] | tuple[str, ...],
+        vendor: KeySpec | str,
+        endpoints: list[str] | tuple[str, ...] | None = None,
         *,
-        cap: int | str | Decimal,
-        ttl: str | int | timedelta,
-        label: str = "",
-        max_lifetime: str | int | timedelta | None = None,
+        cap: Cap | None = None,
+        ttl: Duration | None = None,
+        label: str | None = None,
+        max_lifetime: Duration | None = None,
         metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
         idempotency_key: str | None = None,
     ) -> IssuedKey:
         """Issue a vault key. Retried on transient failures without ever making two keys.
 
+        ``issue_key(spec)`` issues the key a :class:`KeySpec` describes (its ``keepalive``
+        is not used: keeping a key alive is what ``VaultKey`` does); ``issue_key(vendor,
+        endpoints, cap=..., ttl=..., ...)`` builds that spec from the arguments.
         ``stripe_account`` pins a Stripe key to one connected account (``Stripe-Account``).
 
         Raises:
-            ConfigurationError: no master token, or a bad argument.
+            ConfigurationError: no master token, or a bad argument (see :class:`KeySpec`).
             IssuanceError: the API refused (bad request, ...).
             KeybrakeUnavailable: the API could not be reached within the retry policy.
+            TypeError: a spec together with the fields it holds, or neither.
         """
+        if isinstance(vendor, KeySpec):
+            fields: dict[str, object] = {
+                "endpoints": endpoints,
+                "cap": cap,
+                "ttl": ttl,
+                "label": label,
+                "max_lifetime": max_lifetime,
+                "metadata": metadata,
+                "stripe_account": stripe_account,
+            }
+            given = [name for name, value in fields.items() if value is not None]
+            if given:
+                raise TypeError(f"with a KeySpec, give {', '.join(given)} in the spec")
+            spec = vendor
+        elif endpoints is None or cap is None or ttl is None:
+            raise TypeError("give a KeySpec, or a vendor with endpoints, cap and ttl")
+        else:
+            spec = KeySpec(
+                vendor,
+                endpoints,
+                cap,
+                ttl,
+                label=label,
+                max_lifetime=max_lifetime,
+                metadata=metadata,
+                stripe_account=stripe_account,
+            )
         body: dict[str, Any] = {
-            "vendor": vendor,
-            "allowed_endpoints": list(endpoints),
-            "daily_usd_cap": cap_string(cap),
-            "expires_in": duration_seconds(ttl, "ttl"),
-            "label": label,
+            "vendor": spec.vendor,
+            "allowed_endpoints": list(spec.endpoints),
+            "daily_usd_cap": str(spec.cap),
+            "expires_in": spec.ttl_seconds,
+            "label": spec.label or "",
         }
-        if max_lifetime is not None:
-            body["max_lifetime"] = duration_seconds(max_lifetime, "max_lifetime")
-        if metadata:
-            body["metadata"] = dict(metadata)
-        if stripe_account is not None:
-            body["stripe_account"] = stripe_account
+        if spec.max_lifetime is not None:
+            body["max_lifetime"] = int(spec.max_lifetime.total_seconds())
+        if spec.metadata:
+            body["metadata"] = dict(spec.metadata)
+        if spec.stripe_account is not None:
+            body["stripe_account"] = spec.stripe_account
         headers = {"Idempotency-Key": idempotency_key or f"kb-{uuid.uuid4()}"}
         data = await self._api("POST", "/v1/keys", body=body, headers=headers)
         return IssuedKey.from_json(data)
@@ -277,7 +280,7 @@ class Keybrake:
         async for item in self._pages("/v1/usage", {"key_id": key_id, "day": day}, page_size):
             yield UsageRecord.from_json(item)
 
-    async def refresh_key(self, key_id: str, *, expires_in: str | int | timedelta) -> Lease:
+    async def refresh_key(self, key_id: str, *, expires_in: Duration) -> Lease:
         """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.
 
         Raises:

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import attrs
 
-from keybrake._client import Keybrake, cap_string, duration_seconds
+from keybrake._client import Keybrake
+from keybrake._config import ClientConfig
 from keybrake._errors import (
     ConfigurationError,
     IssuanceError,
@@ -23,6 +24,7 @@ from keybrake._errors import (
     VaultKeyExpired,
     VaultKeyRevoked,
 )
+from keybrake._key_spec import Cap, Duration, KeySpec
 from keybrake._models import IssuedKey
 from keybrake._transport import ProxyTransport
 from keybrake.vendors.stripe.client import StripeClient
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     import twilio.rest as twilio_sdk
     from typing_extensions import Self
 
-__all__ = ["REVOKE_TIMEOUT", "VaultKey"]
+__all__ = ["REVOKE_TIMEOUT", "KeyOptions", "RunOptions", "VaultKey", "resolve_spec"]
 
 log = logging.getLogger("keybrake")
 
@@ -81,6 +83,88 @@ class _OfficialClient:
     close_async: Callable[[], Awaitable[object]] | None
 
 
+class RunOptions(TypedDict, total=False):
+    """How a :class:`VaultKey` runs, apart from what its :class:`KeySpec` says.
+
+    The keyword options of :meth:`VaultKey.from_spec`, which ``@vault_key`` and the
+    integrations pass on.
+    """
+
+    client: Keybrake | None
+    on_lost: Callable[[KeybrakeError], object] | None
+    cancel_on_loss: bool
+    token: str | None
+    api_url: str | None
+    proxy_url: str | None
+
+
+class KeyOptions(RunOptions, total=False):
+    """The keyword options of ``VaultKey(vendor, endpoints, cap, ttl, ...)`` after ``label``.
+
+    What ``@vault_key(vendor, endpoints, cap=..., ttl=..., **options)`` and the integrations
+    accept besides a :class:`KeySpec`'s first fields.
+    """
+
+    keepalive: bool
+    max_lifetime: Duration | None
+    metadata: Mapping[str, str] | None
+    stripe_account: str | None
+
+
+_SPEC_OPTIONS = frozenset(KeyOptions.__optional_keys__ - RunOptions.__optional_keys__)
+_RUN_OPTIONS = RunOptions.__optional_keys__
+
+
+def resolve_spec(
+    spec: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None,
+    *,
+    cap: Cap | None,
+    ttl: Duration | None,
+    label: str | None,
+    options: KeyOptions,
+) -> tuple[KeySpec, RunOptions]:
+    """The spec and run options of a ``(spec | vendor, endpoints, cap=, ttl=, ...)`` call.
+
+    ``@vault_key`` and every integration take either a :class:`KeySpec` (with only run
+    options beside it) or the spec's fields one by one; this checks both, once, where the
+    key is defined: the spec's values, the options' names, and the client settings
+    (``token``, ``api_url``, ``proxy_url``) when no ``client`` is shared.
+
+    Raises:
+        ConfigurationError: a bad value (see :class:`KeySpec`) or client setting.
+        TypeError: an unknown option, a spec together with the fields it already holds, or
+            neither.
+    """
+    unknown = set(options) - _SPEC_OPTIONS - _RUN_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown vault key option(s): {', '.join(sorted(unknown))}")
+    spec_options = {k: v for k, v in options.items() if k in _SPEC_OPTIONS}
+    run: RunOptions = {k: v for k, v in options.items() if k in _RUN_OPTIONS}  # type: ignore[assignment]
+    if isinstance(spec, KeySpec):
+        given = [
+            name
+            for name, value in [
+                ("endpoints", endpoints),
+                ("cap", cap),
+                ("ttl", ttl),
+                ("label", label),
+            ]
+            if value is not None
+        ] + sorted(spec_options)
+        if given:
+            raise TypeError(f"with a KeySpec, give {', '.join(given)} in the spec, not beside it")
+    else:
+        if endpoints is None or cap is None or ttl is None:
+            raise TypeError("give a KeySpec, or a vendor with endpoints, cap and ttl")
+        spec = KeySpec(spec, endpoints, cap, ttl, label=label, **spec_options)  # type: ignore[arg-type]
+    if run.get("client") is None:
+        ClientConfig.resolve(
+            token=run.get("token"), api_url=run.get("api_url"), proxy_url=run.get("proxy_url")
+        )
+    return spec, run
+
+
 class VaultKey:
     """A vault key for one block of work: issued on enter, kept alive, revoked on exit.
 
@@ -89,23 +173,17 @@ class VaultKey:
         async with VaultKey("stripe", ["/v1/payment_intents"], cap=500, ttl="5m") as vk:
             await vk.stripe.payment_intents.create(amount=2000, currency="usd")
 
+    or, from a :class:`KeySpec` written down once, ``VaultKey.from_spec(spec)``.
+
     Revocation runs however the block ends (normally, by exception, cancellation, timeout
     or ``KeyboardInterrupt``). It is shielded from further cancellation, bounded by
     :data:`REVOKE_TIMEOUT`, never hides the block's own exception, and re-raises a
     cancellation.
 
     Args:
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: allowed endpoint patterns (``"[METHOD ]/path"``, ``*``, trailing ``/**``).
-        cap: daily spend cap in USD (int, decimal string or Decimal).
-        ttl: time to live (``"30s"``, ``"5m"``, ``"2h"``, seconds, or a timedelta).
-        label: a name for the key in logs and listings.
-        keepalive: refresh the key while the block runs (default True).
-        max_lifetime: a hard age limit enforced by the server; keepalive stops there.
+        vendor, endpoints, cap, ttl, label, keepalive, max_lifetime, metadata,
+            stripe_account: what the key may do, as for :class:`KeySpec`.
         client: a :class:`Keybrake` client to share; otherwise one is created and closed here.
-        metadata: string pairs stored with the key.
-        stripe_account: Stripe keys only: the connected account (``"acct_..."``) every
-            request acts on; the proxy refuses a request naming any other.
         on_lost: called with the error when keepalive finds the key revoked or expired.
         cancel_on_loss: also cancel the task running the block when the key is lost.
         token, api_url, proxy_url: passed to the :class:`Keybrake` client created here.
@@ -118,12 +196,12 @@ class VaultKey:
         self,
         vendor: str,
         endpoints: list[str] | tuple[str, ...],
-        cap: int | str | Decimal,
-        ttl: str | int | timedelta,
+        cap: Cap,
+        ttl: Duration,
         *,
         label: str | None = None,
         keepalive: bool = True,
-        max_lifetime: str | int | timedelta | None = None,
+        max_lifetime: Duration | None = None,
         client: Keybrake | None = None,
         metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
@@ -133,20 +211,70 @@ class VaultKey:
         api_url: str | None = None,
         proxy_url: str | None = None,
     ) -> None:
-        if isinstance(endpoints, str) or not endpoints:
-            raise ConfigurationError("endpoints must be a non-empty list of patterns")
-        self.vendor = vendor
-        self.endpoints = tuple(endpoints)
-        self.cap = cap
-        cap_string(cap)
-        self.ttl_seconds = duration_seconds(ttl, "ttl")
-        self.max_lifetime = max_lifetime
-        if max_lifetime is not None:
-            duration_seconds(max_lifetime, "max_lifetime")
-        self.label = label or ""
-        self.keepalive = keepalive
-        self.metadata = dict(metadata or {})
-        self.stripe_account = stripe_account
+        spec = KeySpec(
+            vendor,
+            endpoints,
+            cap,
+            ttl,
+            label=label,
+            keepalive=keepalive,
+            max_lifetime=max_lifetime,
+            metadata=metadata,
+            stripe_account=stripe_account,
+        )
+        self._setup(
+            spec,
+            client=client,
+            on_lost=on_lost,
+            cancel_on_loss=cancel_on_loss,
+            token=token,
+            api_url=api_url,
+            proxy_url=proxy_url,
+        )
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: KeySpec,
+        *,
+        client: Keybrake | None = None,
+        on_lost: Callable[[KeybrakeError], object] | None = None,
+        cancel_on_loss: bool = False,
+        token: str | None = None,
+        api_url: str | None = None,
+        proxy_url: str | None = None,
+    ) -> Self:
+        """A vault key as ``spec`` describes it; the other arguments are as for ``VaultKey``.
+
+        Raises:
+            ConfigurationError: a bad client setting (``api_url``, ``proxy_url``).
+        """
+        if not isinstance(spec, KeySpec):
+            raise TypeError(f"from_spec() needs a KeySpec, not {type(spec).__name__}")
+        key = cls.__new__(cls)
+        key._setup(
+            spec,
+            client=client,
+            on_lost=on_lost,
+            cancel_on_loss=cancel_on_loss,
+            token=token,
+            api_url=api_url,
+            proxy_url=proxy_url,
+        )
+        return key
+
+    def _setup(
+        self,
+        spec: KeySpec,
+        *,
+        client: Keybrake | None,
+        on_lost: Callable[[KeybrakeError], object] | None,
+        cancel_on_loss: bool,
+        token: str | None,
+        api_url: str | None,
+        proxy_url: str | None,
+    ) -> None:
+        self.spec = spec
         self.on_lost = on_lost
         self.cancel_on_loss = cancel_on_loss
         if client is None:
@@ -164,6 +292,44 @@ class VaultKey:
         self._stripe: StripeClient | None = None
         self._twilio: TwilioClient | None = None
         self._official_clients: list[_OfficialClient] = []
+
+    # -- the spec's fields, as attributes ---------------------------------------------------
+
+    @property
+    def vendor(self) -> str:
+        return self.spec.vendor
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.spec.endpoints
+
+    @property
+    def cap(self) -> Decimal:
+        return self.spec.cap
+
+    @property
+    def ttl_seconds(self) -> int:
+        return self.spec.ttl_seconds
+
+    @property
+    def max_lifetime(self) -> timedelta | None:
+        return self.spec.max_lifetime
+
+    @property
+    def label(self) -> str:
+        return self.spec.label or ""
+
+    @property
+    def keepalive(self) -> bool:
+        return self.spec.keepalive
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return self.spec.metadata
+
+    @property
+    def stripe_account(self) -> str | None:
+        return self.spec.stripe_account
 
     # -- what the block sees ---------------------------------------------------------------
 
@@ -314,17 +480,7 @@ class VaultKey:
             raise ConfigurationError(f"a VaultKey can be entered only once (it is {self._state})")
         self._state = "opening"
         issue = asyncio.ensure_future(
-            self._client.issue_key(
-                self.vendor,
-                self.endpoints,
-                cap=self.cap,
-                ttl=self.ttl_seconds,
-                label=self.label,
-                max_lifetime=self.max_lifetime,
-                metadata=self.metadata,
-                stripe_account=self.stripe_account,
-                idempotency_key=f"kb-{uuid.uuid4()}",
-            )
+            self._client.issue_key(self.spec, idempotency_key=f"kb-{uuid.uuid4()}")
         )
         try:
             self._issued = await asyncio.shield(issue)
