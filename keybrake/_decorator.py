@@ -6,11 +6,15 @@ import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from keybrake._vault_key import VaultKey
+import attrs
+
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions, VaultKey, resolve_spec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["vault_key"]
 
@@ -55,13 +59,13 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
 
 
 def vault_key(
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     label: str | None = None,
-    **options: Any,
+    **options: Unpack[KeyOptions],
 ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Coroutine[Any, Any, R]]]:
     """Issue a vault key for each call of the decorated ``async def`` and revoke it after.
 
@@ -72,21 +76,30 @@ def vault_key(
         @vault_key("stripe", ["/v1/refunds"], cap=100, ttl="2m")
         async def refund(charge_id: str, amount: int, vk: VaultKey) -> dict: ...
 
+        REFUNDS = KeySpec("stripe", ["/v1/refunds"], cap=100, ttl="2m")
+
+        @vault_key(REFUNDS, client=kb)
+        async def refund_again(charge_id: str, vk: VaultKey) -> dict: ...
+
     Every other parameter stays as it is, in its place: a framework's context parameter
     (``RunContextWrapper``, ``RunContext``, an arq ``ctx``) stays first. The wrapper's
     annotations are resolved in the function's module when it is decorated (string
     annotations included), so frameworks that read type hints see real types.
 
     Args:
-        vendor, endpoints, cap, ttl: as for :class:`VaultKey`.
+        vendor: a :class:`KeySpec`, or the vendor followed by ``endpoints``, ``cap`` and
+            ``ttl`` (as for :class:`VaultKey`).
         label: the key's label; defaults to the function's qualified name.
-        **options: any other :class:`VaultKey` keyword option (``client``, ``metadata``, ...).
+        **options: with a vendor, any other :class:`VaultKey` keyword option
+            (``metadata``, ``max_lifetime``, ``client``, ...); with a spec, only ``client``,
+            ``on_lost``, ``cancel_on_loss``, ``token``, ``api_url`` and ``proxy_url``.
 
     Raises:
-        TypeError: the function is not ``async def``, or has no single ``VaultKey`` parameter.
+        ConfigurationError: a bad key option, here rather than on the first call.
+        TypeError: the function is not ``async def``, or has no single ``VaultKey`` parameter;
+            an unknown option, or a spec together with the fields it holds.
     """
-    # Validate the key options once, at decoration time, not on the first call.
-    VaultKey(vendor, endpoints, cap, ttl, **{**options, "keepalive": False})
+    key_spec, run = resolve_spec(vendor, endpoints, cap=cap, ttl=ttl, label=label, options=options)
 
     def decorate(fn: Callable[..., Awaitable[R]]) -> Callable[..., Coroutine[Any, Any, R]]:
         if not inspect.iscoroutinefunction(fn):
@@ -97,7 +110,7 @@ def vault_key(
         hidden = _key_parameter(fn, hints)
         full = _signature(fn)
         visible = full.replace(parameters=[p for p in full.parameters.values() if p.name != hidden])
-        key_label = label or fn.__qualname__
+        fn_spec = key_spec if key_spec.label else attrs.evolve(key_spec, label=fn.__qualname__)
         # With a *args parameter, everything before it must be passed by position.
         positional_kinds: set[Any] = {inspect.Parameter.POSITIONAL_ONLY}
         if any(p.kind is p.VAR_POSITIONAL for p in full.parameters.values()):
@@ -107,7 +120,7 @@ def vault_key(
         async def wrapper(*args: Any, **kwargs: Any) -> R:
             bound = visible.bind(*args, **kwargs)
             bound.apply_defaults()
-            async with VaultKey(vendor, endpoints, cap, ttl, label=key_label, **options) as vk:
+            async with VaultKey.from_spec(fn_spec, **run) as vk:
                 call_args: list[Any] = []
                 call_kwargs: dict[str, Any] = {}
                 for param in full.parameters.values():

@@ -6,9 +6,10 @@ import inspect
 import typing
 from typing import Any
 
+import attrs
 import pytest
 
-from keybrake import Keybrake, VaultKey, vault_key
+from keybrake import ConfigurationError, Keybrake, KeySpec, VaultKey, vault_key
 from tests.conftest import SEED_ENDPOINTS
 
 
@@ -80,3 +81,40 @@ async def test_key_options_pass_through(kb: Keybrake) -> None:
     info = await kb.get_key(await check())
     assert info.label == "refunds"
     assert info.metadata == {"team": "billing"}
+
+
+async def test_a_spec_describes_the_key(kb: Keybrake) -> None:
+    refunds = KeySpec("stripe", SEED_ENDPOINTS, cap=1, ttl="1m", metadata={"team": "billing"})
+
+    @vault_key(refunds, client=kb)
+    async def check(vk: VaultKey) -> str:
+        assert vk.spec.metadata == {"team": "billing"}
+        return vk.id
+
+    @vault_key(attrs.evolve(refunds, label="refunds"), client=kb)
+    async def labelled(vk: VaultKey) -> str:
+        return vk.id
+
+    info = await kb.get_key(await check())
+    assert info.label.endswith("check")  # a spec without a label: the function's name
+    assert info.metadata == {"team": "billing"}
+    assert (await kb.get_key(await labelled())).label == "refunds"
+
+
+def test_bad_options_fail_at_decoration() -> None:
+    with pytest.raises(ConfigurationError, match="no-slash"):
+        vault_key("stripe", ["no-slash"], cap=1, ttl=60)
+    with pytest.raises(ConfigurationError, match="Stripe keys only"):
+        vault_key("twilio", ["/x"], cap=1, ttl=60, stripe_account="acct_1")
+    with pytest.raises(ConfigurationError, match="api_url"):
+        vault_key("stripe", ["/x"], cap=1, ttl=60, api_url="ftp://nope")
+    with pytest.raises(TypeError, match="unknown vault key option"):
+        vault_key("stripe", ["/x"], cap=1, ttl=60, clinet=None)  # type: ignore[call-arg]
+
+
+def test_a_spec_is_not_given_twice() -> None:
+    spec = KeySpec("stripe", ["/x"], cap=1, ttl=60)
+    with pytest.raises(TypeError, match="cap, metadata in the spec"):
+        vault_key(spec, cap=2, metadata={"a": "b"})
+    with pytest.raises(TypeError, match="endpoints, cap and ttl"):
+        vault_key("stripe", ["/x"])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+import attrs
 
 from keybrake._errors import KeybrakeError
-from keybrake._vault_key import VaultKey
+from keybrake._key_spec import KeySpec
+from keybrake._vault_key import RunOptions, VaultKey
 
 __all__ = [
     "DEFAULT_LABEL_HEADERS",
@@ -52,32 +54,24 @@ def request_label(
 
 
 async def open_request_key(
-    vendor: str,
-    endpoints: Sequence[str],
-    cap: Any,
-    ttl: Any,
+    spec: KeySpec,
+    run: RunOptions,
     *,
     label: str,
     headers: Mapping[str, str],
     label_headers: Sequence[str],
-    metadata: Mapping[str, str],
-    key_options: Mapping[str, Any],
 ) -> VaultKey:
     """Issue (enter) a request's vault key, labelled from its headers.
+
+    The key is ``spec`` with ``label`` and the named headers' values as its label, and
+    those values added to its metadata (the spec's own pairs win).
 
     Raises:
         KeybrakeError: keybrake could not issue it (logged; the caller answers 503).
     """
     key_label, from_headers = request_label(label, headers, label_headers)
-    key = VaultKey(
-        vendor,
-        list(endpoints),
-        cap,
-        ttl,
-        label=key_label,
-        metadata={**from_headers, **metadata},
-        **key_options,
-    )
+    request_spec = attrs.evolve(spec, label=key_label, metadata={**from_headers, **spec.metadata})
+    key = VaultKey.from_spec(request_spec, **run)
     try:
         await key.__aenter__()
     except KeybrakeError as exc:

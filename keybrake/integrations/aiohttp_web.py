@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keybrake._errors import KeybrakeError
-from keybrake._vault_key import VaultKey
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions, VaultKey, resolve_spec
 from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._http import (
     DEFAULT_LABEL_HEADERS,
@@ -45,6 +44,9 @@ try:
     web.RequestKey  # noqa: B018 - aiohttp 3.14 and later
 except (ImportError, AttributeError) as exc:
     raise missing_extra("aiohttp_web", "aiohttp 3.14 or later", "aiohttp-web") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_LABEL_HEADERS",
@@ -66,16 +68,16 @@ def _route_template(request: web.Request) -> str:
 
 
 def vault_key_middleware(
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     path_prefix: str = "/",
     label: str | None = None,
     label_headers: Sequence[str] = DEFAULT_LABEL_HEADERS,
     request_key: web.RequestKey[VaultKey] = VAULT_KEY,
-    **key_options: Any,
+    **key_options: Unpack[KeyOptions],
 ) -> Middleware:
     """An aiohttp.web middleware that issues a vault key for each request it handles.
 
@@ -95,22 +97,26 @@ def vault_key_middleware(
     the handler.
 
     Args:
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: the endpoint patterns the key allows.
-        cap: daily spend cap in USD.
-        ttl: the key's time to live (keepalive extends it while the request runs).
+        vendor: a :class:`keybrake.KeySpec` (its ``label`` starts the key's label),
+            or the vendor, followed by ``endpoints``, ``cap`` and ``ttl``: the endpoint
+            patterns the key allows, its daily spend cap in USD, and its time to live
+            (keepalive extends it while the request runs).
         path_prefix: only requests under this path get a key.
-        label: the start of the key's label.
+        label: the start of the key's label (without a spec).
         label_headers: request headers whose values label the key.
         request_key: where the key goes on the request.
-        **key_options: any other :class:`keybrake.VaultKey` option; pass ``client`` to share
-            one :class:`keybrake.Keybrake` client (and its HTTP session) across requests.
+        **key_options: with a vendor, any other :class:`keybrake.VaultKey` option; with a
+            spec, only ``client``, ``on_lost``, ``cancel_on_loss``, ``token``, ``api_url``
+            and ``proxy_url``. Pass ``client`` to share one :class:`keybrake.Keybrake`
+            client (and its HTTP session) across requests.
 
     Raises:
         ConfigurationError: a bad key option (checked here, not on the first request).
+        TypeError: an unknown option, or a spec together with the fields it holds.
     """
-    VaultKey(vendor, endpoints, cap, ttl, **{**key_options, "keepalive": False})
-    metadata = dict(key_options.pop("metadata", None) or {})
+    key_spec, run = resolve_spec(
+        vendor, endpoints, cap=cap, ttl=ttl, label=label, options=key_options
+    )
     names = tuple(label_headers)
 
     @web.middleware
@@ -119,18 +125,14 @@ def vault_key_middleware(
             return await handler(request)  # not ours, or no route (404, 405): no key
         try:
             key = await open_request_key(
-                vendor,
-                endpoints,
-                cap,
-                ttl,
-                label=label or _route_template(request),
+                key_spec,
+                run,
+                label=key_spec.label or _route_template(request),
                 headers=request.headers,
                 label_headers=names,
-                metadata=metadata,
-                key_options=key_options,
             )
         except KeybrakeError:
-            return web.json_response(unavailable_body(vendor), status=503)
+            return web.json_response(unavailable_body(key_spec.vendor), status=503)
         try:
             request[request_key] = key
             response = await handler(request)

@@ -21,12 +21,16 @@ parameter). This module doesn't import arq; ``pip install 'keybrake[arq]'`` inst
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from keybrake._client import Keybrake
-from keybrake._vault_key import VaultKey
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions, VaultKey, resolve_spec
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["CLIENT", "job_vault_key", "keybrake_shutdown", "keybrake_startup"]
 
@@ -60,45 +64,46 @@ async def keybrake_shutdown(ctx: MutableMapping[str, Any]) -> None:
 
 def job_vault_key(
     ctx: MutableMapping[str, Any],
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     label: str | None = None,
-    **key_options: Any,
+    **key_options: Unpack[KeyOptions],
 ) -> VaultKey:
     """A :class:`keybrake.VaultKey` for the running job, to use as ``async with``.
 
     It uses the worker's client from ``ctx[CLIENT]`` when there is one (see
-    :func:`keybrake_startup`), is labelled ``arq:<job id>`` unless ``label`` is given, and
+    :func:`keybrake_startup`), is labelled ``arq:<job id>`` unless a label is given, and
     carries the job's id and try number in its metadata, so the audit log ties each call
     to a job run. A retried job gets a new key on each try.
 
     Args:
         ctx: the job's context, as arq passes it.
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: the endpoint patterns the key allows.
-        cap: daily spend cap in USD.
-        ttl: the key's time to live (keepalive extends it while the job runs).
-        label: the key's label.
-        **key_options: any other :class:`keybrake.VaultKey` option.
+        vendor: a :class:`keybrake.KeySpec`, or the vendor, followed by ``endpoints``,
+            ``cap`` and ``ttl``: the endpoint patterns the key allows, its daily spend cap
+            in USD and its time to live (keepalive extends it while the job runs).
+        label: the key's label (without a spec).
+        **key_options: with a vendor, any other :class:`keybrake.VaultKey` option; with a
+            spec, only ``client``, ``on_lost``, ``cancel_on_loss``, ``token``, ``api_url``
+            and ``proxy_url``.
 
     Raises:
         ConfigurationError: a bad key option.
+        TypeError: an unknown option, or a spec together with the fields it holds.
     """
-    job_id = str(ctx.get("job_id", ""))
-    metadata = {"arq_job_id": job_id, "arq_job_try": str(ctx.get("job_try", 1))}
-    metadata.update(key_options.pop("metadata", None) or {})
     client = ctx.get(CLIENT)
-    if isinstance(client, Keybrake):
-        key_options.setdefault("client", client)
-    return VaultKey(
-        vendor,
-        endpoints,
-        cap,
-        ttl,
-        label=label or f"arq:{job_id}",
-        metadata=metadata,
-        **key_options,
+    if "client" not in key_options and isinstance(client, Keybrake):
+        key_options["client"] = client
+    key_spec, run = resolve_spec(
+        vendor, endpoints, cap=cap, ttl=ttl, label=label, options=key_options
     )
+    job_id = str(ctx.get("job_id", ""))
+    job_metadata = {"arq_job_id": job_id, "arq_job_try": str(ctx.get("job_try", 1))}
+    job_spec = attrs.evolve(
+        key_spec,
+        label=key_spec.label or f"arq:{job_id}",
+        metadata={**job_metadata, **key_spec.metadata},
+    )
+    return VaultKey.from_spec(job_spec, **run)

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keybrake._errors import KeybrakeError
-from keybrake._vault_key import VaultKey
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions, VaultKey, resolve_spec
 from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._http import (
     DEFAULT_LABEL_HEADERS,
@@ -46,6 +45,9 @@ try:
     from fastapi.responses import JSONResponse
 except ImportError as exc:
     raise missing_extra("fastapi", "FastAPI", "fastapi") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_LABEL_HEADERS",
@@ -96,14 +98,14 @@ def _route_template(request: Request) -> str:
 
 
 def vault_key_dependency(
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     label: str | None = None,
     label_headers: Sequence[str] = DEFAULT_LABEL_HEADERS,
-    **key_options: Any,
+    **key_options: Unpack[KeyOptions],
 ) -> Callable[[Request], AsyncIterator[VaultKey]]:
     """A FastAPI dependency that issues a vault key for each request that uses it.
 
@@ -121,38 +123,37 @@ def vault_key_dependency(
     :class:`VaultKeyUnavailable` and the route answers 503.
 
     Args:
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: the endpoint patterns the key allows.
-        cap: daily spend cap in USD.
-        ttl: the key's time to live (keepalive extends it while the request runs).
-        label: the start of the key's label.
+        vendor: a :class:`keybrake.KeySpec` (its ``label`` starts the key's label),
+            or the vendor, followed by ``endpoints``, ``cap`` and ``ttl``: the endpoint
+            patterns the key allows, its daily spend cap in USD, and its time to live
+            (keepalive extends it while the request runs).
+        label: the start of the key's label (without a spec).
         label_headers: request headers whose values label the key.
-        **key_options: any other :class:`keybrake.VaultKey` option; pass ``client`` to share
-            one :class:`keybrake.Keybrake` client (and its HTTP session) across requests.
+        **key_options: with a vendor, any other :class:`keybrake.VaultKey` option; with a
+            spec, only ``client``, ``on_lost``, ``cancel_on_loss``, ``token``, ``api_url``
+            and ``proxy_url``. Pass ``client`` to share one :class:`keybrake.Keybrake`
+            client (and its HTTP session) across requests.
 
     Raises:
         ConfigurationError: a bad key option (checked here, not on the first request).
+        TypeError: an unknown option, or a spec together with the fields it holds.
     """
-    # Validate the key options once, now, not on the first request.
-    VaultKey(vendor, endpoints, cap, ttl, **{**key_options, "keepalive": False})
-    metadata = dict(key_options.pop("metadata", None) or {})
+    key_spec, run = resolve_spec(
+        vendor, endpoints, cap=cap, ttl=ttl, label=label, options=key_options
+    )
     names = tuple(label_headers)
 
     async def issue_vault_key(request: Request) -> AsyncIterator[VaultKey]:
         try:
             key = await open_request_key(
-                vendor,
-                endpoints,
-                cap,
-                ttl,
-                label=label or _route_template(request),
+                key_spec,
+                run,
+                label=key_spec.label or _route_template(request),
                 headers=request.headers,
                 label_headers=names,
-                metadata=metadata,
-                key_options=key_options,
             )
         except KeybrakeError as exc:
-            raise VaultKeyUnavailable(vendor) from exc
+            raise VaultKeyUnavailable(key_spec.vendor) from exc
         try:
             yield key
         finally:

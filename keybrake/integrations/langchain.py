@@ -20,12 +20,12 @@ turns keybrake's errors into tool messages the model can read. Needs
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keybrake._decorator import vault_key
 from keybrake._errors import KeybrakeError
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions
 from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._tools import model_message, report_key_errors
 
@@ -33,6 +33,9 @@ try:
     from langchain_core.tools import StructuredTool, ToolException
 except ImportError as exc:
     raise missing_extra("langchain", "LangChain (langchain-core)", "langchain") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["vault_key_tool"]
 
@@ -42,16 +45,16 @@ def _tool_exception(exc: KeybrakeError) -> ToolException:
 
 
 def vault_key_tool(
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     label: str | None = None,
     name: str | None = None,
     description: str | None = None,
     parse_docstring: bool = False,
-    **key_options: Any,
+    **key_options: Unpack[KeyOptions],
 ) -> Callable[[Callable[..., Awaitable[Any]]], StructuredTool]:
     """Make an ``async def`` a ``StructuredTool`` that gets a fresh vault key for each call.
 
@@ -62,19 +65,20 @@ def vault_key_tool(
     ``await tool.ainvoke(...)``: the key is issued on the running event loop.
 
     Args:
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: the endpoint patterns the key allows.
-        cap: daily spend cap in USD.
-        ttl: the key's time to live.
+        vendor: a :class:`keybrake.KeySpec`, or the vendor, followed by ``endpoints``,
+            ``cap`` and ``ttl``, as for :func:`keybrake.vault_key`.
         label: the key's label; defaults to the function's qualified name.
         name: the tool's name; defaults to the function's name.
         description: the tool's description; defaults to the docstring.
         parse_docstring: take argument descriptions from a Google-style docstring.
-        **key_options: any other :class:`keybrake.VaultKey` option (``client``, ...).
+        **key_options: with a vendor, any other :class:`keybrake.VaultKey` option
+            (``client``, ``metadata``, ...); with a spec, only ``client``, ``on_lost``,
+            ``cancel_on_loss``, ``token``, ``api_url`` and ``proxy_url``.
 
     Raises:
-        TypeError: the function is not ``async def`` or has no single ``VaultKey``
-            parameter.
+        ConfigurationError: a bad key option (checked here, not on the first call).
+        TypeError: an unknown option, or a spec together with the fields it holds; the
+            function is not ``async def`` or has no single ``VaultKey`` parameter.
     """
     with_key = vault_key(vendor, endpoints, cap=cap, ttl=ttl, label=label, **key_options)
 

@@ -21,12 +21,12 @@ It also works under ``@agent.tool`` (a first ``RunContext`` parameter stays firs
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import keybrake._decorator
 from keybrake._errors import KeybrakeError
+from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._vault_key import KeyOptions
 from keybrake.integrations._extras import missing_extra
 from keybrake.integrations._tools import model_message, report_key_errors
 
@@ -34,6 +34,9 @@ try:
     from pydantic_ai import ToolFailed
 except ImportError as exc:
     raise missing_extra("pydantic_ai", "PydanticAI", "pydantic-ai") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["vault_key"]
 
@@ -45,13 +48,13 @@ def _tool_failed(exc: KeybrakeError) -> ToolFailed:
 
 
 def vault_key(
-    vendor: str,
-    endpoints: list[str] | tuple[str, ...],
+    vendor: KeySpec | str,
+    endpoints: list[str] | tuple[str, ...] | None = None,
     *,
-    cap: int | str | Decimal,
-    ttl: str | int | timedelta,
+    cap: Cap | None = None,
+    ttl: Duration | None = None,
     label: str | None = None,
-    **key_options: Any,
+    **key_options: Unpack[KeyOptions],
 ) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Coroutine[Any, Any, R]]]:
     """:func:`keybrake.vault_key` for PydanticAI tools: keybrake's errors become ``ToolFailed``.
 
@@ -62,16 +65,17 @@ def vault_key(
     run goes on, without spending the tool's retries.
 
     Args:
-        vendor: ``"stripe"`` or ``"twilio"``.
-        endpoints: the endpoint patterns the key allows.
-        cap: daily spend cap in USD.
-        ttl: the key's time to live.
+        vendor: a :class:`keybrake.KeySpec`, or the vendor, followed by ``endpoints``,
+            ``cap`` and ``ttl``, as for :func:`keybrake.vault_key`.
         label: the key's label; defaults to the function's qualified name.
-        **key_options: any other :class:`keybrake.VaultKey` option (``client``, ...).
+        **key_options: with a vendor, any other :class:`keybrake.VaultKey` option
+            (``client``, ``metadata``, ...); with a spec, only ``client``, ``on_lost``,
+            ``cancel_on_loss``, ``token``, ``api_url`` and ``proxy_url``.
 
     Raises:
-        TypeError: the function is not ``async def`` or has no single ``VaultKey``
-            parameter.
+        ConfigurationError: a bad key option (checked here, not on the first call).
+        TypeError: an unknown option, or a spec together with the fields it holds; the
+            function is not ``async def`` or has no single ``VaultKey`` parameter.
     """
     with_key = keybrake._decorator.vault_key(
         vendor, endpoints, cap=cap, ttl=ttl, label=label, **key_options

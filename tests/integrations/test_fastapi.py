@@ -14,7 +14,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import StreamingResponse
 
-from keybrake import Keybrake, VaultKey
+from keybrake import Keybrake, KeySpec, VaultKey
 from keybrake.integrations.fastapi import (
     VaultKeyUnavailable,
     vault_key_dependency,
@@ -188,3 +188,24 @@ async def test_the_docs_example_runs(
         assert lines[1]["payment_intent"].startswith("pi_")
         for key in await keys_issued(kb):
             await wait_until_revoked(kb, key.id)
+
+
+async def test_a_spec_describes_the_requests_key(kb: Keybrake) -> None:
+    spec = KeySpec(
+        "stripe", SEED_ENDPOINTS, cap=50, ttl="1m", label="checkout", metadata={"t": "b"}
+    )
+    payments_key = vault_key_dependency(spec, client=kb, label_headers=["X-User-Id"])
+    app = FastAPI()
+
+    @app.post("/pay")
+    async def pay(vk: Annotated[VaultKey, Depends(payments_key)]) -> dict[str, str]:
+        pi = await vk.stripe.payment_intents.create(amount=2000, currency="usd")
+        return {"id": pi.id, "key": vk.id}
+
+    async with serving(app) as url:
+        status, body = await fetch("POST", f"{url}/pay", headers={"X-User-Id": "u1"})
+    assert status == 200
+    info = await wait_until_revoked(kb, body["key"])
+    assert info.label == "checkout x-user-id=u1"
+    assert info.metadata == {"x-user-id": "u1", "t": "b"}
+    assert info.spent_today_usd == 20

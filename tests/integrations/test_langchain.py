@@ -16,7 +16,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from keybrake import Keybrake, VaultKey, vault_key
+from keybrake import Keybrake, KeySpec, VaultKey, vault_key
 from keybrake.integrations.langchain import vault_key_tool
 from tests.conftest import SEED_ENDPOINTS, RunningServer
 from tests.integrations.conftest import run_example
@@ -164,3 +164,18 @@ async def test_the_docs_example_runs(server: RunningServer) -> None:
     assert "the model sees the parameters ['amount', 'currency']" in out
     assert "tool message (success): pi_" in out
     assert out.strip().endswith("revoked")
+
+
+async def test_a_spec_describes_the_tools_key(kb: Keybrake) -> None:
+    spec = KeySpec("stripe", SEED_ENDPOINTS, cap=50, ttl="1m", metadata={"agent": "billing"})
+
+    @vault_key_tool(spec, client=kb)
+    async def create_payment(amount: int, vk: VaultKey) -> str:
+        """Create a payment intent of `amount` cents."""
+        return (await vk.stripe.payment_intents.create(amount=amount, currency="usd")).id
+
+    assert "vk" not in json.dumps(convert_to_openai_tool(create_payment))
+    assert (await create_payment.ainvoke({"amount": 900})).startswith("pi_")
+    [key] = [k async for k in kb.list_keys()]
+    assert (key.status, key.metadata) == ("revoked", {"agent": "billing"})
+    assert key.label.endswith("create_payment")
