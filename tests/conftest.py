@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import attrs
@@ -12,9 +12,31 @@ from keybrake import Keybrake, RetryPolicy
 from keybrake._localstripe import localstripe_server
 from keybrake.server import ServerConfig, running_server
 from keybrake.server.app import generate_admin_token
+from tests import services
 from tests.prism import prism_twilio_server
 
 pytest_plugins = ["tests.recorder"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test that uses a service's fixture (``twilio_server`` uses ``prism_url``)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = services.FIXTURE_MARKERS.get(fixture)
+            if marker is not None and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """Let :func:`tests.services.require` see which test is running."""
+    services.current = item
+    try:
+        return (yield)
+    finally:
+        services.current = None
+
 
 SEED_ENDPOINTS = ["/v1/payment_intents", "/v1/payment_intents/*"]
 

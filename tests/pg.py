@@ -1,5 +1,8 @@
 """PostgreSQL for the tests: a schema of its own per test on the machine's server, and a
-private throw-away cluster for tests that stop and start the database."""
+private throw-away cluster for tests that stop and start the database.
+
+A test that uses them carries the ``postgres`` marker, else they fail it (tests/services.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import asyncpg
 import attrs
 
 from keybrake.server.postgres import PostgresStore
+from tests.services import require
 
 __all__ = ["PG_URL", "PrivatePostgres", "migrated_schema", "private_postgres"]
 
@@ -27,6 +31,7 @@ PG_URL = os.environ.get("KEYBRAKE_TEST_POSTGRES_URL", "postgresql://postgres@127
 @contextlib.asynccontextmanager
 async def migrated_schema(base_url: str = PG_URL) -> AsyncIterator[str]:
     """A fresh schema with keybrake's tables; yields the store URL; drops it after."""
+    require("postgres")
     schema = "kb_test_" + secrets.token_hex(6)
     url = f"{base_url}?schema={schema}"
     store = PostgresStore(url)
@@ -105,6 +110,7 @@ class PrivatePostgres:
 
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PrivatePostgres]:
+    require("postgres")
     root = Path(tempfile.mkdtemp(prefix="kb-pg-"))
     data = root / "data"
     try:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import asyncpg
+import pytest
 
 from tests.pg import PG_URL
 from tests.test_cli import free_port
@@ -25,6 +26,7 @@ def keybrake(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.postgres
 async def test_migrate_then_serve() -> None:
     schema = "kb_cli_" + secrets.token_hex(4)
     url = f"{PG_URL}?schema={schema}"

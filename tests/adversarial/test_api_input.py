@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,14 +22,17 @@ from tests.pg import migrated_schema
 from tests.server.test_seed_flow import SEED_BODY
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def any_server(
     request: pytest.FixtureRequest, tmp_path: Path, localstripe_url: str
 ) -> AsyncIterator[RunningServer]:
     """A keybrake server on each store: PostgreSQL text can't hold what SQLite takes (NUL)."""
-    async with migrated_schema() as pg_url:
+    async with contextlib.AsyncExitStack() as stack:
         db_path = tmp_path / "keybrake.db"
-        url = f"sqlite:///{db_path}" if request.param == "sqlite" else pg_url
+        if request.param == "sqlite":
+            url = f"sqlite:///{db_path}"
+        else:
+            url = await stack.enter_async_context(migrated_schema())
         config = make_config(db_path, localstripe_url, database_url=url)
         async with running_server(config) as base_url:
             assert config.admin_token is not None

@@ -23,6 +23,9 @@ from keybrake import Keybrake, KeybrakeUnavailable, VaultKey, vault_key
 from keybrake.integrations.arq import CLIENT, job_vault_key, keybrake_shutdown, keybrake_startup
 from tests.conftest import SEED_ENDPOINTS, RunningServer
 from tests.integrations.conftest import keys_issued, run_example
+from tests.services import require
+
+pytestmark = pytest.mark.redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 #: arq's Worker.close() calls redis-py's deprecated close() (arq 0.28 with redis-py 5).
@@ -70,6 +73,7 @@ class Queue:
 
 @pytest.fixture
 async def queue() -> AsyncIterator[Queue]:
+    require("redis")
     try:
         pool = await create_pool(RedisSettings.from_dsn(REDIS_URL), retry=0)
     except Exception as exc:  # pragma: no cover - depends on the machine

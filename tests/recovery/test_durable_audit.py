@@ -93,7 +93,7 @@ async def postgres_server(recorder: Recorder, audit: str) -> AsyncIterator[Serve
             await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def durable(
     request: pytest.FixtureRequest, tmp_path: Path, recorder: Recorder
 ) -> AsyncIterator[Served]:

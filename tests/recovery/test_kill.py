@@ -13,6 +13,8 @@ import asyncio
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.pg import migrated_schema, private_postgres
 from tests.recovery.harness import (
     PRICE_MICROS,
@@ -63,6 +65,7 @@ async def test_sqlite_survives_kill_9_under_load(tmp_path: Path) -> None:
     assert_counted(view, vendor.received)
 
 
+@pytest.mark.postgres
 async def test_postgres_replicas_survive_one_being_killed(tmp_path: Path) -> None:
     async with migrated_schema() as base, recording_vendor() as vendor:
         database = f"{base}&lease_seconds=0.5"
@@ -91,6 +94,7 @@ async def test_postgres_replicas_survive_one_being_killed(tmp_path: Path) -> Non
     assert_counted(view, vendor.received)
 
 
+@pytest.mark.postgres
 async def test_postgres_stopped_at_once_under_load(tmp_path: Path) -> None:
     with private_postgres() as cluster:
         async with migrated_schema(cluster.url) as base, recording_vendor() as vendor:

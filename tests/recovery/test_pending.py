@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from keybrake.server.postgres import PostgresStore
 from keybrake.server.store import (
     KeyRecord,
@@ -71,6 +73,7 @@ async def test_sqlite_resolves_what_the_last_server_left_pending(tmp_path: Path)
         await server.close()
 
 
+@pytest.mark.postgres
 async def test_postgres_replicas_resolve_what_a_stopped_replica_left_pending() -> None:
     async with migrated_schema() as url:
         fast = f"{url}&lease_seconds=0.3"
@@ -99,6 +102,7 @@ async def test_postgres_replicas_resolve_what_a_stopped_replica_left_pending() -
             await dying.close()
 
 
+@pytest.mark.postgres
 async def test_postgres_settlements_acknowledged_survive_a_database_crash() -> None:
     """Every settlement the store acknowledged is there after an immediate stop (a crash of
     PostgreSQL: no checkpoint, WAL buffers not flushed)."""

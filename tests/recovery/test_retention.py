@@ -44,7 +44,7 @@ def micros(day: str, hour: int = 12) -> int:
 BEFORE = micros("2026-03-01", hour=0)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         the_store: Store = SQLiteStore(tmp_path / "kb.db")

@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterator
 
 import aiohttp
+import pytest
 
 from keybrake import Keybrake
 from keybrake.server.postgres import PostgresStore
 from tests.pg import migrated_schema, private_postgres
 from tests.test_cli import free_port
+
+pytestmark = pytest.mark.postgres
 
 ADMIN = "kb_admin_replicas"
 

@@ -28,7 +28,7 @@ DAY = "2026-11-27"
 NOW = 1_000_000
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         the_store: Store = SQLiteStore(tmp_path / "kb.db")
@@ -228,6 +228,7 @@ async def test_admin_tokens_audit_and_usage(store: Store) -> None:
     assert await store.usage("team-b", key_id=None, day=None, limit=10, starting_after=None) == []
 
 
+@pytest.mark.postgres
 async def test_postgres_refuses_an_unknown_schema() -> None:
     async with migrated_schema() as url:
         import asyncpg

@@ -18,6 +18,7 @@ from keybrake.vendors._pricing import PriceReport, PricingRefusal, Quote, Vendor
 from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
 from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
 from keybrake.vendors.twilio.pricing import TwilioPricer, TwilioPricing, sms_segments
+from tests.services import require
 
 ACCOUNT = "AC" + "1" * 32
 MESSAGES = f"/2010-04-01/Accounts/{'AC' + 'f' * 32}/Messages.json"
@@ -257,6 +258,7 @@ async def test_paths_outside_an_account_are_refused(path: str) -> None:
 
 
 def _spec(name: str) -> Any:
+    require("node")  # node_modules: `npm install`
     return json.loads((SPEC_DIR / name).read_text(encoding="utf-8"))
 
 
@@ -296,6 +298,7 @@ def credential_paths() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.node
 def test_the_spec_lists_the_credential_resources_we_know() -> None:
     paths = {path.partition("/Accounts")[2] for _, path in credential_paths()}
     assert {
@@ -309,6 +312,7 @@ def test_the_spec_lists_the_credential_resources_we_know() -> None:
     } <= paths
 
 
+@pytest.mark.node
 async def test_every_credential_resource_of_the_spec_is_refused() -> None:
     for method, template in credential_paths():
         path = re.sub(r"\{[A-Za-z]+\}", "XX1", template)
@@ -579,6 +583,7 @@ async def test_scalar_parameters_may_not_repeat(path: str, form: list[tuple[str,
     assert (refused.value.status, refused.value.code) == (400, "bad_request")
 
 
+@pytest.mark.node
 def test_the_array_parameters_are_the_specs() -> None:
     spec = _spec("twilio_api_v2010.json")
     arrays = {}
