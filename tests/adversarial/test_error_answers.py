@@ -22,7 +22,7 @@ from aiohttp import web
 
 from keybrake.server import running_server
 from keybrake.server.app import create_app
-from keybrake.server.audit import redact
+from keybrake.server.util import redact
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.conftest import TWILIO_ACCOUNT_SID, RunningServer, make_config
 

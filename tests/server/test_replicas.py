@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import aiohttp
 
 from keybrake import Keybrake
-from keybrake.server.postgres import PostgresStore
+from keybrake.server.stores.postgres.store import PostgresStore
 from tests.pg import migrated_schema, private_postgres
 from tests.test_cli import free_port
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keybrake.server.postgres import PostgresStore, SchemaMismatch
-from keybrake.server.store import (
+from keybrake.server.stores.base import (
     AuditEntry,
     IdempotencyConflict,
     IdempotentIssue,
@@ -18,10 +17,11 @@ from keybrake.server.store import (
     ReserveResult,
     Settlement,
     SpendState,
-    SQLiteStore,
     Store,
     StoreUnavailable,
 )
+from keybrake.server.stores.postgres.store import PostgresStore, SchemaMismatch
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.pg import PG_URL, migrated_schema
 
 DAY = "2026-11-27"
@@ -254,7 +254,9 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
     import json
     import sqlite3
 
-    from keybrake.server.store import SCHEMA_VERSION, KeyRecord, SQLiteStore
+    from keybrake.server.stores.base import KeyRecord
+    from keybrake.server.stores.sqlite.schema import SCHEMA_VERSION
+    from keybrake.server.stores.sqlite.store import SQLiteStore
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)

@@ -32,9 +32,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from keybrake.server._http import now_micros
-from keybrake.server.audit import AuditLog, redact_entry
-from keybrake.server.store import (
+from keybrake.server.ledger.audit import AuditLog, redact_entry
+from keybrake.server.stores.base import (
     AuditEntry,
     AuditOp,
     CorrectPriceOp,
@@ -48,6 +47,7 @@ from keybrake.server.store import (
     Store,
     StoreUnavailable,
 )
+from keybrake.server.util import now_micros
 
 __all__ = ["Ledger"]
 
