@@ -1,6 +1,7 @@
 """The PostgreSQL store: many ``keybrake serve`` replicas, one truth (``keybrake[postgres]``).
 
-Same contract as :class:`~keybrake.server.stores.sqlite.store.SQLiteStore`, on an asyncpg connection pool:
+Same contract as :class:`~keybrake.server.stores.sqlite.store.SQLiteStore`, on an asyncpg
+connection pool:
 
 - nothing authoritative is kept in a replica's memory: every request reads the key (so a
   revocation through any replica holds on the very next request through every other) and
@@ -11,6 +12,9 @@ Same contract as :class:`~keybrake.server.stores.sqlite.store.SQLiteStore`, on a
 - when PostgreSQL can't be reached every call raises
   :class:`~keybrake.server.stores.base.StoreUnavailable` (the server answers 503 and forwards
   nothing); the pool reconnects on its own when the database is back.
+
+The module is long because the class is the whole ``Store`` protocol, one short method per
+operation; its SQL and row mapping are in :mod:`~keybrake.server.stores.postgres.sql`.
 """
 
 from __future__ import annotations

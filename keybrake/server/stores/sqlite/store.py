@@ -7,6 +7,10 @@ Spend is kept in integer micro-dollars per key and UTC day, as ``spent`` (settle
 ``reserved`` (in flight). A reservation is one conditional statement
 (``spent + reserved + x <= cap``), never a read-modify-write in Python, so concurrent requests
 can't take a key past its cap.
+
+The module is long because the class is the whole ``Store`` protocol, one short method per
+operation; its statements on a connection are in :mod:`~keybrake.server.stores.sqlite.rows`
+and its schema in :mod:`~keybrake.server.stores.sqlite.schema`.
 """
 
 from __future__ import annotations
