@@ -7,6 +7,7 @@ import hashlib
 import re
 import time
 from datetime import datetime, timezone
+from urllib.parse import unquote
 
 __all__ = ["hash_token", "now_micros", "redact", "to_datetime", "utc_day"]
 
@@ -48,8 +49,13 @@ def redact(text: str) -> str:
     """Hide anything that looks like a credential: a vault key or master token wherever it
     is, the rest of the line after ``Authorization:``, and the credential after ``Bearer``
     or ``Basic`` (Twilio's Basic carries the vault key base64-encoded, out of the first
-    rule's reach). What names the secret is kept, the secret becomes ``***``.
+    rule's reach). What names the secret is kept, the secret becomes ``***``. Text with
+    percent-escapes is decoded first, so an escaped token is caught too.
     """
+    if "%" in text:
+        # An escaped credential (``vault%5Fkey_...``) is one all the same: redact what it
+        # decodes to.
+        text = unquote(text)
     lowered = text.lower()
     if not any(hint in lowered for hint in _HINTS):
         return text  # the common case, without the regex

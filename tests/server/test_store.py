@@ -294,3 +294,15 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     check.close()
+
+
+async def test_an_object_is_counted_per_day(store: Store) -> None:
+    """What a key counted for a vendor object yesterday doesn't pay for acting on it today:
+    staged before midnight and confirmed after, it counts against both days' caps."""
+    await store.insert_key(key(cap=1_000_000))
+    await store.reserve(Reservation("y", "vk_1", "2026-11-26", 1000), NOW)
+    await store.settle("y", Settlement(1000, object_id="pi_1"), NOW)
+    await store.reserve(Reservation("t", "vk_1", DAY, 300), NOW)
+    await store.settle("t", Settlement(300, object_id="pi_1"), NOW)
+    assert await store.counted("vk_1", "pi_1", "2026-11-26") == 1000
+    assert await store.counted("vk_1", "pi_1", DAY) == 300

@@ -344,9 +344,10 @@ class Store(Protocol):
         """Spend of ``day`` counted at its bound because its outcome was lost, in total."""
         ...
 
-    async def counted(self, key_id: str, object_id: str) -> int:
-        """What ``key_id`` counted for vendor object ``object_id``, released reservations
-        left out, in micro-dollars."""
+    async def counted(self, key_id: str, object_id: str, day: str) -> int:
+        """What ``key_id`` counted for vendor object ``object_id`` on UTC ``day``, released
+        reservations left out, in micro-dollars. (Only the day's: an object staged one day
+        and acted on the next counts against the next day's cap too.)"""
         ...
 
     async def reserve(

@@ -482,14 +482,16 @@ class PostgresStore:
 
     # -- spend ledger ---------------------------------------------------------------------
 
-    async def counted(self, key_id: str, object_id: str) -> int:
+    async def counted(self, key_id: str, object_id: str, day: str) -> int:
         value = await self._run(
             lambda c: c.fetchval(
                 "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount"
                 " ELSE amount END), 0)"
-                " FROM reservations WHERE key_id = $1 AND object_id = $2 AND state <> 'released'",
+                " FROM reservations WHERE key_id = $1 AND object_id = $2 AND day = $3"
+                " AND state <> 'released'",
                 key_id,
                 object_id,
+                day,
             )
         )
         return int(value)

@@ -531,13 +531,14 @@ class SQLiteStore:
 
     # -- spend ledger ---------------------------------------------------------------------
 
-    async def counted(self, key_id: str, object_id: str) -> int:
+    async def counted(self, key_id: str, object_id: str, day: str) -> int:
         row = await self._run(
             lambda c: c.execute(
                 "SELECT coalesce(sum(CASE WHEN state = 'settled' THEN settled_amount"
                 " ELSE amount END), 0)"
-                " FROM reservations WHERE key_id = ? AND object_id = ? AND state <> 'released'",
-                (key_id, object_id),
+                " FROM reservations WHERE key_id = ? AND object_id = ? AND day = ?"
+                " AND state <> 'released'",
+                (key_id, object_id, day),
             ).fetchone()
         )
         return int(row[0])
