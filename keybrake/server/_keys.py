@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from keybrake.server.http.upstream import Forwarder
@@ -18,7 +17,6 @@ __all__ = [
     "LEDGER",
     "METRICS",
     "STORE",
-    "UPSTREAM_SESSION",
 ]
 
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
@@ -27,9 +25,5 @@ AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 LEDGER: web.AppKey[Ledger] = web.AppKey("ledger", Ledger)
 #: SHA-256 of the master token given by configuration ("" when none is).
 CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str)
-#: The connection pool to the vendors.
-UPSTREAM_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey(
-    "upstream_session", aiohttp.ClientSession
-)
 #: How proxied requests reach the vendors.
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")

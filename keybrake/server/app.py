@@ -15,7 +15,6 @@ from keybrake.server._keys import (
     LEDGER,
     METRICS,
     STORE,
-    UPSTREAM_SESSION,
 )
 from keybrake.server.api.input import BadRequest
 from keybrake.server.api.routes import Unauthorized
@@ -118,7 +117,6 @@ def create_app(
             # A vendor's cookies must never ride along with another key's request.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        app[UPSTREAM_SESSION] = session
         forwarder = app[FORWARDER] = SessionForwarder(session)
         audit = app[AUDIT] = AuditLog(the_store)
         audit.start()

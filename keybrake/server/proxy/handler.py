@@ -40,7 +40,6 @@ from keybrake.server._keys import (
     LEDGER,
     METRICS,
     STORE,
-    UPSTREAM_SESSION,
 )
 from keybrake.server.config import ServerConfig
 from keybrake.server.http.upstream import (
@@ -358,7 +357,7 @@ class ProxyHandler:
         try:
             quote = await vendor.pricer.quote(
                 vendor_request,
-                functools.partial(_lookup, app[UPSTREAM_SESSION], vendor, lookup_headers),
+                functools.partial(_lookup, app[FORWARDER], vendor, lookup_headers),
                 functools.partial(ledger.counted, key.id),
             )
         except PricingRefusal as refusal:

@@ -3,7 +3,6 @@ ids, pricing look-ups at the vendor and settling an answer."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
@@ -13,12 +12,11 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import attrs
-from yarl import URL
 
 from keybrake._common import EndpointPattern, normalise_path
 from keybrake.server.http.errors import error_body
+from keybrake.server.http.upstream import Forwarder, UpstreamError
 from keybrake.server.ledger.ledger import Ledger
 from keybrake.server.proxy.vendors import Vendor
 from keybrake.server.stores.base import (
@@ -161,27 +159,31 @@ async def _settle_success(
 
 
 async def _lookup(
-    session: aiohttp.ClientSession,
+    forwarder: Forwarder,
     vendor: Vendor,
     headers: list[tuple[str, str]],
     path: str,
 ) -> Mapping[str, Any] | None:
-    """GET a vendor object with the real credential, to bound a request's price."""
+    """GET a vendor object with the real credential, to bound a request's price: through the
+    same forwarder as the requests themselves."""
     assert vendor.authorization is not None
     try:
-        async with session.get(
-            URL(vendor.base + path, encoded=True),
-            headers=[*headers, ("Authorization", vendor.authorization)],
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),
-        ) as response:
-            if response.status == 429 or response.status >= 500:
-                raise _UpstreamDown(f"{vendor.name} answered {response.status}")
-            if response.status != 200:
-                return None  # not found (or not ours to see): the pricer decides
-            data = json.loads(await response.read())
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _UpstreamDown from exc
+        answer = await forwarder.request(
+            vendor.origin,
+            "GET",
+            vendor.origin.prefix + path,
+            [*headers, ("Authorization", vendor.authorization)],
+            b"",
+            timeout=LOOKUP_TIMEOUT,
+        )
+    except UpstreamError as exc:
+        raise _UpstreamDown(f"can't reach {vendor.name}") from exc
+    if answer.status == 429 or answer.status >= 500:
+        raise _UpstreamDown(f"{vendor.name} answered {answer.status}")
+    if answer.status != 200:
+        return None  # not found (or not ours to see): the pricer decides
+    try:
+        data = json.loads(answer.body)
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
