@@ -389,7 +389,7 @@ def scaling(requests: int, database: str, counts: list[int]) -> None:
     """keybrake on PostgreSQL with 1, 2, 4 ... replicas sharing it, under 32 connections."""
     import secrets
 
-    from keybrake.server.postgres import PostgresStore
+    from keybrake.server.stores.postgres.store import PostgresStore
 
     schema = "kb_bench_" + secrets.token_hex(4)
     url = f"{database}{'&' if '?' in database else '?'}schema={schema}"

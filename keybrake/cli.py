@@ -25,8 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    from keybrake.server.pricing import PricingFileError
-    from keybrake.server.store import StoreUnavailable
+    from keybrake.server.proxy.vendors import PricingFileError
+    from keybrake.server.stores.base import StoreUnavailable
 
     try:
         config = ServerConfig.from_env(
@@ -142,9 +142,10 @@ def _store_name(config: object) -> str:
 def _tokens(args: argparse.Namespace) -> int:
     import asyncio
 
+    from keybrake.server.api.tokens import create_admin_token
     from keybrake.server.config import ServerConfig
-    from keybrake.server.store import StoreUnavailable, open_store
-    from keybrake.server.tokens import create_admin_token
+    from keybrake.server.stores import open_store
+    from keybrake.server.stores.base import StoreUnavailable
 
     config = ServerConfig.from_env(database_url=args.database)
 
@@ -229,7 +230,7 @@ def _migrate(args: argparse.Namespace) -> int:
     import asyncio
 
     from keybrake.server.config import ServerConfig
-    from keybrake.server.store import StoreUnavailable
+    from keybrake.server.stores.base import StoreUnavailable
 
     config = ServerConfig.from_env(database_url=args.database)
     if not config.database_url.startswith(("postgresql://", "postgres://")):
@@ -237,7 +238,7 @@ def _migrate(args: argparse.Namespace) -> int:
         return 0
 
     async def run() -> list[int]:
-        from keybrake.server.postgres import PostgresStore
+        from keybrake.server.stores.postgres.store import PostgresStore
 
         store = PostgresStore(config.database_url)
         await store.open(check_schema=False)
@@ -271,8 +272,9 @@ def _prune(args: argparse.Namespace) -> int:
     import asyncio
 
     from keybrake.server.config import ServerConfig
-    from keybrake.server.retention import cutoff
-    from keybrake.server.store import PruneResult, StoreUnavailable, open_store
+    from keybrake.server.ledger.retention import cutoff
+    from keybrake.server.stores import open_store
+    from keybrake.server.stores.base import PruneResult, StoreUnavailable
 
     days = None if args.older_than is None else _older_than(args.older_than)
     if days is None:

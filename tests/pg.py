@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import attrs
 
-from keybrake.server.postgres import PostgresStore
+from keybrake.server.stores.postgres.store import PostgresStore
 from tests.services import require
 
 __all__ = ["PG_URL", "PrivatePostgres", "migrated_schema", "private_postgres"]

@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from keybrake.server import api, proxy
-from keybrake.server._http import error_response, hash_token
 from keybrake.server._keys import (
     AUDIT,
     CONFIGURED_ADMIN_HASH,
@@ -17,16 +15,22 @@ from keybrake.server._keys import (
     LEDGER,
     METRICS,
     STORE,
-    UPSTREAM_SESSION,
 )
-from keybrake.server.audit import AuditLog
+from keybrake.server.api.input import BadRequest
+from keybrake.server.api.routes import Unauthorized
+from keybrake.server.api.routes import add_routes as add_api_routes
+from keybrake.server.api.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 from keybrake.server.config import ServerConfig
-from keybrake.server.ledger import Ledger
-from keybrake.server.metrics import Metrics
-from keybrake.server.retention import Retention
-from keybrake.server.store import Store, StoreUnavailable, open_store
-from keybrake.server.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
-from keybrake.server.upstream import SessionForwarder
+from keybrake.server.http.errors import error_response
+from keybrake.server.http.upstream import SessionForwarder
+from keybrake.server.ledger.audit import AuditLog
+from keybrake.server.ledger.ledger import Ledger
+from keybrake.server.ledger.metrics import Metrics
+from keybrake.server.ledger.retention import Retention
+from keybrake.server.proxy.handler import add_routes as add_proxy_routes
+from keybrake.server.stores import open_store
+from keybrake.server.stores.base import Store, StoreUnavailable
+from keybrake.server.util import hash_token
 
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
@@ -47,11 +51,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     vendor = _vendor_of(request)
     try:
         return await handler(request)
-    except api.Unauthorized:
+    except Unauthorized:
         return error_response(
             401, "unauthorized", "missing or unknown master token (Authorization: Bearer ...)"
         )
-    except api.BadRequest as exc:
+    except BadRequest as exc:
         return error_response(400, "bad_request", exc.message, vendor=vendor, param=exc.param)
     except web.HTTPRequestEntityTooLarge:
         return error_response(
@@ -113,7 +117,6 @@ def create_app(
             # A vendor's cookies must never ride along with another key's request.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        app[UPSTREAM_SESSION] = session
         forwarder = app[FORWARDER] = SessionForwarder(session)
         audit = app[AUDIT] = AuditLog(the_store)
         audit.start()
@@ -140,6 +143,6 @@ def create_app(
             await the_store.close()
 
     app.cleanup_ctx.append(lifecycle)
-    api.add_routes(app)
-    proxy.add_routes(app, config)
+    add_api_routes(app)
+    add_proxy_routes(app, config)
     return app

@@ -9,8 +9,8 @@ from aiohttp import web
 
 from keybrake.server.app import create_app
 from keybrake.server.config import ServerConfig
-from keybrake.server.http_errors import JSONErrorRunner
-from keybrake.server.store import Store
+from keybrake.server.http.server_errors import JSONErrorRunner
+from keybrake.server.stores.base import Store
 
 __all__ = ["running_server"]
 
@@ -35,7 +35,7 @@ async def running_server(
     by :func:`~keybrake.server.app.create_app` from ``config``. Everything it started is
     stopped on exit, requests being served first. Errors aiohttp answers itself (a malformed
     request head, an exception escaping the middleware) are JSON errors too, and its log
-    lines hide credentials (:mod:`keybrake.server.http_errors`).
+    lines hide credentials (:mod:`keybrake.server.http.server_errors`).
     """
     if app is None:
         app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from keybrake.server import running_server
 from keybrake.server.app import create_app
-from keybrake.server.audit import redact
+from keybrake.server.util import redact
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.conftest import TWILIO_ACCOUNT_SID, RunningServer, make_config
 
@@ -183,3 +183,14 @@ async def test_a_token_split_across_packets_stays_out_of_the_log(
     await writer.wait_closed()
     assert b" 400 " in answer.split(b"\r\n", 1)[0]
     assert "S" * 20 not in caplog.text
+
+
+def test_an_escaped_token_is_redacted_too() -> None:
+    token = "vault_key_" + "Q" * 43
+    escaped = "vault%5Fkey_" + "Q" * 43
+    for text in (
+        f"/v1/customers/{escaped}",
+        "/v1/x/" + "".join(f"%{b:02X}" for b in token.encode()),
+    ):
+        assert "Q" * 20 not in redact(text)
+    assert redact("/v1/customers/cus_%41") == "/v1/customers/cus_A"

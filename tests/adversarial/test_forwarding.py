@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keybrake._common import format_usd
-from keybrake.server import proxy as proxy_module
+from keybrake.server.proxy import handler as proxy_module
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.recorder import Proxy, Recorder
 

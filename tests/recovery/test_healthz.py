@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 
 from keybrake.server import running_server
-from keybrake.server.store import AuditEntry, SQLiteStore, StoreUnavailable
+from keybrake.server.stores.base import AuditEntry, StoreUnavailable
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import make_config
 from tests.recorder import Proxy, Recorder
 

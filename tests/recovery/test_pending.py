@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from keybrake.server.postgres import PostgresStore
-from keybrake.server.store import (
+from keybrake.server.stores.base import (
     KeyRecord,
     Reservation,
     ReserveResult,
     Settlement,
     SpendState,
-    SQLiteStore,
 )
+from keybrake.server.stores.postgres.store import PostgresStore
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.pg import migrated_schema, private_postgres
 
 DAY = "2026-12-02"

@@ -15,8 +15,7 @@ import pytest
 
 from keybrake.server import running_server
 from keybrake.server.config import ServerConfig
-from keybrake.server.postgres import PostgresStore
-from keybrake.server.store import (
+from keybrake.server.stores.base import (
     AuditEntry,
     KeyRecord,
     LedgerEntry,
@@ -24,10 +23,11 @@ from keybrake.server.store import (
     Reservation,
     Settlement,
     SpendState,
-    SQLiteStore,
     Store,
     UsageRow,
 )
+from keybrake.server.stores.postgres.store import PostgresStore
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import make_config
 from tests.pg import migrated_schema
 from tests.test_cli_operations import keybrake
@@ -63,8 +63,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Prune in the default chunks, and in chunks of 2 rows (so a pass takes many)."""
     size: int = request.param
-    monkeypatch.setattr("keybrake.server.store.PRUNE_CHUNK", size)
-    monkeypatch.setattr("keybrake.server.postgres.PRUNE_CHUNK", size)
+    monkeypatch.setattr("keybrake.server.stores.sqlite.rows.PRUNE_CHUNK", size)
+    monkeypatch.setattr("keybrake.server.stores.postgres.store.PRUNE_CHUNK", size)
     return size
 
 
@@ -225,7 +225,7 @@ def count(path: Path, table: str) -> int:
 async def test_the_server_prunes_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("keybrake.server.retention.FIRST_PASS_DELAY", 0.0)
+    monkeypatch.setattr("keybrake.server.ledger.retention.FIRST_PASS_DELAY", 0.0)
     db = tmp_path / "kb.db"
     now = now_micros()
     await asyncio.to_thread(seed_database, db, old=now - 40 * DAY, recent=now - DAY)

@@ -9,7 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from keybrake.server import running_server, store
+from keybrake.server import running_server
+from keybrake.server.stores.sqlite import store
 from tests.conftest import make_config
 from tests.recorder import Proxy, Recorder
 

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from keybrake._common import parse_time
-from keybrake.server.store import SQLiteStore, StoreUnavailable
+from keybrake.server.stores.base import StoreUnavailable
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import RunningServer
 from tests.server.test_seed_flow import SEED_BODY
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from keybrake.server import audit
-from keybrake.server.audit import AuditLog
-from keybrake.server.store import AuditEntry, SQLiteStore
+from keybrake.server.ledger import audit
+from keybrake.server.ledger.audit import AuditLog
+from keybrake.server.stores.base import AuditEntry
+from keybrake.server.stores.sqlite.store import SQLiteStore
 
 
 def entry(n: int, *, path: str | None = None, label: str | None = "run") -> AuditEntry:

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from keybrake.server import running_server
-from keybrake.server.store import LedgerEntry, SQLiteStore
+from keybrake.server.stores.base import LedgerEntry
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, RunningServer, make_config
 from tests.recorder import Proxy, Recorder, raw_request
 

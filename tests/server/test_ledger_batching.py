@@ -15,14 +15,13 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keybrake.server import api
-from keybrake.server import ledger as ledger_module
-from keybrake.server._http import hash_token, now_micros, utc_day
 from keybrake.server._keys import LEDGER, STORE
+from keybrake.server.api import routes as api
 from keybrake.server.app import create_app
-from keybrake.server.audit import AuditLog
-from keybrake.server.ledger import Ledger
-from keybrake.server.store import (
+from keybrake.server.ledger import ledger as ledger_module
+from keybrake.server.ledger.audit import AuditLog
+from keybrake.server.ledger.ledger import Ledger
+from keybrake.server.stores.base import (
     AuditEntry,
     CorrectPriceOp,
     FinishOp,
@@ -33,9 +32,10 @@ from keybrake.server.store import (
     ReserveResult,
     Settlement,
     SpendState,
-    SQLiteStore,
     StoreUnavailable,
 )
+from keybrake.server.stores.sqlite.store import SQLiteStore
+from keybrake.server.util import hash_token, now_micros, utc_day
 from tests.conftest import make_config
 
 DOLLAR = 1_000_000

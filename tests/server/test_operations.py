@@ -14,8 +14,8 @@ import pytest
 
 from keybrake import IssuanceError, Keybrake, VaultKey
 from keybrake.server import running_server
-from keybrake.server.store import SQLiteStore
-from keybrake.server.tokens import create_admin_token
+from keybrake.server.api.tokens import create_admin_token
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import SEED_ENDPOINTS, RunningServer, make_config
 from tests.test_cli import free_port
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from keybrake.server import ServerConfig
-from keybrake.server.pricing import PricingFileError, load_pricers
+from keybrake.server.proxy.vendors import PricingFileError, load_pricers
 from keybrake.vendors.stripe.pricing import StripePricer
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from keybrake import Keybrake
-from keybrake.server.postgres import PostgresStore
+from keybrake.server.stores.postgres.store import PostgresStore
 from tests.pg import migrated_schema, private_postgres
 from tests.test_cli import free_port
 

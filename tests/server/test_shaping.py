@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keybrake.server.shaping import (
+from keybrake.server.proxy.shaping import (
     FORM,
     BadRequest,
     canonical_form,

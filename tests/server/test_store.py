@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keybrake.server.postgres import PostgresStore, SchemaMismatch
-from keybrake.server.store import (
+from keybrake.server.stores.base import (
     AuditEntry,
     IdempotencyConflict,
     IdempotentIssue,
@@ -18,10 +17,11 @@ from keybrake.server.store import (
     ReserveResult,
     Settlement,
     SpendState,
-    SQLiteStore,
     Store,
     StoreUnavailable,
 )
+from keybrake.server.stores.postgres.store import PostgresStore, SchemaMismatch
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.pg import PG_URL, migrated_schema
 
 DAY = "2026-11-27"
@@ -255,7 +255,9 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
     import json
     import sqlite3
 
-    from keybrake.server.store import SCHEMA_VERSION, KeyRecord, SQLiteStore
+    from keybrake.server.stores.base import KeyRecord
+    from keybrake.server.stores.sqlite.schema import SCHEMA_VERSION
+    from keybrake.server.stores.sqlite.store import SQLiteStore
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
@@ -293,3 +295,15 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
     with sqlite3.connect(path) as check:
         assert check.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     check.close()
+
+
+async def test_an_object_is_counted_per_day(store: Store) -> None:
+    """What a key counted for a vendor object yesterday doesn't pay for acting on it today:
+    staged before midnight and confirmed after, it counts against both days' caps."""
+    await store.insert_key(key(cap=1_000_000))
+    await store.reserve(Reservation("y", "vk_1", "2026-11-26", 1000), NOW)
+    await store.settle("y", Settlement(1000, object_id="pi_1"), NOW)
+    await store.reserve(Reservation("t", "vk_1", DAY, 300), NOW)
+    await store.settle("t", Settlement(300, object_id="pi_1"), NOW)
+    assert await store.counted("vk_1", "pi_1", "2026-11-26") == 1000
+    assert await store.counted("vk_1", "pi_1", DAY) == 300

@@ -10,7 +10,7 @@ import pytest
 import stripe
 
 from keybrake import Keybrake
-from keybrake.server.store import SQLiteStore
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import RunningServer
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 
 from keybrake import Keybrake
-from keybrake.server.store import SQLiteStore
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import RunningServer
 
 SOME_ACCOUNT = "AC" + "f" * 32

@@ -18,8 +18,8 @@ import attrs
 import pytest
 from yarl import URL
 
-from keybrake.server import upstream
-from keybrake.server.upstream import (
+from keybrake.server.http import upstream
+from keybrake.server.http.upstream import (
     Forwarder,
     Origin,
     SessionForwarder,

@@ -32,9 +32,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from keybrake.server._http import now_micros
-from keybrake.server.audit import AuditLog, redact_entry
-from keybrake.server.store import (
+from keybrake.server.ledger.audit import AuditLog, redact_entry
+from keybrake.server.stores.base import (
     AuditEntry,
     AuditOp,
     CorrectPriceOp,
@@ -48,6 +47,7 @@ from keybrake.server.store import (
     Store,
     StoreUnavailable,
 )
+from keybrake.server.util import now_micros, utc_day
 
 __all__ = ["Ledger"]
 
@@ -179,13 +179,14 @@ class Ledger:
         await self._store.correct_price(object_id, actual, now_micros())
 
     async def counted(self, key_id: str, object_id: str) -> int:
-        """What ``key_id`` counted for a vendor object, settlements still queued included.
+        """What ``key_id`` counted today (UTC) for a vendor object, settlements still queued
+        included.
 
         Raises:
             StoreUnavailable: the store failed.
         """
         self._flush_queue()
-        return await self._store.counted(key_id, object_id)
+        return await self._store.counted(key_id, object_id, utc_day(now_micros()))
 
     async def flush(self) -> None:
         """Write every queued operation now (a no-op unless the store batches)."""

@@ -5,7 +5,7 @@ middleware can't shape its answer: aiohttp answers ``text/plain`` quoting the ra
 around the error (an ``Authorization`` line included) and logs the same bytes. The same goes
 for an exception that escapes the middleware (aiohttp's ``500`` page). Here those answers
 become keybrake's JSON errors, which never echo the request, and aiohttp's own log lines go
-through :data:`SERVER_LOG`, which hides credentials (:func:`~keybrake.server.audit.redact`).
+through :data:`SERVER_LOG`, which hides credentials (:func:`~keybrake.server.util.redact`).
 
 What this relies on in aiohttp (3.14), checked end to end by
 ``tests/adversarial/test_error_answers.py``:
@@ -26,8 +26,8 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 from aiohttp.http_exceptions import LineTooLong
 
-from keybrake.server._http import error_body
-from keybrake.server.audit import redact
+from keybrake.server.http.errors import error_body
+from keybrake.server.util import redact
 
 __all__ = ["SERVER_LOG", "JSONErrorRunner", "RedactingFilter"]
 

@@ -100,10 +100,13 @@ class Forwarder(Protocol):
         target: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        *,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send ``method target`` to ``origin`` and read the whole answer.
 
-        ``target`` is the path and query, already under ``origin.prefix``.
+        ``target`` is the path and query, already under ``origin.prefix``; ``timeout``, if
+        given, is this exchange's limit instead of the forwarder's.
 
         Raises:
             UpstreamUnreachable: nothing was sent.
@@ -128,11 +131,20 @@ class SessionForwarder:
         target: str,
         headers: list[tuple[str, str]],
         body: bytes,
+        *,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
         url = URL(f"{origin.scheme}://{origin.authority}{target}", encoded=True)
+        # The session's own limit, unless this exchange has one (``None`` would mean none).
+        limit = self._session.timeout if timeout is None else aiohttp.ClientTimeout(timeout)
         try:
             async with self._session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+                timeout=limit,
             ) as response:
                 payload = await _read_bounded(response)
         except aiohttp.ClientConnectorError as exc:

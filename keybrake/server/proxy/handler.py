@@ -1,7 +1,7 @@
 """The enforcing reverse proxy: ``ANY /{vendor}/{vendor path}``.
 
 For every request, in order: refuse headers that can be read two ways (400, see
-:mod:`keybrake.server.shaping`), find the key by the hash of its token (401), check its
+:mod:`keybrake.server.proxy.shaping`), find the key by the hash of its token (401), check its
 status and vendor (401/403), normalise the path (400), match the allowlist (403), check the
 Stripe account (403), read the body and query into their one reading (400), price that
 (400/403), reserve its cost atomically (429), forward exactly what was priced with the real
@@ -20,16 +20,11 @@ counted. Only a connection that never reached the vendor releases it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import hashlib
-import itertools
-import json
 import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -37,25 +32,36 @@ import attrs
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
-from yarl import URL
 
-from keybrake._common import EndpointPattern, UnsafePathError, format_usd, normalise_path
-from keybrake.server._http import error_body, hash_token, now_micros, utc_day
+from keybrake._common import UnsafePathError, format_usd
 from keybrake.server._keys import (
     AUDIT,
     FORWARDER,
     LEDGER,
     METRICS,
-    PROXY,
     STORE,
-    UPSTREAM_SESSION,
-    VENDORS,
 )
-from keybrake.server.audit import redact
 from keybrake.server.config import ServerConfig
-from keybrake.server.ledger import Ledger
-from keybrake.server.pricing import load_pricers
-from keybrake.server.shaping import (
+from keybrake.server.http.upstream import (
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from keybrake.server.proxy.parts import (
+    _LOOKUP_HEADERS,
+    MAX_AUDIT_PATH,
+    Answer,
+    _allowed,
+    _Facts,
+    _lookup,
+    _normalise,
+    _Refused,
+    _ReservationIds,
+    _settle_success,
+    _UpstreamDown,
+    _vault_token,
+)
+from keybrake.server.proxy.shaping import (
     FORM,
     BadRequest,
     canonical_form,
@@ -64,7 +70,8 @@ from keybrake.server.shaping import (
     fingerprint,
     forwarded_headers,
 )
-from keybrake.server.store import (
+from keybrake.server.proxy.vendors import VENDORS, Vendor, vendors_from_config
+from keybrake.server.stores.base import (
     AuditEntry,
     KeyRecord,
     Reservation,
@@ -72,22 +79,15 @@ from keybrake.server.store import (
     Settlement,
     StoreUnavailable,
 )
-from keybrake.server.upstream import (
-    Origin,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
-from keybrake.vendors._pricing import Pricer, PricingRefusal, Quote, VendorRequest
+from keybrake.server.util import hash_token, now_micros, redact, utc_day
+from keybrake.vendors._pricing import PricingRefusal, Quote, VendorRequest
 
-__all__ = ["Answer", "ProxyHandler", "Vendor", "add_routes", "vendors_from_config"]
+__all__ = ["Answer", "ProxyHandler", "add_routes"]
 
 log = logging.getLogger("keybrake.proxy")
 
 #: A vendor replays a request carrying a known idempotency key for this long (Stripe: 24 h).
 IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
-#: Seconds a pricing look-up at the vendor may take.
-LOOKUP_TIMEOUT = 10.0
 #: Seconds a client may take to send a request body once its head has arrived.
 BODY_TIMEOUT = 30.0
 
@@ -108,165 +108,6 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "Upgrade",
     )
 )
-
-
-@attrs.frozen
-class Vendor:
-    """How to reach one vendor and what its requests cost."""
-
-    name: str
-    base_url: URL
-    authorization: str | None = attrs.field(repr=False)
-    pricer: Pricer
-    #: The vendor replays requests that repeat an ``Idempotency-Key`` (so we must not recount).
-    honours_idempotency: bool = False
-    #: ``base_url`` as text without a trailing ``/``: vendor paths are appended to it.
-    base: str = attrs.field(
-        init=False,
-        repr=False,
-        default=attrs.Factory(lambda self: str(self.base_url).rstrip("/"), takes_self=True),
-    )
-    #: Where requests go: scheme, host, port and path prefix of ``base_url``.
-    origin: Origin = attrs.field(
-        init=False,
-        repr=False,
-        default=attrs.Factory(lambda self: Origin.from_url(self.base_url), takes_self=True),
-    )
-
-
-def vendors_from_config(config: ServerConfig) -> dict[str, Vendor]:
-    """The vendors this server proxies, with their credentials and pricers.
-
-    Raises:
-        PricingFileError: the operator's pricing file is malformed.
-    """
-
-    def basic(user: str, password: str) -> str:
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-    pricers = load_pricers(config)
-    stripe_auth = f"Bearer {config.stripe_secret_key}" if config.stripe_secret_key else None
-    twilio_auth = (
-        basic(config.twilio_account_sid, config.twilio_auth_token)
-        if config.twilio_account_sid and config.twilio_auth_token
-        else None
-    )
-    return {
-        "stripe": Vendor(
-            "stripe",
-            URL(config.stripe_api_base),
-            stripe_auth,
-            pricers["stripe"],
-            honours_idempotency=True,
-        ),
-        "twilio": Vendor("twilio", URL(config.twilio_api_base), twilio_auth, pricers["twilio"]),
-    }
-
-
-#: Longest path kept in an audit entry.
-MAX_AUDIT_PATH = 256
-
-
-@functools.lru_cache(maxsize=4096)
-def _compile(patterns: tuple[str, ...]) -> tuple[EndpointPattern, ...]:
-    return tuple(EndpointPattern.parse(p) for p in patterns)
-
-
-#: The same paths come again and again; a path that can't be normalised raises every time.
-_normalise = functools.lru_cache(maxsize=4096)(normalise_path)
-
-
-@functools.lru_cache(maxsize=16384)
-def _allowed(patterns: tuple[str, ...], method: str, segments: tuple[str, ...]) -> bool:
-    return any(p.matches(method, segments) for p in _compile(patterns))
-
-
-class _ReservationIds:
-    """Unique reservation ids that sort by creation: ``rsv_`` + start time + random + count.
-
-    Ids that grow keep inserts at the end of the ledger's index, and need no system call
-    each (unlike ``secrets``); the random part keeps them apart across processes.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = f"rsv_{now_micros():014x}{secrets.token_hex(4)}"
-        self._count = itertools.count()
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count):010x}"
-
-
-def _vault_token(header: str) -> str | None:
-    """The vault key in an ``Authorization`` header (Bearer, or either half of Basic)."""
-    scheme, _, value = header.partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and value:
-        return value
-    if scheme.lower() == "basic" and value:
-        try:
-            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        # Twilio clients put the key in the password, Stripe's curl style in the user name.
-        return password or user or None
-    return None
-
-
-class _UpstreamDown(Exception):
-    pass
-
-
-class _Refused(Exception):
-    """The policy's answer to a request it won't forward."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
-
-
-#: Headers of the forwarded request that pricing look-ups carry too (the key's account).
-_LOOKUP_HEADERS = frozenset({"Stripe-Account"})
-
-
-@attrs.frozen
-class Answer:
-    """What the proxy sends back."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    @classmethod
-    def error(
-        cls, status: int, code: str, message: str, *, vendor: str | None, **extra: Any
-    ) -> Answer:
-        """The same JSON error :func:`~keybrake.server._http.error_response` builds."""
-        body, headers = error_body(status, code, message, vendor=vendor, **extra)
-        return cls(
-            status,
-            [("Content-Type", "application/json; charset=utf-8"), *headers.items()],
-            json.dumps(body).encode(),
-        )
-
-
-@attrs.define
-class _Facts:
-    """What the audit log, the metrics and the log line say about one request."""
-
-    method: str
-    path: str
-    vendor: str | None
-    key: KeyRecord | None = None
-    decision: str = "error"
-    status: int = 500
-    reserved: int = 0
-    settled: int = 0
-    upstream_seconds: float | None = None
-    vendor_request_id: str | None = None
-    #: Settles the request; run once its answer has been sent (or has failed to be).
-    after_answer: Callable[[], Awaitable[None]] | None = None
-    #: The audit entry is written already (durable audit), or will be by the ledger.
-    audited: bool = False
 
 
 @attrs.frozen
@@ -516,7 +357,7 @@ class ProxyHandler:
         try:
             quote = await vendor.pricer.quote(
                 vendor_request,
-                functools.partial(_lookup, app[UPSTREAM_SESSION], vendor, lookup_headers),
+                functools.partial(_lookup, app[FORWARDER], vendor, lookup_headers),
                 functools.partial(ledger.counted, key.id),
             )
         except PricingRefusal as refusal:
@@ -703,55 +544,7 @@ class ProxyHandler:
             )
 
 
-async def _settle_success(
-    ledger: Ledger,
-    vendor: Vendor,
-    vendor_request: VendorRequest,
-    quote: Quote,
-    payload: bytes,
-    reservation: Reservation | None,
-    facts: _Facts,
-) -> None:
-    """Settle a 2xx at what the vendor says it cost, and correct earlier estimates."""
-    outcome = vendor.pricer.outcome(vendor_request, quote, payload)
-    if reservation is not None:
-        facts.settled = outcome.micros
-        settlement = Settlement(
-            outcome.micros, outcome.final, facts.vendor_request_id, outcome.object_id
-        )
-        await ledger.finish(reservation, settlement)
-    for report in vendor.pricer.reports(vendor_request, payload):
-        await ledger.correct_price(report.object_id, report.micros)
-
-
-async def _lookup(
-    session: aiohttp.ClientSession,
-    vendor: Vendor,
-    headers: list[tuple[str, str]],
-    path: str,
-) -> Mapping[str, Any] | None:
-    """GET a vendor object with the real credential, to bound a request's price."""
-    assert vendor.authorization is not None
-    try:
-        async with session.get(
-            URL(vendor.base + path, encoded=True),
-            headers=[*headers, ("Authorization", vendor.authorization)],
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT),
-        ) as response:
-            if response.status == 429 or response.status >= 500:
-                raise _UpstreamDown(f"{vendor.name} answered {response.status}")
-            if response.status != 200:
-                return None  # not found (or not ours to see): the pricer decides
-            data = json.loads(await response.read())
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise _UpstreamDown from exc
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def add_routes(app: web.Application, config: ServerConfig) -> None:
     app[VENDORS] = vendors_from_config(config)
-    handler = app[PROXY] = ProxyHandler(app, config)
+    handler = ProxyHandler(app, config)
     app.router.add_route("*", "/{vendor:(?!v1/)[^/]+}/{tail:[\\s\\S]*}", handler.handle)

@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import time
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["error_body", "error_response", "hash_token", "now_micros", "to_datetime", "utc_day"]
-
-
-def hash_token(token: str) -> str:
-    """What we store instead of a token: its SHA-256, hex."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def now_micros() -> int:
-    return time.time_ns() // 1000
-
-
-def to_datetime(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc)
-
-
-def utc_day(micros: int) -> str:
-    """The spend window a moment falls in: its UTC calendar day (``"2026-11-27"``)."""
-    return _day_name(micros // 86_400_000_000)
-
-
-@functools.lru_cache(maxsize=8)
-def _day_name(day_number: int) -> str:
-    return datetime.fromtimestamp(day_number * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
-
+__all__ = ["error_body", "error_response"]
 
 _STRIPE_TYPES = {502: "api_error", 503: "api_error", 504: "api_error"}
 

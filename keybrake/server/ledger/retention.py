@@ -4,7 +4,7 @@ Audit entries, finished (settled or released) reservations and spend rows older 
 ``retention_days`` go; pending reservations, the spend rows they hold money on, and keys stay.
 A server runs :meth:`Retention.prune_once` :data:`FIRST_PASS_DELAY` seconds after it starts,
 then every :data:`RETENTION_INTERVAL` seconds; each pass deletes in short transactions (see
-:meth:`~keybrake.server.store.Store.prune`), so requests are served meanwhile. On PostgreSQL
+:meth:`~keybrake.server.stores.base.Store.prune`), so requests are served meanwhile. On PostgreSQL
 every replica runs it; passes running at once are harmless.
 """
 
@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 
-from keybrake.server.store import PruneResult, Store, StoreUnavailable
+from keybrake.server.stores.base import PruneResult, Store, StoreUnavailable
 
 __all__ = ["FIRST_PASS_DELAY", "RETENTION_INTERVAL", "Retention", "cutoff"]
 

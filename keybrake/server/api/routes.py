@@ -20,15 +20,8 @@ from keybrake._common import (
     parse_duration,
     to_micros,
 )
-from keybrake.server._http import (
-    error_body,
-    error_response,
-    hash_token,
-    now_micros,
-    to_datetime,
-    utc_day,
-)
-from keybrake.server._input import (
+from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
+from keybrake.server.api.input import (
     MAX_QUERY_VALUE,
     BadRequest,
     is_day,
@@ -37,10 +30,11 @@ from keybrake.server._input import (
     query_int,
     read_json_object,
 )
-from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
+from keybrake.server.api.openapi import openapi_document
+from keybrake.server.api.tokens import DEFAULT_TENANT
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
-from keybrake.server.openapi import openapi_document
-from keybrake.server.store import (
+from keybrake.server.http.errors import error_body, error_response
+from keybrake.server.stores.base import (
     AuditEntry,
     IdempotencyConflict,
     IdempotentIssue,
@@ -48,7 +42,7 @@ from keybrake.server.store import (
     Store,
     StoreUnavailable,
 )
-from keybrake.server.tokens import DEFAULT_TENANT
+from keybrake.server.util import hash_token, now_micros, to_datetime, utc_day
 
 __all__ = [
     "CONFIGURED_ADMIN_HASH",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import secrets
 
-from keybrake.server._http import hash_token, now_micros
-from keybrake.server.store import Store
+from keybrake.server.stores.base import Store
+from keybrake.server.util import hash_token, now_micros
 
 __all__ = ["ADMIN_TOKEN_PREFIX", "DEFAULT_TENANT", "create_admin_token", "generate_admin_token"]
 

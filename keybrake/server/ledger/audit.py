@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 
 import attrs
 
-from keybrake.server.store import AuditEntry, Store, StoreUnavailable
+from keybrake.server.stores.base import AuditEntry, Store, StoreUnavailable
+from keybrake.server.util import redact
 
 __all__ = ["MAX_PENDING", "AuditLog", "redact", "redact_entry"]
 
@@ -27,31 +27,6 @@ MAX_PENDING = 100_000
 FLUSH_INTERVAL = 0.2
 #: Entries written in one transaction; the event loop serves requests between two.
 BATCH = 50
-
-_SECRET = re.compile(
-    r"(vault_key_|kb_admin_)[A-Za-z0-9_\-]+"
-    # The rest of an Authorization header's line, in a header block or a dict's repr.
-    r"|(?i:(authorization['\"]?[ \t]*[:=,][ \t]*))[^\r\n]+"
-    # A credential after its scheme: token68 of 8 characters or more, so "Basic plan" stays.
-    r"|(?i:(\b(?:bearer|basic)[ \t]+))[A-Za-z0-9\-._~+/]{8,}=*"
-)
-_HINTS = ("vault_key_", "kb_admin_", "authorization", "bearer", "basic")
-
-
-def redact(text: str) -> str:
-    """Hide anything that looks like a credential: a vault key or master token wherever it
-    is, the rest of the line after ``Authorization:``, and the credential after ``Bearer``
-    or ``Basic`` (Twilio's Basic carries the vault key base64-encoded, out of the first
-    rule's reach). What names the secret is kept, the secret becomes ``***``.
-    """
-    lowered = text.lower()
-    if not any(hint in lowered for hint in _HINTS):
-        return text  # the common case, without the regex
-    return _SECRET.sub(_keep_name, text)
-
-
-def _keep_name(match: re.Match[str]) -> str:
-    return next(group for group in match.groups() if group is not None) + "***"
 
 
 def redact_entry(entry: AuditEntry) -> AuditEntry:

@@ -1,0 +1,1 @@
+"""The issuance API: keys, reads, tenants and tokens, and its OpenAPI document."""

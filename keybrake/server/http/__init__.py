@@ -1,0 +1,1 @@
+"""HTTP around the policy: error answers, aiohttp's own errors, the forwarder."""

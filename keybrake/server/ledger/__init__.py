@@ -1,0 +1,1 @@
+"""Reservations and settlements, the audit log, metrics and retention."""

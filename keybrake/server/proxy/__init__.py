@@ -1,0 +1,1 @@
+"""The enforcing proxy: one reading of each request, the vendors, the policy."""

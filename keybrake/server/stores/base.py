@@ -1,0 +1,371 @@
+"""What both stores share: the records, the ledger operations and the ``Store`` protocol."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from typing import Any, Protocol, TypeVar
+
+import attrs
+
+__all__ = [
+    "PRUNE_CHUNK",
+    "AdminToken",
+    "AuditEntry",
+    "AuditOp",
+    "CorrectPriceOp",
+    "FinishOp",
+    "IdempotencyConflict",
+    "IdempotentIssue",
+    "KeyRecord",
+    "LedgerEntry",
+    "LedgerOp",
+    "PruneResult",
+    "Reservation",
+    "ReserveOp",
+    "ReserveResult",
+    "Settlement",
+    "SpendState",
+    "Store",
+    "StoreUnavailable",
+    "UsageRow",
+    "audit_row",
+    "key_row",
+]
+
+#: Rows one pruning transaction looks at, at most.
+PRUNE_CHUNK = 1000
+
+T = TypeVar("T")
+
+log = logging.getLogger("keybrake.store")
+
+
+class StoreUnavailable(Exception):
+    """The store can't be reached or failed; callers must fail closed."""
+
+
+class IdempotencyConflict(Exception):
+    """Another issuance with the same ``Idempotency-Key`` got there first."""
+
+
+@attrs.frozen
+class KeyRecord:
+    """One vault key as stored. Times are epoch microseconds (UTC)."""
+
+    id: str
+    tenant: str
+    token_hash: str
+    vendor: str
+    label: str
+    allowed_endpoints: tuple[str, ...]
+    cap_micros: int
+    created_at: int
+    expires_at: int
+    max_expires_at: int
+    revoked_at: int | None = None
+    metadata: dict[str, str] = attrs.field(factory=dict)
+    #: The Stripe connected account every request of this key acts on (``Stripe-Account``).
+    stripe_account: str | None = None
+
+    def status(self, now: int) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "active"
+
+
+@attrs.frozen
+class IdempotentIssue:
+    """What an issuance with an ``Idempotency-Key`` left behind, to answer its replays."""
+
+    key_id: str
+    fingerprint: str
+    sealed_token: str
+
+
+@attrs.frozen
+class SpendState:
+    spent: int
+    reserved: int
+    #: Of ``spent``, what was counted at its bound because its request's outcome was lost
+    #: (a crash between forwarding and settling): the vendor may have charged less.
+    unconfirmed: int = 0
+
+
+@attrs.frozen
+class Reservation:
+    """Money set aside for one request before it is forwarded.
+
+    ``idem_hash`` identifies the vendor idempotency key the request carried, if any: a replay
+    of a request that was not refused reserves nothing a second time.
+    """
+
+    id: str
+    key_id: str
+    day: str
+    amount: int
+    idem_hash: str | None = None
+
+
+class ReserveResult(enum.Enum):
+    RESERVED = "reserved"
+    CAP_EXHAUSTED = "cap_exhausted"
+    #: The same vault key already sent this idempotency key: the vendor replays, we don't count.
+    REPLAY = "replay"
+
+
+@attrs.frozen
+class Settlement:
+    """What a forwarded request cost. ``final`` False: an estimate until the vendor reports."""
+
+    actual: int
+    final: bool = True
+    vendor_request_id: str | None = None
+    object_id: str | None = None
+
+
+@attrs.define(slots=True)
+class ReserveOp:
+    """:meth:`SQLiteStore.reserve` as one step of a batch; gives ``(ReserveResult, SpendState)``."""
+
+    reservation: Reservation
+    now: int
+    replay_after: int = 0
+
+
+@attrs.define(slots=True)
+class FinishOp:
+    """Settle a pending reservation, or release it when ``settlement`` is None; gives a bool."""
+
+    reservation_id: str
+    settlement: Settlement | None
+    now: int
+
+
+@attrs.define(slots=True)
+class CorrectPriceOp:
+    """:meth:`SQLiteStore.correct_price` as one step of a batch; gives a bool."""
+
+    object_id: str
+    actual: int
+    now: int
+
+
+@attrs.define(slots=True)
+class AuditOp:
+    """Audit entries written along with a batch (already redacted); gives None."""
+
+    entries: list[AuditEntry]
+
+
+#: One step of :meth:`SQLiteStore.apply_ledger_ops`.
+LedgerOp = ReserveOp | FinishOp | CorrectPriceOp | AuditOp
+
+
+@attrs.frozen
+class AdminToken:
+    """A master token as listed (never the token itself)."""
+
+    id: str
+    tenant: str
+    created_at: int
+    revoked_at: int | None
+
+
+@attrs.frozen(kw_only=True)
+class AuditEntry:
+    """One proxy decision. ``id`` is given by the store when written."""
+
+    at: int
+    tenant: str | None
+    key_id: str | None
+    label: str | None
+    vendor: str | None
+    method: str
+    path: str
+    decision: str
+    status: int
+    reserved: int = 0
+    settled: int = 0
+    upstream_ms: float | None = None
+    vendor_request_id: str | None = None
+    id: int | None = None
+
+
+def key_row(key: KeyRecord) -> tuple[Any, ...]:
+    """A key's column values, in the order both stores insert them."""
+    return (
+        key.id,
+        key.tenant,
+        key.token_hash,
+        key.vendor,
+        key.label,
+        json.dumps(list(key.allowed_endpoints)),
+        key.cap_micros,
+        key.created_at,
+        key.expires_at,
+        key.max_expires_at,
+        key.revoked_at,
+        json.dumps(key.metadata),
+        key.stripe_account,
+    )
+
+
+def audit_row(e: AuditEntry) -> tuple[Any, ...]:
+    """An audit entry's column values, in the order both stores insert them."""
+    return (
+        e.at,
+        e.tenant,
+        e.key_id,
+        e.label,
+        e.vendor,
+        e.method,
+        e.path,
+        e.decision,
+        e.status,
+        e.reserved,
+        e.settled,
+        e.upstream_ms,
+        e.vendor_request_id,
+    )
+
+
+@attrs.frozen
+class UsageRow:
+    key_id: str
+    label: str
+    day: str
+    spent: int
+    reserved: int
+    cap: int
+    unconfirmed: int = 0
+
+
+@attrs.frozen
+class LedgerEntry:
+    id: str
+    key_id: str
+    day: str
+    amount: int
+    state: str
+    settled_amount: int | None
+    final: bool
+    object_id: str | None
+
+
+@attrs.frozen
+class PruneResult:
+    """What :meth:`Store.prune` deleted: rows of each table."""
+
+    audit_entries: int = 0
+    reservations: int = 0
+    spend_rows: int = 0
+
+
+class Store(Protocol):
+    """What the server needs from persistence. All amounts are micro-dollars."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def add_admin_token(
+        self, token_id: str, token_hash: str, tenant: str, now: int
+    ) -> None: ...
+
+    async def list_admin_tokens(self) -> list[AdminToken]: ...
+
+    async def revoke_admin_token(self, token_id: str, now: int) -> bool: ...
+
+    async def count_admin_tokens(self) -> int: ...
+
+    async def tenant_for_admin_token(self, token_hash: str) -> str | None: ...
+
+    async def write_audit(self, entries: list[AuditEntry]) -> None: ...
+
+    async def list_audit(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        decision: str | None,
+        limit: int,
+        starting_after: int | None,
+    ) -> list[AuditEntry]: ...
+
+    async def usage(
+        self,
+        tenant: str,
+        *,
+        key_id: str | None,
+        day: str | None,
+        limit: int,
+        starting_after: tuple[str, str] | None,
+    ) -> list[UsageRow]: ...
+
+    async def count_active_keys(self, now: int) -> int: ...
+
+    async def insert_key(
+        self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
+    ) -> None: ...
+
+    async def find_idempotent_issue(
+        self, tenant: str, idem_hash: str
+    ) -> IdempotentIssue | None: ...
+
+    async def get_key(self, tenant: str, key_id: str) -> KeyRecord | None: ...
+
+    async def get_key_by_token_hash(self, token_hash: str) -> KeyRecord | None: ...
+
+    async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None: ...
+
+    async def list_keys(
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        limit: int,
+        starting_after: str | None,
+        now: int,
+    ) -> list[KeyRecord]: ...
+
+    async def extend_key(
+        self, tenant: str, key_id: str, now: int, new_expires_at: int
+    ) -> KeyRecord | None: ...
+
+    async def spend(self, key_id: str, day: str) -> SpendState: ...
+
+    async def unconfirmed(self, day: str) -> int:
+        """Spend of ``day`` counted at its bound because its outcome was lost, in total."""
+        ...
+
+    async def counted(self, key_id: str, object_id: str, day: str) -> int:
+        """What ``key_id`` counted for vendor object ``object_id`` on UTC ``day``, released
+        reservations left out, in micro-dollars. (Only the day's: an object staged one day
+        and acted on the next counts against the next day's cap too.)"""
+        ...
+
+    async def reserve(
+        self, reservation: Reservation, now: int, *, replay_after: int = 0
+    ) -> tuple[ReserveResult, SpendState]: ...
+
+    async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool: ...
+
+    async def release(self, reservation_id: str, now: int) -> bool: ...
+
+    async def correct_price(self, object_id: str, actual: int, now: int) -> bool: ...
+
+    async def ledger(self, key_id: str) -> list[LedgerEntry]: ...
+
+    async def prune(self, before: int) -> PruneResult:
+        """Delete what is older than ``before`` (epoch microseconds): audit entries, finished
+        (settled or released) reservations, and spend rows of the UTC days before
+        ``before``'s on which no money is still reserved. Pending reservations and keys stay.
+        In short transactions: the store serves requests meanwhile.
+        """
+        ...

@@ -1,0 +1,390 @@
+"""SQLite statements on one connection: the ledger's batches, reservations, settlements,
+rows to records, pruning and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from keybrake.server.stores.base import (
+    PRUNE_CHUNK,
+    AuditEntry,
+    AuditOp,
+    FinishOp,
+    KeyRecord,
+    LedgerOp,
+    Reservation,
+    ReserveOp,
+    ReserveResult,
+    Settlement,
+    SpendState,
+    audit_row,
+)
+
+T = TypeVar("T")
+
+
+def _in_transaction(body: Callable[[sqlite3.Connection], T], c: sqlite3.Connection) -> T:
+    return _transaction(c, lambda: body(c))
+
+
+def _prune_chunk(
+    table: str,
+    clock: str,
+    condition: str,
+    bound: int | str,
+    after: int,
+    c: sqlite3.Connection,
+) -> tuple[int, int | None]:
+    """Delete the rows matching ``condition`` among the next :data:`PRUNE_CHUNK` rows of
+    ``table`` after rowid ``after``.
+
+    Returns:
+        How many were deleted, and the rowid to go on from, or None when the chunk reached
+        rows whose ``clock`` is at ``bound`` or later (or the end of the table): rows are
+        written in time order, so nothing older follows.
+    """
+    end = c.execute(
+        f"SELECT rowid, {clock} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT 1 OFFSET ?",
+        (after, PRUNE_CHUNK - 1),
+    ).fetchone()
+    if end is None:
+        last = c.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        if last is None or last <= after:
+            return 0, None
+        upto, more = int(last), False
+    else:
+        upto, more = int(end[0]), end[1] < bound
+    deleted = c.execute(
+        f"DELETE FROM {table} WHERE rowid > :after AND rowid <= :upto AND {condition}",
+        {"after": after, "upto": upto, "bound": bound},
+    ).rowcount
+    return deleted, upto if more else None
+
+
+def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
+    c.execute("BEGIN IMMEDIATE")
+    result = body()
+    c.execute("COMMIT")
+    return result
+
+
+def _insert_audit(c: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
+    c.executemany(
+        "INSERT INTO audit (at, tenant, key_id, label, vendor, method, path, decision,"
+        " status, reserved, settled, upstream_ms, vendor_request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [audit_row(e) for e in entries],
+    )
+
+
+@attrs.define(slots=True)
+class _SpendRow:
+    """A day's spend row as a batch sees it, its own changes included."""
+
+    spent: int
+    reserved: int
+    cap: int | None  # None: there is no such key
+    exists: bool  # the row is in the table (else the batch inserts it)
+
+
+class _Batch:
+    """Ledger operations inside one write transaction, with fewer statements.
+
+    ``BEGIN IMMEDIATE`` holds SQLite's write lock until the commit, so nothing else can
+    write in between: the batch reads each day's spend row once, checks every reservation
+    against it in order (as the conditional upsert would), and writes each row back once, as
+    deltas, at the end. New reservations go in with one ``executemany``. What the fast path
+    doesn't cover (idempotent replays, price corrections, finishing a reservation made in
+    the same batch) writes out what is pending, then takes the one-statement-at-a-time path.
+    The results are the same as running the operations one by one; a test checks that.
+    """
+
+    def __init__(self, c: sqlite3.Connection, spend: dict[tuple[str, str], _SpendRow]) -> None:
+        self.c = c
+        # A serving store keeps these from one batch to the next: no other process writes
+        # its spend rows (the serve lock), and everything else that writes them clears them.
+        self.spend = spend
+        # (key, day) -> [spent delta, reserved delta] not yet written
+        self.deltas: dict[tuple[str, str], list[int]] = {}
+        self.new: dict[str, tuple[Any, ...]] = {}
+
+    def apply(self, ops: Sequence[LedgerOp]) -> list[Any]:
+        results = [self.one(op) for op in ops]
+        self.write_out()
+        return results
+
+    def one(self, op: LedgerOp) -> Any:
+        c = self.c
+        if isinstance(op, FinishOp):
+            if op.reservation_id in self.new:
+                self.write_out()
+            return self.finish(op)
+        if isinstance(op, ReserveOp) and op.reservation.idem_hash is None:
+            return self.reserve(op.reservation, op.now)
+        if isinstance(op, AuditOp):
+            return _insert_audit(c, op.entries)  # its own table: nothing pending to write
+        self.write_out()
+        self.spend.clear()  # the slow path may change any spend row
+        if isinstance(op, ReserveOp):  # one with an idempotency key: it may be a replay
+            return _reserve(c, op.reservation, op.now, op.replay_after)
+        return _correct_price(c, op.object_id, op.actual, op.now)
+
+    def state(self, key_id: str, day: str) -> _SpendRow:
+        known = self.spend.get((key_id, day))
+        if known is None:
+            row = self.c.execute(
+                "SELECT k.cap_micros, s.spent, s.reserved FROM keys k"
+                " LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? WHERE k.id = ?",
+                (day, key_id),
+            ).fetchone()
+            if row is None:
+                known = _SpendRow(0, 0, None, exists=False)
+            elif row[1] is None:
+                known = _SpendRow(0, 0, int(row[0]), exists=False)
+            else:
+                known = _SpendRow(int(row[1]), int(row[2]), int(row[0]), exists=True)
+            unwritten = self.deltas.get((key_id, day))
+            if unwritten is not None:  # settlements of this row not written out yet
+                known.spent += unwritten[0]
+                known.reserved += unwritten[1]
+            self.spend[(key_id, day)] = known
+        return known
+
+    def reserve(self, r: Reservation, now: int) -> tuple[ReserveResult, SpendState]:
+        state = self.state(r.key_id, r.day)
+        if state.cap is None or state.spent + state.reserved + r.amount > state.cap:
+            return ReserveResult.CAP_EXHAUSTED, SpendState(state.spent, state.reserved)
+        state.reserved += r.amount
+        self.deltas.setdefault((r.key_id, r.day), [0, 0])[1] += r.amount
+        self.new[r.id] = (r.id, r.key_id, r.day, r.amount, now)
+        return ReserveResult.RESERVED, SpendState(state.spent, state.reserved)
+
+    def finish(self, op: FinishOp) -> bool:
+        finished = _mark_finished(self.c, op.reservation_id, op.settlement, op.now)
+        if finished is None:
+            return False
+        key_id, day, amount, actual = finished
+        delta = self.deltas.setdefault((key_id, day), [0, 0])
+        delta[0] += actual
+        delta[1] -= amount
+        state = self.spend.get((key_id, day))
+        if state is not None:
+            state.spent += actual
+            state.reserved -= amount
+        return True
+
+    def write_out(self) -> None:
+        c = self.c
+        if self.new:
+            c.executemany(
+                "INSERT INTO reservations (id, key_id, day, amount, state, created_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                self.new.values(),
+            )
+            self.new.clear()
+        for (key_id, day), (spent, reserved) in self.deltas.items():
+            state = self.spend.get((key_id, day))
+            if state is not None and not state.exists:
+                c.execute(
+                    "INSERT INTO spend (key_id, day, spent, reserved) VALUES (?, ?, ?, ?)",
+                    (key_id, day, state.spent, state.reserved),
+                )
+                state.exists = True
+            elif spent or reserved:
+                c.execute(
+                    "UPDATE spend SET spent = spent + ?, reserved = reserved + ?"
+                    " WHERE key_id = ? AND day = ?",
+                    (spent, reserved, key_id, day),
+                )
+        self.deltas.clear()
+
+
+def _reserve(
+    c: sqlite3.Connection, r: Reservation, now: int, replay_after: int
+) -> tuple[ReserveResult, SpendState]:
+    if r.idem_hash is not None:
+        # Only a request already counted makes a replay free: one still in flight may yet be
+        # refused (and released), and the vendor answers a concurrent repeat with an error.
+        earlier = c.execute(
+            "SELECT 1 FROM reservations WHERE key_id = ? AND idem_hash = ?"
+            " AND state = 'settled' AND created_at >= ?",
+            (r.key_id, r.idem_hash, replay_after),
+        ).fetchone()
+        if earlier is not None:
+            return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
+    # The whole check-and-add is this one statement: it creates the day's row, or adds to it,
+    # only while spent + reserved + x stays within the cap.
+    row = c.execute(
+        "INSERT INTO spend (key_id, day, spent, reserved)"
+        " SELECT :k, :d, 0, :x FROM keys WHERE id = :k AND :x <= cap_micros"
+        " ON CONFLICT (key_id, day) DO UPDATE SET reserved = reserved + :x"
+        " WHERE spent + reserved + :x <= (SELECT cap_micros FROM keys WHERE id = :k)"
+        " RETURNING spent, reserved",
+        {"x": r.amount, "k": r.key_id, "d": r.day},
+    ).fetchone()
+    if row is None:
+        return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
+    c.execute(
+        "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
+        " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        (r.id, r.key_id, r.day, r.amount, r.idem_hash, now),
+    )
+    return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
+
+
+def _mark_finished(
+    c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int
+) -> tuple[str, str, int, int] | None:
+    """Settle (or, without ``s``, release) a pending reservation's row.
+
+    Returns:
+        ``(key id, day, reserved amount, settled amount)`` for the spend row to move, or
+        None if the reservation was not pending (nothing to move).
+    """
+    if s is None:
+        row = c.execute(
+            "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            (now, reservation_id),
+        ).fetchone()
+    else:
+        row = c.execute(
+            "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
+            " vendor_request_id = ?, object_id = ?, finished_at = ?"
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
+        ).fetchone()
+    if row is None:
+        return None
+    return str(row[0]), str(row[1]), int(row[2]), 0 if s is None else s.actual
+
+
+def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int) -> bool:
+    finished = _mark_finished(c, reservation_id, s, now)
+    if finished is not None:
+        key_id, day, amount, actual = finished
+        c.execute(
+            "UPDATE spend SET reserved = reserved - ?, spent = spent + ?"
+            " WHERE key_id = ? AND day = ?",
+            (amount, actual, key_id, day),
+        )
+    return finished is not None
+
+
+def _correct_price(c: sqlite3.Connection, object_id: str, actual: int, now: int) -> bool:
+    row = c.execute(
+        "SELECT id, key_id, day, settled_amount FROM reservations"
+        " WHERE object_id = ? AND final = 0 AND state = 'settled'",
+        (object_id,),
+    ).fetchone()
+    if row is not None:
+        c.execute(
+            "UPDATE reservations SET settled_amount = ?, final = 1, finished_at = ? WHERE id = ?",
+            (actual, now, row[0]),
+        )
+        c.execute(
+            "UPDATE spend SET spent = spent - ? + ? WHERE key_id = ? AND day = ?",
+            (row[3], actual, row[1], row[2]),
+        )
+    return row is not None
+
+
+def _spend_state(c: sqlite3.Connection, key_id: str, day: str) -> SpendState:
+    row = c.execute(
+        "SELECT spent, reserved, unconfirmed FROM spend WHERE key_id = ? AND day = ?",
+        (key_id, day),
+    ).fetchone()
+    return SpendState(0, 0) if row is None else SpendState(*(int(v) for v in row))
+
+
+def _resolve_pending(c: sqlite3.Connection, now: int) -> tuple[int, int]:
+    """Count every pending reservation at its bound, marked unconfirmed: its request may
+    have reached the vendor before the server stopped without settling it. Only a server
+    holding the file's lock may call this (no request of its own is in flight yet).
+
+    Returns:
+        How many reservations, and how many micro-dollars, were resolved.
+    """
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        count, total = c.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM reservations WHERE state = 'pending'"
+        ).fetchone()
+        if count:
+            c.execute(
+                "UPDATE spend SET reserved = reserved - p.total, spent = spent + p.total,"
+                " unconfirmed = unconfirmed + p.total"
+                " FROM (SELECT key_id, day, sum(amount) AS total FROM reservations"
+                "       WHERE state = 'pending' GROUP BY key_id, day) AS p"
+                " WHERE spend.key_id = p.key_id AND spend.day = p.day"
+            )
+            c.execute(
+                "UPDATE reservations SET state = 'settled', settled_amount = amount,"
+                " unconfirmed = 1, finished_at = ? WHERE state = 'pending'",
+                (now,),
+            )
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    return int(count), int(total)
+
+
+_AUDIT_COLUMNS = (
+    "id, at, tenant, key_id, label, vendor, method, path, decision, status, reserved, settled,"
+    " upstream_ms, vendor_request_id"
+)
+
+
+def _audit_from_row(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=int(row[0]),
+        at=int(row[1]),
+        tenant=row[2],
+        key_id=row[3],
+        label=row[4],
+        vendor=row[5],
+        method=row[6],
+        path=row[7],
+        decision=row[8],
+        status=int(row[9]),
+        reserved=int(row[10]),
+        settled=int(row[11]),
+        upstream_ms=row[12],
+        vendor_request_id=row[13],
+    )
+
+
+_STATUS_FILTERS = {
+    "active": "revoked_at IS NULL AND expires_at > :now",
+    "expired": "revoked_at IS NULL AND expires_at <= :now",
+    "revoked": "revoked_at IS NOT NULL",
+}
+
+_KEY_COLUMNS = (
+    "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"
+    " expires_at, max_expires_at, revoked_at, metadata, stripe_account"
+)
+
+
+def _key_from_row(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row[0],
+        tenant=row[1],
+        token_hash=row[2],
+        vendor=row[3],
+        label=row[4],
+        allowed_endpoints=tuple(json.loads(row[5])),
+        cap_micros=int(row[6]),
+        created_at=int(row[7]),
+        expires_at=int(row[8]),
+        max_expires_at=int(row[9]),
+        revoked_at=None if row[10] is None else int(row[10]),
+        metadata=dict(json.loads(row[11])),
+        stripe_account=row[12],
+    )

@@ -1,0 +1,99 @@
+"""The SQLite schema, and how each version upgrades from the one before."""
+
+from __future__ import annotations
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    token_hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    tenant TEXT,
+    key_id TEXT,
+    label TEXT,
+    vendor TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    settled INTEGER NOT NULL DEFAULT 0,
+    upstream_ms REAL,
+    vendor_request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit (tenant, id);
+CREATE INDEX IF NOT EXISTS audit_key ON audit (key_id, id);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    vendor TEXT NOT NULL,
+    label TEXT NOT NULL,
+    allowed_endpoints TEXT NOT NULL,
+    cap_micros INTEGER NOT NULL CHECK (cap_micros >= 0),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    max_expires_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    metadata TEXT NOT NULL,
+    stripe_account TEXT
+);
+CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
+CREATE TABLE IF NOT EXISTS issue_idempotency (
+    tenant TEXT NOT NULL,
+    idem_hash TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    sealed_token TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, idem_hash)
+);
+CREATE TABLE IF NOT EXISTS spend (
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    unconfirmed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount >= 0),
+    settled_amount INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'released')),
+    final INTEGER NOT NULL DEFAULT 1,
+    unconfirmed INTEGER NOT NULL DEFAULT 0,
+    idem_hash TEXT,
+    object_id TEXT,
+    vendor_request_id TEXT,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS reservations_key ON reservations (key_id, created_at);
+CREATE INDEX IF NOT EXISTS reservations_idem ON reservations (key_id, idem_hash)
+    WHERE idem_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id)
+    WHERE object_id IS NOT NULL AND final = 0;
+CREATE INDEX IF NOT EXISTS reservations_key_object ON reservations (key_id, object_id)
+    WHERE object_id IS NOT NULL;
+"""
+#: Each version's upgrade from the one before; a database of an older version is upgraded in
+#: place when it is opened.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: ("ALTER TABLE keys ADD COLUMN stripe_account TEXT",),
+    4: (
+        "ALTER TABLE reservations ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE spend ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+    ),
+}
+SCHEMA_VERSION = 4
+#: The oldest schema version this keybrake upgrades.
+OLDEST_SCHEMA_VERSION = 2
