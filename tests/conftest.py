@@ -12,7 +12,11 @@ from keybrake import Keybrake, RetryPolicy
 from keybrake._localstripe import localstripe_server
 from keybrake.server import ServerConfig, running_server
 from keybrake.server.app import generate_admin_token
+from keybrake.server.stores.base import Store
+from keybrake.server.stores.postgres.store import PostgresStore
+from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests import services
+from tests.pg import migrated_schema
 from tests.prism import prism_twilio_server
 
 pytest_plugins = ["tests.recorder"]
@@ -104,3 +108,19 @@ async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[Running
 async def kb(server: RunningServer) -> AsyncIterator[Keybrake]:
     async with server.client(retry=RetryPolicy(attempts=3, initial_wait=0.01)) as client:
         yield client
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store, open, on a database of its own: SQLite in a file, PostgreSQL in a schema."""
+    if request.param == "sqlite":
+        the_store: Store = SQLiteStore(tmp_path / "kb.db")
+        await the_store.open()
+        yield the_store
+        await the_store.close()
+    else:
+        async with migrated_schema() as url:
+            the_store = PostgresStore(url)
+            await the_store.open()
+            yield the_store
+            await the_store.close()

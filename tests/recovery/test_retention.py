@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,10 +25,8 @@ from keybrake.server.stores.base import (
     Store,
     UsageRow,
 )
-from keybrake.server.stores.postgres.store import PostgresStore
 from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import make_config
-from tests.pg import migrated_schema
 from tests.test_cli_operations import keybrake
 
 DAY = 86_400 * 1_000_000
@@ -42,21 +39,6 @@ def micros(day: str, hour: int = 12) -> int:
 
 #: Everything before 2026-03-01 00:00 UTC is old.
 BEFORE = micros("2026-03-01", hour=0)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        the_store: Store = SQLiteStore(tmp_path / "kb.db")
-        await the_store.open()
-        yield the_store
-        await the_store.close()
-    else:
-        async with migrated_schema() as url:
-            the_store = PostgresStore(url)
-            await the_store.open()
-            yield the_store
-            await the_store.close()
 
 
 @pytest.fixture(params=[1000, 2], ids=["chunk1000", "chunk2"])

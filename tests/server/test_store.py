@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,21 +25,6 @@ from tests.pg import PG_URL, migrated_schema
 
 DAY = "2026-11-27"
 NOW = 1_000_000
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        the_store: Store = SQLiteStore(tmp_path / "kb.db")
-        await the_store.open()
-        yield the_store
-        await the_store.close()
-    else:
-        async with migrated_schema() as url:
-            the_store = PostgresStore(url)
-            await the_store.open()
-            yield the_store
-            await the_store.close()
 
 
 def key(
@@ -257,7 +241,6 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
 
     from keybrake.server.stores.base import KeyRecord
     from keybrake.server.stores.sqlite.schema import SCHEMA_VERSION
-    from keybrake.server.stores.sqlite.store import SQLiteStore
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
