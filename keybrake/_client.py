@@ -54,8 +54,8 @@ class Keybrake:
     """Admin client of the issuance API.
 
     One ``aiohttp.ClientSession``, created lazily inside the running loop and closed by
-    :meth:`close` (or ``async with``). Pass ``session`` to use one you own instead; it is then
-    never closed here.
+    [`close()`][keybrake.Keybrake.close] (or ``async with``). Pass ``session`` to use one you
+    own instead; it is then never closed here.
 
     Args:
         token: the master token (else ``KEYBRAKE_TOKEN``).
@@ -169,13 +169,15 @@ class Keybrake:
     ) -> IssuedKey:
         """Issue a vault key. Retried on transient failures without ever making two keys.
 
-        ``issue_key(spec)`` issues the key a :class:`KeySpec` describes (its ``keepalive``
-        is not used: keeping a key alive is what ``VaultKey`` does); ``issue_key(vendor,
-        endpoints, cap=..., ttl=..., ...)`` builds that spec from the arguments.
+        ``issue_key(spec)`` issues the key a [`KeySpec`][keybrake.KeySpec] describes (its
+        ``keepalive`` is not used: keeping a key alive is what ``VaultKey`` does);
+        ``issue_key(vendor, endpoints, cap=..., ttl=..., ...)`` builds that spec from the
+        arguments.
         ``stripe_account`` pins a Stripe key to one connected account (``Stripe-Account``).
 
         Raises:
-            ConfigurationError: no master token, or a bad argument (see :class:`KeySpec`).
+            ConfigurationError: no master token, or a bad argument (see
+                [`KeySpec`][keybrake.KeySpec]).
             IssuanceError: the API refused (bad request, ...).
             KeybrakeUnavailable: the API could not be reached within the retry policy.
             TypeError: a spec together with the fields it holds, or neither.
@@ -249,10 +251,12 @@ class Keybrake:
         self, *, status: str | None = None, page_size: int = 100
     ) -> AsyncIterator[KeyInfo]:
         """Every key of this tenant (newest first), optionally only ``active``, ``expired``
-        or ``revoked`` ones, fetched page by page as you iterate::
+        or ``revoked`` ones, fetched page by page as you iterate:
 
-            async for key in kb.list_keys(status="active"):
-                ...
+        ```python
+        async for key in kb.list_keys(status="active"):
+            ...
+        ```
         """
         async for item in self._pages("/v1/keys", {"status": status}, page_size):
             yield KeyInfo.from_json(item)
@@ -264,10 +268,12 @@ class Keybrake:
         decision: str | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[AuditRecord]:
-        """The proxy's decisions for this tenant's keys, newest first::
+        """The proxy's decisions for this tenant's keys, newest first:
 
+        ```python
         async for record in kb.audit(key_id=vk.id):
             print(record.at, record.decision, record.method, record.path)
+        ```
         """
         filters = {"key_id": key_id, "decision": decision}
         async for item in self._pages("/v1/audit", filters, page_size):

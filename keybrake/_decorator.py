@@ -71,15 +71,17 @@ def vault_key(
 
     The parameter annotated ``VaultKey`` is filled in by the decorator and removed from the
     wrapper's ``__signature__`` and ``__annotations__``, so agent frameworks that build a
-    tool schema from them never show the key to a model::
+    tool schema from them never show the key to a model:
 
-        @vault_key("stripe", ["/v1/refunds"], cap=100, ttl="2m")
-        async def refund(charge_id: str, amount: int, vk: VaultKey) -> dict: ...
+    ```python
+    @vault_key("stripe", ["/v1/refunds"], cap=100, ttl="2m")
+    async def refund(charge_id: str, amount: int, vk: VaultKey) -> dict: ...
 
-        REFUNDS = KeySpec("stripe", ["/v1/refunds"], cap=100, ttl="2m")
+    REFUNDS = KeySpec("stripe", ["/v1/refunds"], cap=100, ttl="2m")
 
-        @vault_key(REFUNDS, client=kb)
-        async def refund_again(charge_id: str, vk: VaultKey) -> dict: ...
+    @vault_key(REFUNDS, client=kb)
+    async def refund_again(charge_id: str, vk: VaultKey) -> dict: ...
+    ```
 
     Every other parameter stays as it is, in its place: a framework's context parameter
     (``RunContextWrapper``, ``RunContext``, an arq ``ctx``) stays first. The wrapper's
@@ -87,10 +89,10 @@ def vault_key(
     annotations included), so frameworks that read type hints see real types.
 
     Args:
-        vendor: a :class:`KeySpec`, or the vendor followed by ``endpoints``, ``cap`` and
-            ``ttl`` (as for :class:`VaultKey`).
+        vendor: a [`KeySpec`][keybrake.KeySpec], or the vendor followed by ``endpoints``,
+            ``cap`` and ``ttl`` (as for [`VaultKey`][keybrake.VaultKey]).
         label: the key's label; defaults to the function's qualified name.
-        **options: with a vendor, any other :class:`VaultKey` keyword option
+        **options: with a vendor, any other [`VaultKey`][keybrake.VaultKey] keyword option
             (``metadata``, ``max_lifetime``, ``client``, ...); with a spec, only ``client``,
             ``on_lost``, ``cancel_on_loss``, ``token``, ``api_url`` and ``proxy_url``.
 

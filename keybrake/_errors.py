@@ -1,21 +1,23 @@
 """The exceptions keybrake raises.
 
-All of them derive from :class:`KeybrakeError`::
+All of them derive from [`KeybrakeError`][keybrake.KeybrakeError]:
 
-    KeybrakeError
-    ├── ConfigurationError           missing token, bad URL, bad argument
-    ├── IssuanceError                the issuance API refused a call (4xx)
-    ├── KeybrakeUnavailable          API or proxy unreachable after retries, or upstream down
-    │   └── KeybrakeTimeout          ... because it was too slow (also a TimeoutError)
-    ├── ProxyRefused                 the proxy refused a vendor call on policy grounds
-    │   ├── SpendCapExceeded         429 cap_exhausted
-    │   ├── EndpointNotAllowed       403 endpoint_not_allowed
-    │   └── InvalidVaultKey          401 invalid_key
-    │       ├── VaultKeyExpired      401 key_expired
-    │       └── VaultKeyRevoked      401 key_revoked
-    └── VendorError                  the vendor's own 4xx/5xx, with its fields
-        ├── StripeError
-        └── TwilioError
+```text
+KeybrakeError
+├── ConfigurationError           missing token, bad URL, bad argument
+├── IssuanceError                the issuance API refused a call (4xx)
+├── KeybrakeUnavailable          API or proxy unreachable after retries, or upstream down
+│   └── KeybrakeTimeout          ... because it was too slow (also a TimeoutError)
+├── ProxyRefused                 the proxy refused a vendor call on policy grounds
+│   ├── SpendCapExceeded         429 cap_exhausted
+│   ├── EndpointNotAllowed       403 endpoint_not_allowed
+│   └── InvalidVaultKey          401 invalid_key
+│       ├── VaultKeyExpired      401 key_expired
+│       └── VaultKeyRevoked      401 key_revoked
+└── VendorError                  the vendor's own 4xx/5xx, with its fields
+    ├── StripeError
+    └── TwilioError
+```
 """
 
 from __future__ import annotations
@@ -94,10 +96,10 @@ class KeybrakeError(Exception):
     ) -> KeybrakeError:
         """Build the right exception for a keybrake error answer.
 
-        The mapping from ``code`` to class is :data:`_BY_CODE`; other codes fall back by
-        status: 5xx is :class:`KeybrakeUnavailable`, other answers are
-        :class:`IssuanceError` from the issuance API (``source="api"``) and
-        :class:`ProxyRefused` from the proxy (``source="proxy"``).
+        The mapping from ``code`` to class is ``_BY_CODE``; other codes fall back by
+        status: 5xx is [`KeybrakeUnavailable`][keybrake.KeybrakeUnavailable], other answers are
+        [`IssuanceError`][keybrake.IssuanceError] from the issuance API (``source="api"``) and
+        [`ProxyRefused`][keybrake.ProxyRefused] from the proxy (``source="proxy"``).
         """
         code = body.get("code") if isinstance(body.get("code"), str) else None
         message = body.get("message")
@@ -127,7 +129,10 @@ class KeybrakeUnavailable(KeybrakeError):
 
 
 class KeybrakeTimeout(KeybrakeUnavailable, TimeoutError):
-    """Like :class:`KeybrakeUnavailable`, because something took too long."""
+    """Like [`KeybrakeUnavailable`][keybrake.KeybrakeUnavailable], because something took too long.
+
+    Also a ``TimeoutError``.
+    """
 
 
 class ProxyRefused(KeybrakeError):

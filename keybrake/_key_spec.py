@@ -2,8 +2,8 @@
 
 ``VaultKey``, ``@vault_key``, ``Keybrake.issue_key`` and every integration take a spec or
 build one from their arguments, so a bad cap, TTL or endpoint pattern raises
-:class:`ConfigurationError` where the key is defined (usually at import), never on the first
-call.
+[`ConfigurationError`][keybrake.ConfigurationError] where the key is defined (usually at
+import), never on the first call.
 """
 
 from __future__ import annotations
@@ -123,14 +123,14 @@ def _check_stripe_account(instance: KeySpec, attribute: Any, value: str | None) 
 class KeySpec:
     """What a vault key may do: vendor, endpoints, cap, TTL and the key's other options.
 
-    ::
+    ```python
+    refunds = KeySpec("stripe", ["POST /v1/refunds"], cap=100, ttl="2m", label="refunds")
 
-        refunds = KeySpec("stripe", ["POST /v1/refunds"], cap=100, ttl="2m", label="refunds")
+    async with VaultKey.from_spec(refunds) as vk: ...
 
-        async with VaultKey.from_spec(refunds) as vk: ...
-
-        @vault_key(refunds)
-        async def refund(charge_id: str, vk: VaultKey) -> str: ...
+    @vault_key(refunds)
+    async def refund(charge_id: str, vk: VaultKey) -> str: ...
+    ```
 
     Every value is checked (and normalised) here, once: a spec that exists is one the SDK
     can issue. The server still has the last word on what it accepts (a TTL of at most 30
@@ -146,7 +146,7 @@ class KeySpec:
             a ``timedelta`` of whole seconds.
         label: a name for the key; ``None`` lets whoever issues it choose (the function's
             name for ``@vault_key``, the route for web integrations).
-        keepalive: whether a :class:`VaultKey` refreshes the key while it is open.
+        keepalive: whether a [`VaultKey`][keybrake.VaultKey] refreshes the key while it is open.
         max_lifetime: a hard age limit the server enforces; not shorter than ``ttl``.
         metadata: string pairs stored with the key.
         stripe_account: Stripe keys only: the connected account (``"acct_..."``) every

@@ -51,7 +51,7 @@ T = TypeVar("T")
 async def _run_to_the_end(work: Awaitable[T]) -> T:
     """Run cleanup to its end even if we are cancelled (again) meanwhile.
 
-    The work runs in its own task, awaited through :func:`asyncio.shield`; a cancellation
+    The work runs in its own task, awaited through ``asyncio.shield``; a cancellation
     that arrives meanwhile is held until the work is done (it is bounded by timeouts of its
     own), then re-raised.
     """
@@ -84,10 +84,10 @@ class _OfficialClient:
 
 
 class RunOptions(TypedDict, total=False):
-    """How a :class:`VaultKey` runs, apart from what its :class:`KeySpec` says.
+    """How a ``VaultKey`` runs, apart from what its ``KeySpec`` says.
 
-    The keyword options of :meth:`VaultKey.from_spec`, which ``@vault_key`` and the
-    integrations pass on.
+    The keyword options of [`VaultKey.from_spec()`][keybrake.VaultKey.from_spec], which
+    ``@vault_key`` and the integrations pass on.
     """
 
     client: Keybrake | None
@@ -102,7 +102,7 @@ class KeyOptions(RunOptions, total=False):
     """The keyword options of ``VaultKey(vendor, endpoints, cap, ttl, ...)`` after ``label``.
 
     What ``@vault_key(vendor, endpoints, cap=..., ttl=..., **options)`` and the integrations
-    accept besides a :class:`KeySpec`'s first fields.
+    accept besides a [`KeySpec`][keybrake.KeySpec]'s first fields.
     """
 
     keepalive: bool
@@ -126,13 +126,13 @@ def resolve_spec(
 ) -> tuple[KeySpec, RunOptions]:
     """The spec and run options of a ``(spec | vendor, endpoints, cap=, ttl=, ...)`` call.
 
-    ``@vault_key`` and every integration take either a :class:`KeySpec` (with only run
+    ``@vault_key`` and every integration take either a [`KeySpec`][keybrake.KeySpec] (with only run
     options beside it) or the spec's fields one by one; this checks both, once, where the
     key is defined: the spec's values, the options' names, and the client settings
     (``token``, ``api_url``, ``proxy_url``) when no ``client`` is shared.
 
     Raises:
-        ConfigurationError: a bad value (see :class:`KeySpec`) or client setting.
+        ConfigurationError: a bad value (see [`KeySpec`][keybrake.KeySpec]) or client setting.
         TypeError: an unknown option, a spec together with the fields it already holds, or
             neither.
     """
@@ -168,25 +168,39 @@ def resolve_spec(
 class VaultKey:
     """A vault key for one block of work: issued on enter, kept alive, revoked on exit.
 
-    ::
+    ```python
+    async with VaultKey("stripe", ["/v1/payment_intents"], cap=500, ttl="5m") as vk:
+        await vk.stripe.payment_intents.create(amount=2000, currency="usd")
+    ```
 
-        async with VaultKey("stripe", ["/v1/payment_intents"], cap=500, ttl="5m") as vk:
-            await vk.stripe.payment_intents.create(amount=2000, currency="usd")
-
-    or, from a :class:`KeySpec` written down once, ``VaultKey.from_spec(spec)``.
+    or, from a [`KeySpec`][keybrake.KeySpec] written down once, ``VaultKey.from_spec(spec)``.
 
     Revocation runs however the block ends (normally, by exception, cancellation, timeout
     or ``KeyboardInterrupt``). It is shielded from further cancellation, bounded by
-    :data:`REVOKE_TIMEOUT`, never hides the block's own exception, and re-raises a
+    ``REVOKE_TIMEOUT``, never hides the block's own exception, and re-raises a
     cancellation.
 
     Args:
-        vendor, endpoints, cap, ttl, label, keepalive, max_lifetime, metadata,
-            stripe_account: what the key may do, as for :class:`KeySpec`.
-        client: a :class:`Keybrake` client to share; otherwise one is created and closed here.
+        vendor: ``"stripe"`` or ``"twilio"``.
+        endpoints: the allowlist, a non-empty list of endpoint patterns such as
+            ``"/v1/payment_intents"``, ``"GET /v1/customers/*"`` or ``"/v1/**"``.
+        cap: the daily spend cap in USD: ``500``, ``"12.50"`` or ``Decimal("12.50")``;
+            never a float.
+        ttl: time to live: ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``, seconds or a
+            ``timedelta``.
+        label: a name for the key, shown in server logs and key descriptions.
+        keepalive: refresh the key in the background while the block runs.
+        max_lifetime: a hard age limit the server enforces; not shorter than ``ttl``.
+        client: a [`Keybrake`][keybrake.Keybrake] client to share; otherwise one is created
+            and closed here.
+        metadata: string pairs stored with the key.
+        stripe_account: Stripe keys only: the connected account (``"acct_..."``) every
+            request acts on.
         on_lost: called with the error when keepalive finds the key revoked or expired.
         cancel_on_loss: also cancel the task running the block when the key is lost.
-        token, api_url, proxy_url: passed to the :class:`Keybrake` client created here.
+        token: the master token for the [`Keybrake`][keybrake.Keybrake] client created here.
+        api_url: the issuance API's URL, for the client created here.
+        proxy_url: the proxy's URL, for the client created here.
 
     Raises:
         ConfigurationError: a bad argument (checked here) or no master token (on enter).
@@ -423,9 +437,9 @@ class VaultKey:
 
         Its ``api`` domain (messages, calls, ...) goes through the proxy, which pins the
         account; the vault key is the auth token. A request for any other Twilio host
-        (verify, lookups, ...) raises :class:`EndpointNotAllowed` before anything is sent, so
-        the key never leaves for a host that isn't the proxy. Closed when the key is. Needs
-        ``pip install 'keybrake[twilio]'``.
+        (verify, lookups, ...) raises [`EndpointNotAllowed`][keybrake.EndpointNotAllowed] before
+        anything is sent, so the key never leaves for a host that isn't the proxy. Closed when
+        the key is. Needs ``pip install 'keybrake[twilio]'``.
 
         Raises:
             ConfigurationError: the ``twilio`` package is missing, or the key is for
@@ -515,7 +529,7 @@ class VaultKey:
     async def aclose(self) -> None:
         """Stop keepalive and revoke the key. Closing twice is a no-op.
 
-        If revocation can't be done within :data:`REVOKE_TIMEOUT`, a warning is logged
+        If revocation can't be done within ``REVOKE_TIMEOUT``, a warning is logged
         (without the token) and the key's TTL ends it.
         """
         if self._state in ("closed", "unopened"):

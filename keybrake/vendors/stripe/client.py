@@ -265,7 +265,7 @@ def _stripe_error(status: int, headers: Mapping[str, str], data: Any) -> StripeE
 
 
 class StripeClient:
-    """Stripe through the proxy. Resources are attributes; :meth:`request` reaches the rest.
+    """Stripe through the proxy. Resources are attributes; ``request()`` reaches the rest.
 
     Args:
         transport: sends requests to the proxy with the vault key.
@@ -366,10 +366,12 @@ class _Resource(Generic[M]):
 
 class _ListableResource(_Resource[M]):
     def list(self, **params: Any) -> AsyncIterator[M]:
-        """Every object matching ``params``, fetched page by page as you iterate::
+        """Every object matching ``params``, fetched page by page as you iterate:
 
+        ```python
         async for intent in vk.stripe.payment_intents.list(customer="cus_1"):
             ...
+        ```
         """
         return self._client._list(self.path, params, self.model)
 

@@ -98,7 +98,7 @@ class Message:
 
 @attrs.frozen(kw_only=True)
 class Call:
-    """A Twilio Call. ``duration`` in seconds; ``price`` as for :class:`Message`."""
+    """A Twilio Call. ``duration`` in seconds; ``price`` as for ``Message``."""
 
     sid: str
     status: str
@@ -159,7 +159,7 @@ def _pascal(name: str) -> str:
 
 
 class TwilioClient:
-    """Twilio through the proxy: ``messages`` and ``calls``; :meth:`request` for the rest."""
+    """Twilio through the proxy: ``messages`` and ``calls``; ``request()`` for the rest."""
 
     def __init__(
         self,
