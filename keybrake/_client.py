@@ -173,7 +173,24 @@ class Keybrake:
         ``keepalive`` is not used: keeping a key alive is what ``VaultKey`` does);
         ``issue_key(vendor, endpoints, cap=..., ttl=..., ...)`` builds that spec from the
         arguments.
-        ``stripe_account`` pins a Stripe key to one connected account (``Stripe-Account``).
+
+        Args:
+            vendor: a [`KeySpec`][keybrake.KeySpec], or the vendor's name (``"stripe"``,
+                ``"twilio"``) followed by the other fields, as for
+                [`VaultKey`][keybrake.VaultKey].
+            endpoints: the allowlist of endpoint patterns.
+            cap: the daily spend cap in USD.
+            ttl: time to live.
+            label: a name for the key.
+            max_lifetime: a hard age limit; not shorter than ``ttl``.
+            metadata: string pairs stored with the key.
+            stripe_account: pins a Stripe key to one connected account
+                (``Stripe-Account``).
+            idempotency_key: the ``Idempotency-Key`` sent, and reused by every retry; a new
+                random one when omitted.
+
+        Returns:
+            The new key, with its token: the API shows it only in this answer.
 
         Raises:
             ConfigurationError: no master token, or a bad argument (see
@@ -227,7 +244,14 @@ class Keybrake:
         return IssuedKey.from_json(data)
 
     async def get_key(self, key_id: str) -> KeyInfo:
-        """Describe a key: status and spend today."""
+        """Describe a key: status and spend today.
+
+        Args:
+            key_id: the key's id, ``vk_...``.
+
+        Raises:
+            IssuanceError: no such key in this tenant (404 ``key_not_found``).
+        """
         return KeyInfo.from_json(await self._api("GET", f"/v1/keys/{_quote(key_id)}"))
 
     async def _pages(
@@ -257,6 +281,17 @@ class Keybrake:
         async for key in kb.list_keys(status="active"):
             ...
         ```
+
+        Listed keys have no ``spent_today_usd``; [`get_key()`][keybrake.Keybrake.get_key] has
+        it.
+
+        Args:
+            status: only ``"active"``, ``"expired"`` or ``"revoked"`` keys; all when ``None``.
+            page_size: keys per request, 1 to 100.
+
+        Raises:
+            IssuanceError: a bad ``status`` or ``page_size`` (``400 bad_request``), raised
+                from the iteration step that fetches the page.
         """
         async for item in self._pages("/v1/keys", {"status": status}, page_size):
             yield KeyInfo.from_json(item)
@@ -274,6 +309,15 @@ class Keybrake:
         async for record in kb.audit(key_id=vk.id):
             print(record.at, record.decision, record.method, record.path)
         ```
+
+        Entries are written shortly after each request (normally within a fifth of a
+        second), so a request just answered may not be listed yet.
+
+        Args:
+            key_id: only this key's entries.
+            decision: only entries with this decision: ``"allowed"`` or a refusal code
+                such as ``"cap_exhausted"``.
+            page_size: entries per request, 1 to 100.
         """
         filters = {"key_id": key_id, "decision": decision}
         async for item in self._pages("/v1/audit", filters, page_size):
@@ -282,12 +326,24 @@ class Keybrake:
     async def usage(
         self, *, key_id: str | None = None, day: str | None = None, page_size: int = 100
     ) -> AsyncIterator[UsageRecord]:
-        """Spend per key and UTC day (``day`` like ``"2026-11-27"``), newest first."""
+        """Spend per key and UTC day, newest day first.
+
+        A key has a row for a day only once a request of that day reserved money.
+
+        Args:
+            key_id: only this key.
+            day: only this UTC day, written ``"2026-11-27"``.
+            page_size: rows per request, 1 to 100.
+        """
         async for item in self._pages("/v1/usage", {"key_id": key_id, "day": day}, page_size):
             yield UsageRecord.from_json(item)
 
     async def refresh_key(self, key_id: str, *, expires_in: Duration) -> Lease:
         """Extend a key to now + ``expires_in``, never past its ``max_expires_at``.
+
+        Args:
+            key_id: the key's id, ``vk_...``.
+            expires_in: a duration, like ``ttl``.
 
         Raises:
             VaultKeyRevoked: the key is revoked (status 409, code ``key_revoked``).
@@ -300,7 +356,16 @@ class Keybrake:
         )
 
     async def revoke_key(self, key_id: str) -> Revocation:
-        """Revoke a key; takes effect on the proxy's very next request. Idempotent."""
+        """Revoke a key; takes effect on the proxy's very next request. Idempotent.
+
+        Revoking twice answers the first ``revoked_at``.
+
+        Args:
+            key_id: the key's id, ``vk_...``.
+
+        Raises:
+            IssuanceError: no such key (404).
+        """
         return Revocation.from_json(await self._api("DELETE", f"/v1/keys/{_quote(key_id)}"))
 
 

@@ -389,7 +389,10 @@ class VaultKey:
 
     @property
     def stripe(self) -> StripeClient:
-        """Stripe through the proxy with this key (a typed client; see :mod:`keybrake.vendors`)."""
+        """Stripe through the proxy with this key.
+
+        A typed [`StripeClient`][keybrake.vendors.stripe.client.StripeClient].
+        """
         self._require_issued()
         if self._stripe is None:
             self._stripe = StripeClient(self._transport("stripe"), retry=self._client.retry)
@@ -397,7 +400,10 @@ class VaultKey:
 
     @property
     def twilio(self) -> TwilioClient:
-        """Twilio through the proxy with this key (messages and calls)."""
+        """Twilio through the proxy with this key (messages and calls).
+
+        A typed [`TwilioClient`][keybrake.vendors.twilio.client.TwilioClient].
+        """
         self._require_issued()
         if self._twilio is None:
             self._twilio = TwilioClient(self._transport("twilio"), retry=self._client.retry)
