@@ -25,7 +25,30 @@ def _opt_time(data: Mapping[str, Any], name: str) -> datetime | None:
 
 @attrs.frozen(kw_only=True)
 class KeyInfo:
-    """A vault key as the issuance API describes it (never with its token)."""
+    """A vault key as the issuance API describes it (never with its token).
+
+    Returned by ``get_key()`` and ``list_keys()``. Money is ``Decimal``, times are
+    timezone-aware ``datetime``s in UTC.
+
+    Attributes:
+        id: ``vk_...``.
+        vendor: ``"stripe"`` or ``"twilio"``.
+        label: the key's label.
+        allowed_endpoints: the allowlist patterns.
+        daily_usd_cap: the daily spend cap in USD.
+        created_at: when the key was issued.
+        expires_at: when the key expires, unless refreshed.
+        max_expires_at: no refresh goes past this.
+        status: ``"active"``, ``"expired"`` or ``"revoked"``.
+        revoked_at: when the key was revoked, if it was.
+        spent_today_usd: settled spend in the current UTC day (Twilio estimates included,
+            requests in flight not); set by ``get_key()`` only.
+        reserved_today_usd: reserved right now for requests in flight; set by ``get_key()``
+            only.
+        metadata: the string pairs stored with the key.
+        stripe_account: the Stripe connected account the key acts on, if any.
+        raw: the JSON answer as received (left out of ``repr()`` and ``==``).
+    """
 
     id: str
     vendor: str
@@ -77,7 +100,14 @@ def _no_token_raw(data: Mapping[str, Any]) -> dict[str, Any]:
 
 @attrs.frozen(kw_only=True)
 class IssuedKey(KeyInfo):
-    """A freshly issued key, with its token (shown only once; hidden from ``repr()``)."""
+    """A freshly issued key, with its token (shown only once; hidden from ``repr()``).
+
+    Returned by ``issue_key()`` and ``VaultKey.info``: a [`KeyInfo`][keybrake.KeyInfo] with one
+    more field.
+
+    Attributes:
+        token: the key's secret, ``vault_key_...``; left out of ``raw``.
+    """
 
     token: str = attrs.field(repr=False)
 
@@ -90,7 +120,13 @@ class IssuedKey(KeyInfo):
 
 @attrs.frozen(kw_only=True)
 class Lease:
-    """What a refresh granted: the key's new expiry, never past ``max_expires_at``."""
+    """What a refresh granted: the key's new expiry, never past ``max_expires_at``.
+
+    Attributes:
+        id: the key's id.
+        expires_at: the new expiry.
+        max_expires_at: no refresh goes past this.
+    """
 
     id: str
     expires_at: datetime
@@ -107,7 +143,12 @@ class Lease:
 
 @attrs.frozen(kw_only=True)
 class Revocation:
-    """A revoked key and when it was revoked (the first time, if revoked twice)."""
+    """A revoked key and when it was revoked (the first time, if revoked twice).
+
+    Attributes:
+        id: the key's id.
+        revoked_at: the first revocation time.
+    """
 
     id: str
     revoked_at: datetime
@@ -119,7 +160,25 @@ class Revocation:
 
 @attrs.frozen(kw_only=True)
 class AuditRecord:
-    """One proxy decision from the audit log: ``decision`` is ``"allowed"`` or a refusal code."""
+    """One proxy decision from the audit log, as yielded by ``Keybrake.audit()``.
+
+    Attributes:
+        id: the entry's number; later entries have larger ones.
+        at: when the proxy answered.
+        key_id: the vault key; ``None`` when the request named no known key.
+        label: the key's label, redacted.
+        vendor: ``"stripe"`` or ``"twilio"``; ``None`` for an unknown vendor.
+        method: ``"POST"``, ``"GET"``, ...
+        path: the vendor path as sent, without the query string, redacted.
+        decision: ``"allowed"`` (forwarded) or the refusal code (``"cap_exhausted"``, ...).
+        status: the HTTP status the caller got: the vendor's when forwarded.
+        reserved_usd: what was reserved against the cap before forwarding.
+        settled_usd: what was counted once the vendor answered (0 when released).
+        upstream_ms: how long the vendor took to answer; ``None`` if it was not asked or
+            did not answer.
+        vendor_request_id: the vendor's ``Request-Id`` or ``Twilio-Request-Id``.
+        raw: the JSON entry as received (left out of ``repr()`` and ``==``).
+    """
 
     id: int
     at: datetime
@@ -159,7 +218,18 @@ class AuditRecord:
 
 @attrs.frozen(kw_only=True)
 class UsageRecord:
-    """A key's spend on one UTC day."""
+    """A key's spend on one UTC day, as yielded by ``Keybrake.usage()``.
+
+    Attributes:
+        key_id: ``vk_...``.
+        label: the key's label.
+        day: the UTC day, ``"2026-11-27"``.
+        spent_usd: settled spend that day (Twilio estimates included).
+        reserved_usd: reserved for requests still in flight.
+        daily_usd_cap: the key's cap; ``spent_usd + reserved_usd`` never passes it.
+        unconfirmed_usd: of ``spent_usd``, what was counted at its bound because the
+            request's outcome was lost: the vendor may have charged less.
+    """
 
     key_id: str
     label: str
