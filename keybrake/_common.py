@@ -71,9 +71,13 @@ def to_micros(value: int | str | Decimal) -> int:
         raise ValueError(f"not a USD amount: {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount > MAX_USD:
         raise ValueError(f"not a USD amount: {value!r}")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
+    # Checked on the digits, before any arithmetic (which would round 1e-999999999 to 0).
+    _, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    if any(digits) and exponent + trailing < -6:
         raise ValueError(f"USD amount has more than six decimals: {value!r}")
+    micros = amount * MICROS_PER_USD
     return int(micros)
 
 

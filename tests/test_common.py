@@ -44,13 +44,23 @@ def test_parse_duration_refuses(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("value", "micros"),
-    [(500, 500_000_000), ("0.01", 10_000), (Decimal("12.345678"), 12_345_678), ("0", 0)],
+    [
+        (500, 500_000_000),
+        ("0.01", 10_000),
+        (Decimal("12.345678"), 12_345_678),
+        ("0", 0),
+        ("1.000000000", 1_000_000),
+        ("1E+2", 100_000_000),
+    ],
 )
 def test_to_micros_is_exact(value: int | str | Decimal, micros: int) -> None:
     assert to_micros(value) == micros
 
 
-@pytest.mark.parametrize("value", [0.1, "-1", "1e12", "NaN", "Infinity", "0.0000001", "abc", True])
+@pytest.mark.parametrize(
+    "value",
+    [0.1, "-1", "1e12", "NaN", "Infinity", "0.0000001", "abc", True, "1e-999999999", "5E-7"],
+)
 def test_to_micros_refuses(value: object) -> None:
     with pytest.raises(ValueError, match="USD amount"):
         to_micros(value)  # type: ignore[arg-type]

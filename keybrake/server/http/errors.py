@@ -8,7 +8,7 @@ from aiohttp import web
 
 __all__ = ["error_body", "error_response"]
 
-_STRIPE_TYPES = {502: "api_error", 503: "api_error", 504: "api_error"}
+_STRIPE_TYPES = {500: "api_error", 502: "api_error", 503: "api_error", 504: "api_error"}
 
 
 def error_body(
