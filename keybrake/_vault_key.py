@@ -311,38 +311,47 @@ class VaultKey:
 
     @property
     def vendor(self) -> str:
+        """The vendor the key is for (``"stripe"``, ``"twilio"``)."""
         return self.spec.vendor
 
     @property
     def endpoints(self) -> tuple[str, ...]:
+        """The endpoint patterns the key allows."""
         return self.spec.endpoints
 
     @property
     def cap(self) -> Decimal:
+        """The daily spend cap, in USD."""
         return self.spec.cap
 
     @property
     def ttl_seconds(self) -> int:
+        """How long the key lives, in seconds, before keepalive extends it."""
         return self.spec.ttl_seconds
 
     @property
     def max_lifetime(self) -> timedelta | None:
+        """The server-side hard age limit, if one was asked for."""
         return self.spec.max_lifetime
 
     @property
     def label(self) -> str:
+        """The key's name in logs and listings (``""`` if none)."""
         return self.spec.label or ""
 
     @property
     def keepalive(self) -> bool:
+        """Whether the key is refreshed in the background while the block runs."""
         return self.spec.keepalive
 
     @property
     def metadata(self) -> Mapping[str, str]:
+        """String pairs stored with the key."""
         return self.spec.metadata
 
     @property
     def stripe_account(self) -> str | None:
+        """The Stripe connected account every request acts on, if any."""
         return self.spec.stripe_account
 
     # -- what the block sees ---------------------------------------------------------------
@@ -380,6 +389,7 @@ class VaultKey:
 
     @property
     def client(self) -> Keybrake:
+        """The admin client that issues, refreshes and revokes this key."""
         return self._client
 
     @property
