@@ -138,7 +138,9 @@ async def test_an_exception_escaping_the_middleware_is_a_json_500_without_the_se
     assert ("error" in body) is vendor_shape
     if vendor_shape:
         # Stripe's SDK reads a 500 of type api_error as a server fault, not the caller's.
-        assert body["error"]["type"] == "api_error"
+        error = body["error"]
+        assert isinstance(error, dict)
+        assert error["type"] == "api_error"
     assert b"vault_key_" not in answer.head + answer.body
     assert "ClientPayloadError" in caplog.text  # logged, traceback and all, but redacted
     assert VAULT_TOKEN not in caplog.text
