@@ -99,11 +99,30 @@ def _start(log: IO[str]) -> tuple[subprocess.Popen[str], str] | None:
         "--dynamic=false",
     ]
     env = {**os.environ, "FORCE_COLOR": "0", "NO_COLOR": "1"}
+    return launch("Prism", command, cwd=_REPO, env=env, log=log, port=port, probe="/")
+
+
+def launch(
+    name: str,
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log: IO[str],
+    port: int,
+    probe: str,
+) -> tuple[subprocess.Popen[str], str] | None:
+    """Start a server in a process group of its own and wait until ``probe`` answers on
+    ``port``; None if it exited early (say, the port was taken).
+
+    Raises:
+        RuntimeError: it did not answer within the start timeout (it is stopped first).
+    """
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     proc = subprocess.Popen(
         command,
-        cwd=_REPO,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -118,7 +137,7 @@ def _start(log: IO[str]) -> tuple[subprocess.Popen[str], str] | None:
             if proc.poll() is not None:
                 _stop(proc)
                 return None
-            if _answers(url + "/"):
+            if _answers(url + probe):
                 return proc, url
             time.sleep(0.2)
     except BaseException:
@@ -126,7 +145,7 @@ def _start(log: IO[str]) -> tuple[subprocess.Popen[str], str] | None:
         raise
     _stop(proc)
     raise RuntimeError(
-        f"Prism did not answer on {url} within {_START_TIMEOUT:.0f}s; log tail:\n" + _log_tail(log)
+        f"{name} did not answer on {url} within {_START_TIMEOUT:.0f}s; log tail:\n" + _log_tail(log)
     )
 
 

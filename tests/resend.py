@@ -31,12 +31,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from tests.prism import _answers, _free_port, _log_tail, _stop
+from tests.prism import _free_port, _log_tail, _stop, launch
 from tests.services import require
 
 __all__ = ["RESEND_LOCAL_APP", "resend_local_server"]
@@ -63,39 +62,17 @@ def _start(log: IO[str], node: str, database: Path) -> tuple[subprocess.Popen[st
         "FORCE_COLOR": "0",
         "NO_COLOR": "1",
     }
-    log.write(
-        f"$ HOSTNAME=127.0.0.1 PORT={port} DATABASE_URL=file:{database} {' '.join(command)}\n"
-    )
-    log.flush()
-    proc = subprocess.Popen(
+    log.write(f"HOSTNAME=127.0.0.1 PORT={port} DATABASE_URL=file:{database}\n")
+    # The API answers 401 without a key: a cheap probe, unlike "/" (a redirect to the
+    # server-rendered dashboard). server.js chdirs to its own directory anyway.
+    return launch(
+        "resend-local",
         command,
-        cwd=RESEND_LOCAL_APP,  # server.js chdirs there anyway
+        cwd=RESEND_LOCAL_APP,
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, so _stop reaches its children
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + _START_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                _stop(proc)
-                return None
-            # The API answers 401 without a key: cheap, unlike "/" (a redirect to the
-            # server-rendered dashboard).
-            if _answers(url + "/emails"):
-                return proc, url
-            time.sleep(0.2)
-    except BaseException:
-        _stop(proc)
-        raise
-    _stop(proc)
-    raise RuntimeError(
-        f"resend-local did not answer on {url} within {_START_TIMEOUT:.0f}s; log tail:\n"
-        + _log_tail(log)
+        log=log,
+        port=port,
+        probe="/emails",
     )
 
 
