@@ -615,3 +615,21 @@ def test_the_array_parameters_are_the_specs() -> None:
 )
 def test_segments_are_packed_as_twilio_packs_them(body: str, segments: int) -> None:
     assert sms_segments(body) == segments
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"To=%2B15005550006&From=%2B15005550001&Url=https%3A%2F%2Fx&timelimit=99999",
+        b"to=%2B447700900123&To=%2B15005550006&From=%2B15005550001&Url=https%3A%2F%2Fx",
+        b"To=%2B15005550006&From=%2B15005550001&Twiml=%3CResponse%2F%3E&TWIML=x",
+    ],
+)
+async def test_a_parameter_in_another_letter_case_is_refused(body: bytes) -> None:
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    request = VendorRequest(
+        "POST", normalise_path(CALLS), "", "application/x-www-form-urlencoded", body
+    )
+    with pytest.raises(PricingRefusal) as refused:
+        await pricer.quote(request, no_lookup)
+    assert refused.value.code == "bad_request"

@@ -319,6 +319,30 @@ def _spec_path(template: str) -> tuple[str, ...]:
 
 _ARRAYS = [(_spec_path(path), names) for path, names in ARRAY_PARAMETERS.items()]
 
+#: The parameters the price reads, by their case-folded name.
+_PRICED = {
+    name.casefold(): name
+    for name in ("Body", "ContentSid", "MediaUrl", "SendAsMms", "TimeLimit", "To", "Twiml")
+}
+
+
+def _one_spelling(pairs: list[tuple[str, str]]) -> None:
+    """Refuse parameter names that differ only in letter case from each other or from one the
+    price reads (``timelimit``, ``to`` beside ``To``): the price reads one spelling, and a
+    vendor that folds case would read the other.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request``.
+    """
+    seen: dict[str, str] = {}
+    for name, _ in pairs:
+        folded = name.casefold()
+        other = seen.setdefault(folded, _PRICED.get(folded, name))
+        if other != name:
+            raise PricingRefusal(
+                400, "bad_request", f"parameter {name!r} is spelt differently from {other!r}"
+            )
+
 
 def _array_parameters(segments: tuple[str, ...]) -> frozenset[str]:
     """The parameters Twilio's spec lets repeat on a ``POST`` to this path."""
@@ -400,6 +424,7 @@ class TwilioPricer:
         if request.query:
             raise PricingRefusal(400, "bad_request", "Twilio POST parameters belong in the body")
         pairs = parse_form(request)
+        _one_spelling(pairs)
         form = single_values(pairs, _array_parameters(request.segments))
         if any(p.matches(method, request.segments) for p in self.settings.free_endpoints):
             return free
