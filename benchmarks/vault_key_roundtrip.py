@@ -47,8 +47,9 @@ async def main(n: int) -> None:
         config = ServerConfig(
             database_url=f"sqlite:///{Path(tmp) / 'bench.db'}",
             admin_token=token,
-            stripe_secret_key="sk_test_bench",
-            stripe_api_base="http://127.0.0.1:9",
+            vendor_settings={
+                "stripe": {"secret_key": "sk_test_bench", "api_base": "http://127.0.0.1:9"}
+            },
         )
         async with (
             running_server(config) as url,

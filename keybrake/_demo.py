@@ -29,8 +29,7 @@ async def _scenario(stripe_url: str, data_dir: Path) -> int:
     config = ServerConfig(
         database_url=f"sqlite:///{data_dir / 'keybrake.db'}",
         admin_token=admin_token,
-        stripe_secret_key="sk_test_demo",
-        stripe_api_base=stripe_url,
+        vendor_settings={"stripe": {"secret_key": "sk_test_demo", "api_base": stripe_url}},
     )
     async with (
         running_server(config) as url,

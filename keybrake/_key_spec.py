@@ -8,7 +8,6 @@ import), never on the first call.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
@@ -18,6 +17,7 @@ import attrs
 
 from keybrake._common import EndpointPattern, parse_duration, to_micros
 from keybrake._errors import ConfigurationError
+from keybrake.vendors import get_vendor
 
 __all__ = ["Cap", "Duration", "KeySpec", "cap_string", "duration_seconds"]
 
@@ -25,8 +25,6 @@ __all__ = ["Cap", "Duration", "KeySpec", "cap_string", "duration_seconds"]
 Cap = int | str | Decimal
 #: A duration as the SDK takes it: ``"30s"``, ``"5m"``, ``"2h"``, seconds or a ``timedelta``.
 Duration = str | int | timedelta
-
-_STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 
 
 def duration_seconds(value: Duration, name: str) -> int:
@@ -109,13 +107,17 @@ def _check_keepalive(instance: KeySpec, attribute: Any, value: bool) -> None:
 def _check_stripe_account(instance: KeySpec, attribute: Any, value: str | None) -> None:
     if value is None:
         return
-    if instance.vendor != "stripe":
+    # The account a key is pinned to, for a vendor with accounts (Stripe's).
+    plugin = get_vendor(instance.vendor)
+    accounts = None if plugin is None else plugin.account_pattern
+    if plugin is None or accounts is None:
         raise ConfigurationError(
             f"stripe_account is for Stripe keys only, not {instance.vendor} keys"
         )
-    if not isinstance(value, str) or not _STRIPE_ACCOUNT.fullmatch(value):
+    if not isinstance(value, str) or not accounts.fullmatch(value):
         raise ConfigurationError(
-            f"stripe_account must be a Stripe account id ('acct_...'), not {value!r}"
+            f"stripe_account must be a {plugin.title} account id ({accounts.pattern}),"
+            f" not {value!r}"
         )
 
 

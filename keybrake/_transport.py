@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 import attrs
@@ -53,9 +54,13 @@ class ProxyTransport:
         *,
         query: Sequence[tuple[str, str]] | None = None,
         form: Sequence[tuple[str, str]] | None = None,
+        json: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> ProxyResponse:
         """Send one request; raise if the proxy itself refused it.
+
+        ``form`` is sent as ``application/x-www-form-urlencoded``, ``json`` (if not None) as
+        ``application/json``, as the vendor takes it.
 
         Raises:
             ProxyRefused: a policy refusal (cap, endpoint, key state).
@@ -69,6 +74,7 @@ class ProxyTransport:
                 self.base_url + path,
                 params=list(query) if query else None,
                 data=list(form) if form is not None else None,
+                json=json,
                 headers=all_headers,
             ) as response:
                 body = await response.read()

@@ -27,6 +27,9 @@ from keybrake._errors import (
 from keybrake._key_spec import Cap, Duration, KeySpec
 from keybrake._models import IssuedKey
 from keybrake._transport import ProxyTransport
+from keybrake.vendors import Vendor, get_vendor
+from keybrake.vendors import stripe as _stripe
+from keybrake.vendors import twilio as _twilio
 from keybrake.vendors.stripe.client import StripeClient
 from keybrake.vendors.twilio.client import PLACEHOLDER_ACCOUNT_SID, TwilioClient
 
@@ -46,6 +49,7 @@ KEEPALIVE_FRACTION = 2 / 3
 
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 async def _run_to_the_end(work: Awaitable[T]) -> T:
@@ -303,8 +307,7 @@ class VaultKey:
         self._lost: KeybrakeError | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         self._owner_task: asyncio.Task[Any] | None = None
-        self._stripe: StripeClient | None = None
-        self._twilio: TwilioClient | None = None
+        self._vendor_clients: dict[str, Any] = {}
         self._official_clients: list[_OfficialClient] = []
 
     # -- the spec's fields, as attributes ---------------------------------------------------
@@ -403,10 +406,7 @@ class VaultKey:
 
         A typed [`StripeClient`][keybrake.vendors.stripe.client.StripeClient].
         """
-        self._require_issued()
-        if self._stripe is None:
-            self._stripe = StripeClient(self._transport("stripe"), retry=self._client.retry)
-        return self._stripe
+        return self.vendor_client(_stripe.VENDOR)
 
     @property
     def twilio(self) -> TwilioClient:
@@ -414,10 +414,37 @@ class VaultKey:
 
         A typed [`TwilioClient`][keybrake.vendors.twilio.client.TwilioClient].
         """
+        return self.vendor_client(_twilio.VENDOR)
+
+    def vendor_client(self, vendor: Vendor[C]) -> C:
+        """The typed client of an installed vendor, through the proxy with this key.
+
+        ``vk.vendor_client(keybrake.vendors.resend.VENDOR)`` is ``vk.resend``, typed:
+        ``vk.stripe`` and ``vk.twilio`` are typed properties, and every other vendor's
+        client is also an attribute named after the vendor, which a type checker can't see.
+
+        Raises:
+            ConfigurationError: the key is for another vendor, or not issued yet.
+        """
         self._require_issued()
-        if self._twilio is None:
-            self._twilio = TwilioClient(self._transport("twilio"), retry=self._client.retry)
-        return self._twilio
+        client = self._vendor_clients.get(vendor.name)
+        if client is None:
+            transport = self._transport(vendor.name)
+            client = self._vendor_clients[vendor.name] = vendor.make_client(
+                transport, self._client.retry
+            )
+        typed: C = client
+        return typed
+
+    if not TYPE_CHECKING:  # a type checker should still catch a misspelt attribute
+
+        def __getattr__(self, name: str) -> Any:
+            """``vk.resend`` (or any installed vendor's name): that vendor's client."""
+            if not name.startswith("_"):
+                plugin = get_vendor(name)
+                if plugin is not None:
+                    return self.vendor_client(plugin)
+            raise AttributeError(f"'VaultKey' object has no attribute {name!r}")
 
     def stripe_client(self) -> stripe_sdk.StripeClient:
         """The official ``stripe.StripeClient``, with every base address on the proxy.

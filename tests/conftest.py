@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -72,14 +72,25 @@ class RunningServer:
         return Keybrake(self.admin_token, api_url=self.url, proxy_url=self.url, retry=retry)
 
 
-def make_config(db_path: Path, stripe_url: str, **overrides: object) -> ServerConfig:
+def make_config(
+    db_path: Path,
+    stripe_url: str,
+    *,
+    vendors: Mapping[str, Mapping[str, str]] | None = None,
+    **overrides: object,
+) -> ServerConfig:
+    """A test server's configuration: Stripe at ``stripe_url``, Twilio's test credentials,
+    and ``vendors``' settings merged over those (``{"twilio": {"api_base": url}}``)."""
+    settings: dict[str, dict[str, str]] = {
+        "stripe": {"secret_key": "sk_test_keybrake", "api_base": stripe_url},
+        "twilio": {"account_sid": TWILIO_ACCOUNT_SID, "auth_token": TWILIO_AUTH_TOKEN},
+    }
+    for name, more in (vendors or {}).items():
+        settings[name] = {**settings.get(name, {}), **more}
     values: dict[str, object] = {
         "database_url": f"sqlite:///{db_path}",
         "admin_token": generate_admin_token(),
-        "stripe_secret_key": "sk_test_keybrake",
-        "stripe_api_base": stripe_url,
-        "twilio_account_sid": TWILIO_ACCOUNT_SID,
-        "twilio_auth_token": TWILIO_AUTH_TOKEN,
+        "vendor_settings": settings,
         **overrides,
     }
     return ServerConfig(**values)  # type: ignore[arg-type]
@@ -98,7 +109,7 @@ async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningS
 async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[RunningServer]:
     """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
     db_path = tmp_path / "keybrake-twilio.db"  # its own file: one server per SQLite file
-    config = make_config(db_path, "http://127.0.0.1:9", twilio_api_base=prism_url)
+    config = make_config(db_path, "http://127.0.0.1:9", vendors={"twilio": {"api_base": prism_url}})
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)

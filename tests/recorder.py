@@ -111,7 +111,7 @@ async def proxy(tmp_path: Path, recorder: Recorder) -> AsyncIterator[Proxy]:
     config = make_config(
         tmp_path / "kb.db",
         recorder.url,
-        twilio_api_base=recorder.url,
+        vendors={"twilio": {"api_base": recorder.url}},
         max_body_size=4096,
         upstream_timeout=1.0,
     )

@@ -68,6 +68,7 @@ def test_server_config_reads_env_with_overrides_winning_and_hides_secrets() -> N
     }
     config = ServerConfig.from_env(env, database_url="sqlite:///arg.db", pricing_file=None)
     assert config.database_url == "sqlite:///arg.db"
-    assert config.stripe_secret_key == "sk_live_hidden"
+    assert config.vendor_settings["stripe"] == {"secret_key": "sk_live_hidden"}
+    assert config.vendor_settings["twilio"] == {"auth_token": "twilio_hidden"}
     for secret in ("kb_admin_hidden", "sk_live_hidden", "twilio_hidden"):
         assert secret not in repr(config)

@@ -31,6 +31,7 @@ from keybrake.server.proxy.handler import add_routes as add_proxy_routes
 from keybrake.server.stores import open_store
 from keybrake.server.stores.base import Store, StoreUnavailable
 from keybrake.server.util import hash_token
+from keybrake.vendors import get_vendor
 
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
@@ -42,7 +43,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _vendor_of(request: web.Request) -> str | None:
     first = request.path.lstrip("/").partition("/")[0]
-    return first if first in ("stripe", "twilio") else None
+    return first if get_vendor(first) is not None else None
 
 
 @web.middleware

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from keybrake.vendors import installed_vendors
+
 __all__ = [
     "AUDIT_MODES",
     "DEFAULT_AUDIT",
@@ -14,15 +16,11 @@ __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_LIFETIME_SECONDS",
     "DEFAULT_RETENTION_DAYS",
-    "DEFAULT_STRIPE_API_BASE",
-    "DEFAULT_TWILIO_API_BASE",
     "DEFAULT_UPSTREAM_TIMEOUT",
     "ServerConfig",
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///keybrake.db"
-DEFAULT_STRIPE_API_BASE = "https://api.stripe.com"
-DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 #: Seconds to wait for a vendor's answer before giving up with 504.
 DEFAULT_UPSTREAM_TIMEOUT = 30.0
 #: Largest request body the proxy or API reads, in bytes.
@@ -68,17 +66,30 @@ def _secret_repr(value: str | None) -> str:
     return "None" if value is None else "'***'"
 
 
+def _settings_repr(value: Mapping[str, Mapping[str, str]]) -> str:
+    """Each vendor's settings with every value but ``api_base`` hidden."""
+    shown = {
+        vendor: {k: v if k == "api_base" else "***" for k, v in settings.items()}
+        for vendor, settings in value.items()
+    }
+    return repr(shown)
+
+
+def _frozen_settings(value: Mapping[str, Mapping[str, str]]) -> Mapping[str, Mapping[str, str]]:
+    return {str(vendor): dict(settings) for vendor, settings in value.items()}
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Everything ``keybrake serve`` needs. ``repr()`` never shows a secret."""
 
     database_url: str = DEFAULT_DATABASE_URL
     admin_token: str | None = attrs.field(default=None, repr=_secret_repr)
-    stripe_secret_key: str | None = attrs.field(default=None, repr=_secret_repr)
-    stripe_api_base: str = DEFAULT_STRIPE_API_BASE
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = attrs.field(default=None, repr=_secret_repr)
-    twilio_api_base: str = DEFAULT_TWILIO_API_BASE
+    #: Each vendor's settings by vendor name, then setting name (``api_base`` and the
+    #: credentials its plugin declares, e.g. ``{"stripe": {"secret_key": "sk_..."}}``).
+    vendor_settings: Mapping[str, Mapping[str, str]] = attrs.field(
+        factory=dict, converter=_frozen_settings, repr=_settings_repr
+    )
     pricing_file: str | None = None
     #: Seconds a vendor may take to answer in full before the proxy answers 504.
     upstream_timeout: float = attrs.field(
@@ -95,21 +106,26 @@ class ServerConfig:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: object
     ) -> ServerConfig:
-        """Build from ``KEYBRAKE_*`` variables; keyword overrides that are not None win."""
+        """Build from ``KEYBRAKE_*`` variables; keyword overrides that are not None win.
+
+        Each installed vendor's settings come from the variables its plugin names
+        (``KEYBRAKE_STRIPE_SECRET_KEY``, ``KEYBRAKE_RESEND_API_BASE``, ...).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field, var in (
             ("database_url", "KEYBRAKE_DATABASE_URL"),
             ("admin_token", "KEYBRAKE_ADMIN_TOKEN"),
-            ("stripe_secret_key", "KEYBRAKE_STRIPE_SECRET_KEY"),
-            ("stripe_api_base", "KEYBRAKE_STRIPE_API_BASE"),
-            ("twilio_account_sid", "KEYBRAKE_TWILIO_ACCOUNT_SID"),
-            ("twilio_auth_token", "KEYBRAKE_TWILIO_AUTH_TOKEN"),
-            ("twilio_api_base", "KEYBRAKE_TWILIO_API_BASE"),
             ("pricing_file", "KEYBRAKE_PRICING_FILE"),
         ):
             if env.get(var):
                 values[field] = env[var]
+        vendor_settings: dict[str, dict[str, str]] = {}
+        for name, vendor in installed_vendors().items():
+            found = {k: env[var] for k, var in vendor.settings.items() if env.get(var)}
+            if found:
+                vendor_settings[name] = found
+        values["vendor_settings"] = vendor_settings
         if env.get("KEYBRAKE_UPSTREAM_TIMEOUT"):
             values["upstream_timeout"] = env["KEYBRAKE_UPSTREAM_TIMEOUT"]
         if env.get("KEYBRAKE_RETENTION_DAYS"):

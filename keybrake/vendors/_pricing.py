@@ -15,6 +15,7 @@ A vendor's *pricer* is asked three things by the proxy:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -37,6 +38,7 @@ __all__ = [
     "decimal_setting",
     "nothing_counted",
     "parse_form",
+    "parse_json",
     "usd_to_micros",
 ]
 
@@ -142,6 +144,44 @@ def parse_form(request: VendorRequest) -> list[tuple[str, str]]:
         return _split_form(text)
     except (UnicodeDecodeError, ValueError):
         raise PricingRefusal(400, "bad_request", "request body is not a valid form") from None
+
+
+def parse_json(request: VendorRequest) -> Any:
+    """The request's JSON body (``None`` for no body), read strictly.
+
+    The proxy has already re-encoded the body from one strict reading, so this fails only
+    for a pricer called on a request the proxy didn't shape (tests, tools).
+
+    Raises:
+        PricingRefusal: 400 ``bad_request`` for a body that is not strict UTF-8 JSON sent as
+            ``application/json``, or that repeats a key in an object.
+    """
+    if not request.body:
+        return None
+    if request.content_type.partition(";")[0].strip().lower() != "application/json":
+        raise PricingRefusal(400, "bad_request", "request body must be sent as application/json")
+    try:
+        return json.loads(
+            request.body.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PricingRefusal(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different (a repeat could be read either way)."""
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"key {name!r} is repeated")
+        out[name] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _split_form(text: str) -> list[tuple[str, str]]:

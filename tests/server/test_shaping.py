@@ -7,12 +7,16 @@ import pytest
 from keybrake.server.proxy.shaping import (
     FORM,
     BadRequest,
+    HeaderRules,
     canonical_form,
     canonical_query,
     check_headers,
     fingerprint,
     forwarded_headers,
 )
+from keybrake.vendors.stripe import VENDOR as STRIPE
+
+RULES = HeaderRules.for_vendor(STRIPE)
 
 
 @pytest.mark.parametrize(
@@ -76,16 +80,17 @@ def test_queries_are_read_strictly() -> None:
 )
 def test_headers_read_two_ways_are_refused(headers: list[tuple[bytes, bytes]]) -> None:
     with pytest.raises(BadRequest):
-        check_headers(headers)
+        check_headers(headers, RULES.single)
 
 
 def test_other_headers_may_repeat() -> None:
-    check_headers([(b"X-Trace", b"a"), (b"x-trace", b"b"), (b"Accept", b"a\tb c")])
+    check_headers([(b"X-Trace", b"a"), (b"x-trace", b"b"), (b"Accept", b"a\tb c")], RULES.single)
 
 
 def test_forwarded_headers_are_the_listed_ones_and_the_credential_wins() -> None:
     sent = forwarded_headers(
         {"user-agent": "ua", "Cookie": "c", "Authorization": "Bearer vault_key_x"},
+        RULES.forwarded,
         authorization="Bearer sk_real",
         extra={"Stripe-Account": "acct_1"},
     )

@@ -6,9 +6,11 @@ checks every operation against the live server.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from keybrake._version import __version__
+from keybrake.vendors import installed_vendors
 
 __all__ = ["openapi_document"]
 
@@ -70,7 +72,7 @@ def _key_schema(*, with_token: bool = False, with_spend: bool = False) -> dict[s
     properties: dict[str, Any] = {
         "id": _KEY_ID,
         "object": {"type": "string", "enum": ["vault_key"]},
-        "vendor": {"type": "string", "enum": ["stripe", "twilio"]},
+        "vendor": {"type": "string"},
         "label": {"type": "string"},
         "allowed_endpoints": {"type": "array", "items": {"type": "string"}},
         "daily_usd_cap": _DECIMAL,
@@ -122,7 +124,8 @@ _SCHEMAS: dict[str, Any] = {
             "attempted_usd": _DECIMAL,
             "error": {
                 "type": "object",
-                "description": "Stripe's error shape, on `/stripe/...` answers",
+                "description": "Stripe's error shape, on `/stripe/...` answers (each vendor's"
+                " refusals also carry that vendor's own error fields)",
                 "properties": {
                     "type": {"type": "string"},
                     "code": {"type": "string"},
@@ -136,7 +139,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["vendor", "allowed_endpoints", "daily_usd_cap", "expires_in"],
         "properties": {
             "label": {"type": "string", "maxLength": 200},
-            "vendor": {"type": "string", "enum": ["stripe", "twilio"]},
+            "vendor": {"type": "string"},
             "allowed_endpoints": {
                 "type": "array",
                 "minItems": 1,
@@ -276,7 +279,16 @@ def _proxy(vendor: str) -> dict[str, Any]:
     }
 
 
+def _schemas(vendors: list[str]) -> dict[str, Any]:
+    """The schemas, with the installed vendors as the values of ``vendor``."""
+    schemas = copy.deepcopy(_SCHEMAS)
+    for name in ("Key", "KeyWithSpend", "IssuedKey", "IssueRequest"):
+        schemas[name]["properties"]["vendor"]["enum"] = vendors
+    return schemas
+
+
 def openapi_document() -> dict[str, Any]:
+    vendors = list(installed_vendors())
     admin: list[dict[str, list[str]]] = [{"masterToken": []}]
     return {
         "openapi": "3.0.3",
@@ -294,7 +306,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "vaultKey": {"type": "http", "scheme": "bearer", "description": "vault_key_..."},
             },
-            "schemas": _SCHEMAS,
+            "schemas": _schemas(vendors),
         },
         "paths": {
             "/v1/keys": {
@@ -493,7 +505,6 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "This document")},
                 }
             },
-            "/stripe/{stripe_path}": _proxy("stripe"),
-            "/twilio/{twilio_path}": _proxy("twilio"),
+            **{f"/{name}/{{{name}_path}}": _proxy(name) for name in vendors},
         },
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -43,6 +42,7 @@ from keybrake.server.stores.base import (
     StoreUnavailable,
 )
 from keybrake.server.util import hash_token, now_micros, to_datetime, utc_day
+from keybrake.vendors import installed_vendors
 
 __all__ = [
     "CONFIGURED_ADMIN_HASH",
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 
-VENDORS = ("stripe", "twilio")
 MAX_ENDPOINTS = 100
 MAX_LABEL = 200
 MAX_METADATA = 50
@@ -139,8 +138,9 @@ def _duration(data: dict[str, Any], name: str) -> timedelta:
 
 def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
     vendor = data.get("vendor")
-    if vendor not in VENDORS:
-        raise BadRequest(f"'vendor' must be one of {', '.join(VENDORS)}", param="vendor")
+    vendors = installed_vendors()
+    if not isinstance(vendor, str) or vendor not in vendors:
+        raise BadRequest(f"'vendor' must be one of {', '.join(vendors)}", param="vendor")
     label = data.get("label", "")
     if not isinstance(label, str) or len(label) > MAX_LABEL:
         raise BadRequest(
@@ -184,11 +184,16 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
         )
     stripe_account = data.get("stripe_account")
     if stripe_account is not None:
-        if vendor != "stripe":
-            raise BadRequest("'stripe_account' is for Stripe keys only", param="stripe_account")
-        if not isinstance(stripe_account, str) or not _STRIPE_ACCOUNT.fullmatch(stripe_account):
+        # The account a key is pinned to, for a vendor with accounts (Stripe's).
+        accounts = vendors[vendor].account_pattern
+        if accounts is None:
             raise BadRequest(
-                "'stripe_account' must be a Stripe account id ('acct_...')",
+                f"'stripe_account' is not for {vendors[vendor].title} keys", param="stripe_account"
+            )
+        if not isinstance(stripe_account, str) or not accounts.fullmatch(stripe_account):
+            raise BadRequest(
+                f"'stripe_account' must be a {vendors[vendor].title} account id"
+                f" ({accounts.pattern})",
                 param="stripe_account",
             )
     return {
@@ -201,9 +206,6 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
         "max_lifetime": max_lifetime,
         "metadata": metadata,
     }
-
-
-_STRIPE_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 
 
 def _micros(delta: timedelta) -> int:

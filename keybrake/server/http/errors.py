@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["error_body", "error_response"]
+from keybrake.vendors import get_vendor
 
-_STRIPE_TYPES = {500: "api_error", 502: "api_error", 503: "api_error", 504: "api_error"}
+__all__ = ["error_body", "error_response"]
 
 
 def error_body(
@@ -25,16 +25,13 @@ def error_body(
     body.update((k, v) for k, v in extra.items() if v is not None)
     # Tells clients this answer is keybrake's own, not the vendor's.
     out_headers = {**(headers or {}), "Keybrake-Error": code}
-    if vendor == "stripe":
-        body["error"] = {
-            "type": _STRIPE_TYPES.get(status, "invalid_request_error"),
-            "code": code,
-            "message": message,
-        }
-        out_headers["Stripe-Should-Retry"] = "false"
-    elif vendor == "twilio":
-        # Twilio's error shape; its SDK reads ``message`` and ``code`` from here.
-        body.setdefault("status", status)
+    plugin = get_vendor(vendor) if vendor is not None else None
+    if plugin is not None:
+        # The vendor's own error shape too, so that its official SDK raises a proper error
+        # (and doesn't retry a refusal); keybrake's fields win.
+        shape_body, shape_headers = plugin.error_shape(status, code, message)
+        body = {**shape_body, **body}
+        out_headers = {**shape_headers, **out_headers}
     return body, out_headers
 
 
@@ -49,9 +46,9 @@ def error_response(
 ) -> web.Response:
     """A JSON error with top-level ``code`` and ``message`` (plus ``extra`` fields).
 
-    On Stripe paths the body also carries Stripe's own error shape and the answer says
-    ``Stripe-Should-Retry: false``, so the official Stripe SDK raises a proper error and does
-    not retry a refusal.
+    On a vendor's paths the body also carries that vendor's own error shape (its plugin's
+    ``error_shape``): on Stripe's, Stripe's ``error`` object and ``Stripe-Should-Retry:
+    false``, so the official Stripe SDK raises a proper error and does not retry a refusal.
     """
     body, out_headers = error_body(status, code, message, vendor=vendor, headers=headers, **extra)
     return web.json_response(body, status=status, headers=out_headers)

@@ -3,7 +3,7 @@
 For every request, in order: refuse headers that can be read two ways (400, see
 :mod:`keybrake.server.proxy.shaping`), find the key by the hash of its token (401), check its
 status and vendor (401/403), normalise the path (400), match the allowlist (403), check the
-Stripe account (403), read the body and query into their one reading (400), price that
+account the key is pinned to (403), read the body and query into their one reading (400), price that
 (400/403), reserve its cost atomically (429), forward exactly what was priced with the real
 credential, and settle or release the reservation from the vendor's answer. Nothing is
 forwarded unless every check passed.
@@ -48,7 +48,6 @@ from keybrake.server.http.upstream import (
     UpstreamUnreachable,
 )
 from keybrake.server.proxy.parts import (
-    _LOOKUP_HEADERS,
     MAX_AUDIT_PATH,
     Answer,
     _allowed,
@@ -63,14 +62,17 @@ from keybrake.server.proxy.parts import (
 )
 from keybrake.server.proxy.shaping import (
     FORM,
+    JSON,
     BadRequest,
+    HeaderRules,
     canonical_form,
+    canonical_json,
     canonical_query,
     check_headers,
     fingerprint,
     forwarded_headers,
 )
-from keybrake.server.proxy.vendors import VENDORS, Vendor, vendors_from_config
+from keybrake.server.proxy.vendors import VENDORS, ProxiedVendor, vendors_from_config
 from keybrake.server.stores.base import (
     AuditEntry,
     KeyRecord,
@@ -114,7 +116,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
 class _Decided:
     """One proxy request as the policy read it: what is priced is what is forwarded."""
 
-    vendor: Vendor
+    vendor: ProxiedVendor
     key: KeyRecord
     request: VendorRequest
     #: Headers for the vendor, its credential and the key's account included.
@@ -130,10 +132,17 @@ class ProxyHandler:
         self._ids = _ReservationIds()
         #: Durable audit: an answer goes back only once its audit entry is committed.
         self._durable = config.audit == "durable"
+        self._header_rules: dict[str, HeaderRules] = {}
 
     @property
-    def vendors(self) -> dict[str, Vendor]:
+    def vendors(self) -> dict[str, ProxiedVendor]:
         return self._app[VENDORS]
+
+    def _headers_of(self, vendor: ProxiedVendor) -> HeaderRules:
+        rules = self._header_rules.get(vendor.name)
+        if rules is None:
+            rules = self._header_rules[vendor.name] = HeaderRules.for_vendor(vendor.plugin)
+        return rules
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Decide, forward if allowed and answer; then settle, audit and count."""
@@ -238,7 +247,7 @@ class ProxyHandler:
             return self._refuse(facts, 400, "bad_request", exc.message)
         return await self._price_and_forward(decided, facts)
 
-    async def _decide(self, request: web.Request, vendor: Vendor, facts: _Facts) -> _Decided:
+    async def _decide(self, request: web.Request, vendor: ProxiedVendor, facts: _Facts) -> _Decided:
         """Everything checked before pricing: headers, key, path, allowlist, account, body.
 
         Raises:
@@ -249,7 +258,8 @@ class ProxyHandler:
         def refuse(status: int, code: str, message: str, **extra: Any) -> _Refused:
             return _Refused(self._refuse(facts, status, code, message, **extra))
 
-        check_headers(request.raw_headers)
+        rules = self._headers_of(vendor)
+        check_headers(request.raw_headers, rules.single)
         headers = request.headers
         token = _vault_token(headers.get("Authorization", ""))
         if token is None:
@@ -291,7 +301,7 @@ class ProxyHandler:
         query = canonical_query(request.raw_path.partition("?")[2])
         if "Content-Encoding" in headers:
             # aiohttp would decode it: one more reading of the body, and a decompressor for
-            # the client to aim at. Vendors take plain forms.
+            # the client to aim at. Vendors take plain forms and JSON.
             raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
         try:
             body = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
@@ -303,9 +313,12 @@ class ProxyHandler:
             raise BadRequest("the request body can't be read") from None
         if body and method in ("GET", "HEAD"):
             raise BadRequest(f"a {method} request has no body")
-        body = canonical_form(headers.get("Content-Type", ""), body)
+        if vendor.plugin.body_format == "json":
+            body, content_type = canonical_json(headers.get("Content-Type", ""), body), JSON
+        else:
+            body, content_type = canonical_form(headers.get("Content-Type", ""), body), FORM
         if body:
-            extra["Content-Type"] = FORM
+            extra["Content-Type"] = content_type
         return _Decided(
             vendor=vendor,
             key=key,
@@ -313,46 +326,41 @@ class ProxyHandler:
                 method=method,
                 segments=segments,
                 query=query,
-                content_type=FORM if body else "",
+                content_type=content_type if body else "",
                 body=body,
             ),
-            headers=forwarded_headers(headers, authorization=vendor.authorization, extra=extra),
+            headers=forwarded_headers(
+                headers, rules.forwarded, authorization=vendor.authorization, extra=extra
+            ),
             idempotency_key=headers.get("Idempotency-Key"),
         )
 
     @staticmethod
     def _account_headers(
-        vendor: Vendor,
+        vendor: ProxiedVendor,
         key: KeyRecord,
         headers: Mapping[str, str],
         refuse: Callable[..., _Refused],
     ) -> dict[str, str]:
-        """The merchant scope (CONTRACT §3): the key's Stripe account, and only it.
+        """The key's account scope, for a vendor with accounts (Stripe's merchant scope,
+        CONTRACT §3): the headers that act on the key's account.
 
         Raises:
-            _Refused: 403 ``account_not_allowed`` for a request naming another account (or
-                any account, for a key without one), or another context.
+            _Refused: the vendor's refusal (403 ``account_not_allowed``) of a request naming
+                another account.
         """
-        if vendor.name != "stripe":
+        scope = vendor.plugin.scope
+        if scope is None:
             return {}
-        asked = headers.get("Stripe-Account")
-        if "Stripe-Context" in headers:
-            raise refuse(
-                403, "account_not_allowed", "Stripe-Context is not allowed through keybrake"
-            )
-        if asked is not None and asked != key.stripe_account:
-            allowed = key.stripe_account or "the platform account only"
-            raise refuse(
-                403,
-                "account_not_allowed",
-                f"vault key {key.id} acts on {allowed}, not on {asked}",
-            )
-        return {"Stripe-Account": key.stripe_account} if key.stripe_account else {}
+        try:
+            return dict(scope(key.id, key.stripe_account, headers))
+        except PricingRefusal as refusal:
+            raise refuse(refusal.status, refusal.code, refusal.message) from None
 
     async def _price_and_forward(self, decided: _Decided, facts: _Facts) -> Answer:
         app = self._app
         vendor, key, vendor_request = decided.vendor, decided.key, decided.request
-        lookup_headers = [(k, v) for k, v in decided.headers if k in _LOOKUP_HEADERS]
+        lookup_headers = [(k, v) for k, v in decided.headers if k in vendor.plugin.lookup_headers]
         ledger = app[LEDGER]
         try:
             quote = await vendor.pricer.quote(
@@ -452,7 +460,9 @@ class ProxyHandler:
             raise
         facts.upstream_seconds = time.perf_counter() - started
 
-        request_id = upstream.header("Request-Id") or upstream.header("Twilio-Request-Id")
+        request_id = next(
+            filter(None, map(upstream.header, vendor.plugin.request_id_headers)), None
+        )
         facts.decision, facts.status, facts.vendor_request_id = (
             "allowed",
             upstream.status,

@@ -18,7 +18,7 @@ from keybrake._common import EndpointPattern, normalise_path
 from keybrake.server.http.errors import error_body
 from keybrake.server.http.upstream import Forwarder, UpstreamError
 from keybrake.server.ledger.ledger import Ledger
-from keybrake.server.proxy.vendors import Vendor
+from keybrake.server.proxy.vendors import ProxiedVendor
 from keybrake.server.stores.base import (
     KeyRecord,
     Reservation,
@@ -133,13 +133,9 @@ class _Refused(Exception):
         self.answer = answer
 
 
-#: Headers of the forwarded request that pricing look-ups carry too (the key's account).
-_LOOKUP_HEADERS = frozenset({"Stripe-Account"})
-
-
 async def _settle_success(
     ledger: Ledger,
-    vendor: Vendor,
+    vendor: ProxiedVendor,
     vendor_request: VendorRequest,
     quote: Quote,
     payload: bytes,
@@ -160,7 +156,7 @@ async def _settle_success(
 
 async def _lookup(
     forwarder: Forwarder,
-    vendor: Vendor,
+    vendor: ProxiedVendor,
     headers: list[tuple[str, str]],
     path: str,
 ) -> Mapping[str, Any] | None:

@@ -6,28 +6,41 @@ take another way is refused (400 ``bad_request``) before anything else looks at 
 - a header byte outside visible ASCII (space and tab inside a value allowed), anywhere;
 - a repeated header that matters to the vendor or to the policy (``Authorization``,
   ``Content-Type``, ``Idempotency-Key``, ``Stripe-Account``, ... in any letter case);
-- a body that is not a strict UTF-8 form sent as ``application/x-www-form-urlencoded``
-  (no other charset), or a JSON-looking body sent as a form;
+- for a vendor that takes forms, a body that is not a strict UTF-8 form sent as
+  ``application/x-www-form-urlencoded`` (no other charset), or a JSON-looking body sent as a
+  form;
+- for a vendor that takes JSON, a body that is not strict UTF-8 JSON sent as
+  ``application/json``, or that repeats a key in an object (which of the two counts depends
+  on the reader), or holds ``NaN``, ``Infinity`` or a number out of range;
 - a query string that is not a strict form.
 
 What is forwarded is then built from what was parsed: the form and the query re-encoded from
 their pairs (so an odd escape or separator reaches the vendor as the literal text the pricer
-saw), one value of each forwarded header, and the vendor's credential.
+saw), a JSON body re-encoded from its value, one value of each forwarded header, and the
+vendor's credential.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
+
+import attrs
+
+from keybrake.vendors import Vendor
 
 __all__ = [
     "FORM",
-    "FORWARD_REQUEST_HEADERS",
-    "SINGLE_HEADERS",
+    "JSON",
     "BadRequest",
+    "HeaderRules",
     "canonical_form",
+    "canonical_json",
     "canonical_query",
     "check_headers",
     "fingerprint",
@@ -35,33 +48,12 @@ __all__ = [
 ]
 
 FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 
-#: Request headers passed on to the vendor, as the client sent them (one value each);
-#: everything else (cookies, the vault key, hop-by-hop headers) stays here.
-FORWARD_REQUEST_HEADERS = (
-    "Accept",
-    "Accept-Language",
-    "Idempotency-Key",
-    "Stripe-Version",
-    "User-Agent",
-    "X-Stripe-Client-User-Agent",
-    "X-Twilio-Client",
+#: Headers every request may carry once at most, whatever the vendor (lower case).
+_SINGLE_FOR_ALL = frozenset(
+    ("authorization", "content-type", "content-length", "transfer-encoding", "host")
 )
-#: Headers a request may carry once at most (lower case).
-SINGLE_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        *FORWARD_REQUEST_HEADERS,
-        "Authorization",
-        "Content-Type",
-        "Content-Length",
-        "Transfer-Encoding",
-        "Host",
-        "Stripe-Account",
-        "Stripe-Context",
-    )
-)
-_FORWARD_LOWER = {h.lower(): h for h in FORWARD_REQUEST_HEADERS}
 # Visible ASCII; space and tab also inside a value.
 _HEADER_NAME = re.compile(rb"[!-~]+")
 _HEADER_VALUE = re.compile(rb"[ \t!-~]*")
@@ -70,6 +62,25 @@ _JSON_START = frozenset('{["')
 # ``items[0][price]``, ``expand[]``). ``amount]`` or ``[amount]`` is refused: a lenient
 # reader may take either for ``amount``.
 _NAME = re.compile(r"[^\[\]\s]+(?:\[[^\[\]]*\])*")
+#: Deepest nesting of a JSON body (a deeper one is refused, never recursed into).
+MAX_JSON_DEPTH = 32
+
+
+@attrs.frozen
+class HeaderRules:
+    """One vendor's request headers: which are passed on, and which may come once only."""
+
+    #: Passed on as the client sent them (one value each), by lower-case name.
+    forwarded: Mapping[str, str]
+    #: May come once at most (lower case): those forwarded, those the policy reads, and the
+    #: framing headers.
+    single: frozenset[str]
+
+    @classmethod
+    def for_vendor(cls, vendor: Vendor[Any]) -> HeaderRules:
+        forwarded = {h.lower(): h for h in vendor.all_forwarded_headers}
+        guarded = {h.lower() for h in vendor.guarded_headers}
+        return cls(forwarded, _SINGLE_FOR_ALL | set(forwarded) | guarded)
 
 
 class BadRequest(Exception):
@@ -80,8 +91,9 @@ class BadRequest(Exception):
         self.message = message
 
 
-def check_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Refuse header bytes outside visible ASCII and repeats of :data:`SINGLE_HEADERS`.
+def check_headers(raw_headers: Iterable[tuple[bytes, bytes]], single: frozenset[str]) -> None:
+    """Refuse header bytes outside visible ASCII and repeats of the ``single`` headers (lower
+    case names, :attr:`HeaderRules.single`).
 
     Raises:
         BadRequest: such a header.
@@ -91,7 +103,7 @@ def check_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
         if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
             raise BadRequest("header names and values must be visible ASCII")
         lowered = name.decode("ascii").lower()
-        if lowered in SINGLE_HEADERS:
+        if lowered in single:
             if lowered in seen:
                 raise BadRequest(f"header {name.decode('ascii')!r} may be sent once only")
             seen.add(lowered)
@@ -121,15 +133,7 @@ def canonical_form(content_type: str, body: bytes) -> bytes:
     """
     if not body:
         return b""
-    media, _, params = content_type.partition(";")
-    if media.strip().lower() != FORM:
-        raise BadRequest(f"a request body must be sent as {FORM}")
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if param.strip() and (
-            name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8"
-        ):
-            raise BadRequest(f"a form body is {FORM} with no parameter but charset=utf-8")
+    _media_type(content_type, FORM)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -137,6 +141,87 @@ def canonical_form(content_type: str, body: bytes) -> bytes:
     if text.lstrip()[:1] in _JSON_START:
         raise BadRequest("the request body looks like JSON but is sent as a form")
     return _encode(_pairs(text, "request body")).encode("ascii")
+
+
+def _media_type(content_type: str, expected: str) -> None:
+    """Refuse a content type other than ``expected``, or with a parameter other than
+    ``charset=utf-8``."""
+    media, _, params = content_type.partition(";")
+    if media.strip().lower() != expected:
+        raise BadRequest(f"a request body must be sent as {expected}")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if param.strip() and (
+            name.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8"
+        ):
+            raise BadRequest(f"a body is {expected} with no parameter but charset=utf-8")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise BadRequest(f"the JSON body repeats the key {name!r}")
+        out[name] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"the JSON body holds {name}, which is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest("the JSON body holds a number out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests, without recursing past :data:`MAX_JSON_DEPTH`."""
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        if deepest > MAX_JSON_DEPTH:
+            break
+        level = [
+            child
+            for item in level
+            if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return deepest
+
+
+def canonical_json(content_type: str, body: bytes) -> bytes:
+    """A JSON body re-encoded from its one reading (``b""`` for no body).
+
+    Raises:
+        BadRequest: another content type or charset, not strict UTF-8, not JSON, an object
+            that repeats a key, ``NaN`` or ``Infinity``, a number out of range, or nesting
+            deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    if not body:
+        return b""
+    _media_type(content_type, JSON)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
+    except RecursionError:
+        raise BadRequest("the JSON body nests too deep") from None
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH}")
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def canonical_query(query: str) -> str:
@@ -151,14 +236,19 @@ def canonical_query(query: str) -> str:
 
 
 def forwarded_headers(
-    headers: Mapping[str, str], *, authorization: str, extra: Mapping[str, str]
+    headers: Mapping[str, str],
+    forwarded: Mapping[str, str],
+    *,
+    authorization: str,
+    extra: Mapping[str, str],
 ) -> list[tuple[str, str]]:
-    """The headers to send the vendor: the forwarded ones the client gave (checked to be
-    single by :func:`check_headers`), then ``extra`` and the credential, which win."""
+    """The headers to send the vendor: those of ``forwarded`` (:attr:`HeaderRules.forwarded`)
+    the client gave (checked to be single by :func:`check_headers`), then ``extra`` and the
+    credential, which win."""
     out = {
-        _FORWARD_LOWER[name.lower()]: value
+        forwarded[name.lower()]: value
         for name, value in headers.items()
-        if name.lower() in _FORWARD_LOWER
+        if name.lower() in forwarded
     }
     out.update(extra)
     out["Authorization"] = authorization
