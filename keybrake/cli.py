@@ -27,6 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from keybrake.server.proxy.vendors import PricingFileError
     from keybrake.server.stores.base import StoreUnavailable
+    from keybrake.vendors import VendorLoadError
 
     try:
         config = ServerConfig.from_env(
@@ -36,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
             retention_days=args.retention_days,
             audit=args.audit,
         )
-    except ValueError as exc:
+    except (ValueError, VendorLoadError) as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
         return 2
 

@@ -27,6 +27,7 @@ import attrs
 from keybrake._common import EndpointPattern
 
 __all__ = [
+    "FREE",
     "Counted",
     "Lookup",
     "Outcome",

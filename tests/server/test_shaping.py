@@ -9,6 +9,7 @@ from keybrake.server.proxy.shaping import (
     BadRequest,
     HeaderRules,
     canonical_form,
+    canonical_json,
     canonical_query,
     check_headers,
     fingerprint,
@@ -106,3 +107,36 @@ def test_a_fingerprint_tells_every_part_apart() -> None:
     assert base != fingerprint("POST", "/v1/a", "x=1", b"")
     assert base != fingerprint("POST", "/v1/ax", "", b"=1")
     assert base == fingerprint("POST", "/v1/a", "", b"x=1")
+
+
+JSON = "application/json"
+
+
+def test_a_json_body_is_re_encoded_from_its_one_reading() -> None:
+    sent = canonical_json(JSON, b'{ "to" : ["a@x.io"],\n "subject": "h\\u00e9" }')
+    assert sent == b'{"to":["a@x.io"],"subject":"h\\u00e9"}'
+    assert canonical_json("application/json; charset=UTF-8", b"[1, 2.5]") == b"[1,2.5]"
+    assert canonical_json(JSON, b"") == b""
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (JSON, b'{"to": "a@x.io", "to": "b@x.io"}'),  # which "to" counts depends on the reader
+        (JSON, b'{"a": {"b": 1, "b": 2}}'),
+        (JSON, b'{"n": NaN}'),
+        (JSON, b'{"n": -Infinity}'),
+        (JSON, b'{"n": 1e400}'),  # a float reader sees infinity
+        (JSON, b'{"to": "a@x.io"'),
+        (JSON, b'{"to": "\xff"}'),
+        (JSON, b"[" * 40 + b"]" * 40),
+        (JSON, b"[" * 100_000),
+        ("application/json; charset=latin-1", b"{}"),
+        ("text/plain", b"{}"),
+        (FORM, b"{}"),
+        ("", b"{}"),
+    ],
+)
+def test_json_read_two_ways_is_refused(content_type: str, body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        canonical_json(content_type, body)
