@@ -111,6 +111,8 @@ async def nothing_counted(object_id: str) -> int:
 
 
 class Pricer(Protocol):
+    """A vendor's pricing rules, as the proxy asks them (see the module's description)."""
+
     name: str
 
     async def quote(
