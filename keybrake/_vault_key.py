@@ -28,8 +28,10 @@ from keybrake._key_spec import Cap, Duration, KeySpec
 from keybrake._models import IssuedKey
 from keybrake._transport import ProxyTransport
 from keybrake.vendors import Vendor, get_vendor
+from keybrake.vendors import resend as _resend
 from keybrake.vendors import stripe as _stripe
 from keybrake.vendors import twilio as _twilio
+from keybrake.vendors.resend.client import ResendClient
 from keybrake.vendors.stripe.client import StripeClient
 from keybrake.vendors.twilio.client import PLACEHOLDER_ACCOUNT_SID, TwilioClient
 
@@ -416,12 +418,20 @@ class VaultKey:
         """
         return self.vendor_client(_twilio.VENDOR)
 
+    @property
+    def resend(self) -> ResendClient:
+        """Resend through the proxy with this key (e-mails, priced by recipient).
+
+        A typed [`ResendClient`][keybrake.vendors.resend.client.ResendClient].
+        """
+        return self.vendor_client(_resend.VENDOR)
+
     def vendor_client(self, vendor: Vendor[C]) -> C:
         """The typed client of an installed vendor, through the proxy with this key.
 
-        ``vk.vendor_client(keybrake.vendors.resend.VENDOR)`` is ``vk.resend``, typed:
-        ``vk.stripe`` and ``vk.twilio`` are typed properties, and every other vendor's
-        client is also an attribute named after the vendor, which a type checker can't see.
+        ``vk.stripe``, ``vk.twilio`` and ``vk.resend`` are typed properties for keybrake's own
+        vendors; another vendor's client is this, or an attribute named after the vendor
+        (``vk.<name>``), which a type checker can't see.
 
         Raises:
             ConfigurationError: the key is for another vendor, or not issued yet.
