@@ -259,3 +259,26 @@ def test_openapi_document_matches_the_proxy(served: tuple[str, str]) -> None:
     vault_key = asyncio.run(issue())
     result = schemathesis(url, vault_key, "--include-path-regex", "^/(stripe|twilio)/")
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_every_api_route_is_in_the_openapi_document_and_back() -> None:
+    from aiohttp import web
+
+    from keybrake.server.api.openapi import openapi_document
+    from keybrake.server.api.routes import add_routes
+
+    app = web.Application()
+    add_routes(app)
+    routed = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, item in openapi_document()["paths"].items()
+        if not path.startswith(("/stripe/", "/twilio/"))
+        for method in item
+        if method != "parameters"
+    }
+    assert routed == documented

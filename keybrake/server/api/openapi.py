@@ -165,6 +165,47 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "RevokeKeysRequest": {
+        "type": "object",
+        "description": (
+            "Filters, all of which a key must match (at least one; `all: true` alone matches"
+            " every active key of the tenant)"
+        ),
+        "properties": {
+            "label_prefix": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "Keys whose label starts with this (case counts; `%` and `_`"
+                " are plain characters)",
+            },
+            "metadata": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 50,
+                "additionalProperties": {"type": "string"},
+                "description": "Keys whose metadata holds every one of these pairs, exactly",
+            },
+            "vendor": {"type": "string", "enum": ["stripe", "twilio"]},
+            "all": {"type": "boolean", "description": "Every active key, unless narrowed"},
+        },
+        "additionalProperties": False,
+        "anyOf": [
+            {"required": ["label_prefix"]},
+            {"required": ["metadata"]},
+            {"required": ["vendor"]},
+            {"required": ["all"], "properties": {"all": {"type": "boolean", "enum": [True]}}},
+        ],
+    },
+    "BulkRevocation": {
+        "type": "object",
+        "required": ["revoked", "ids"],
+        "properties": {
+            "revoked": {"type": "integer", "minimum": 0},
+            "ids": {"type": "array", "items": _KEY_ID, "description": "Sorted"},
+        },
+        "additionalProperties": False,
+    },
     "RefreshRequest": {
         "type": "object",
         "required": ["expires_in"],
@@ -343,6 +384,26 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, 401, 404, 503),
                     },
                 },
+            },
+            "/v1/keys/revoke": {
+                "post": {
+                    "operationId": "revoke_keys",
+                    "summary": "Revoke every active key matching all the filters given",
+                    "description": (
+                        "One statement: a key issued while it runs is either revoked by it"
+                        " or left active (never half revoked). Only the caller's tenant is"
+                        " touched."
+                    ),
+                    "security": admin,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("RevokeKeysRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("BulkRevocation"), "How many keys, and which"),
+                        **_errors(400, 401, 413, 503),
+                    },
+                }
             },
             "/v1/keys/{key_id}": {
                 "parameters": [_KEY_PATH],
