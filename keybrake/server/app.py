@@ -21,6 +21,7 @@ from keybrake.server.api.routes import Unauthorized
 from keybrake.server.api.routes import add_routes as add_api_routes
 from keybrake.server.api.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 from keybrake.server.config import ServerConfig
+from keybrake.server.dashboard import add_routes as add_dashboard_routes
 from keybrake.server.http.errors import error_response
 from keybrake.server.http.upstream import SessionForwarder
 from keybrake.server.ledger.audit import AuditLog
@@ -143,6 +144,7 @@ def create_app(
             await the_store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    add_dashboard_routes(app)  # before the proxy's /{vendor}/..., which /dashboard/... matches
     add_api_routes(app)
     add_proxy_routes(app, config)
     return app
