@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
             upstream_timeout=args.upstream_timeout,
             retention_days=args.retention_days,
             audit=args.audit,
+            metrics_token=args.metrics_token,
         )
     except ValueError as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
@@ -360,6 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["batched", "durable"],
         help="durable: a proxy answer waits for its audit entry's commit, 503 audit_unavailable"
         " if it can't be written (else KEYBRAKE_AUDIT, else batched)",
+    )
+    serve.add_argument(
+        "--metrics-token",
+        default=None,
+        metavar="TOKEN",
+        help="/metrics then asks for 'Authorization: Bearer TOKEN' (else"
+        " KEYBRAKE_METRICS_TOKEN, else /metrics is open)",
     )
     serve.set_defaults(run=_serve)
 

@@ -14,6 +14,7 @@ from keybrake.server._keys import (
     FORWARDER,
     LEDGER,
     METRICS,
+    METRICS_TOKEN_HASH,
     STORE,
 )
 from keybrake.server.api.input import BadRequest
@@ -108,6 +109,7 @@ def create_app(
     )
     app[METRICS] = Metrics()
     app[CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
+    app[METRICS_TOKEN_HASH] = hash_token(config.metrics_token) if config.metrics_token else ""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         the_store = app[STORE]

@@ -29,7 +29,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed request (`bad_request`, with `param`), or a refused path or body",
         401: "Missing or unknown credential (`unauthorized`, `invalid_key`, `key_expired`,"
-        " `key_revoked`)",
+        " `key_revoked`); on `/metrics`, a missing or wrong metrics token (`unauthorized`)",
         403: "Refused by policy (`endpoint_not_allowed`, `vendor_mismatch`, `unpriced_endpoint`)",
         404: "No such key (`key_not_found`), route (`not_found`) or vendor (`unknown_vendor`)",
         405: "Method not allowed (`method_not_allowed`)",
@@ -334,6 +334,11 @@ def openapi_document() -> dict[str, Any]:
                     "description": "KEYBRAKE_TOKEN",
                 },
                 "vaultKey": {"type": "http", "scheme": "bearer", "description": "vault_key_..."},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "KEYBRAKE_METRICS_TOKEN (`/metrics` is open without one)",
+                },
             },
             "schemas": _SCHEMAS,
         },
@@ -537,13 +542,14 @@ def openapi_document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "security": [],
+                    "summary": "Prometheus metrics; behind a token when the server has one",
+                    "security": [{}, {"metricsToken": []}],
                     "responses": {
                         "200": {
                             "description": "Prometheus text exposition",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
-                        **_errors(503),
+                        **_errors(401, 503),
                     },
                 }
             },

@@ -21,7 +21,14 @@ from keybrake._common import (
     parse_duration,
     to_micros,
 )
-from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
+from keybrake.server._keys import (
+    AUDIT,
+    CONFIGURED_ADMIN_HASH,
+    LEDGER,
+    METRICS,
+    METRICS_TOKEN_HASH,
+    STORE,
+)
 from keybrake.server.api.input import (
     MAX_QUERY_VALUE,
     BadRequest,
@@ -106,9 +113,8 @@ async def _tenant(request: web.Request) -> str:
     Raises:
         Unauthorized: missing or unknown token.
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or not token.isascii():
+    token = _bearer(request)
+    if token is None:
         raise Unauthorized
     digest = hash_token(token)
     if hmac.compare_digest(digest, request.app[CONFIGURED_ADMIN_HASH]):
@@ -539,7 +545,29 @@ async def list_usage(request: web.Request) -> web.Response:
     )
 
 
+def _bearer(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if it has a usable one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or not token.isascii():
+        return None
+    return token
+
+
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; behind a bearer token when the server is given one
+    (``--metrics-token``), compared in constant time (as hashes of equal length)."""
+    expected = request.app[METRICS_TOKEN_HASH]
+    if expected:
+        token = _bearer(request)
+        presented = hash_token(token) if token is not None else ""
+        if not hmac.compare_digest(presented, expected):
+            return error_response(
+                401,
+                "unauthorized",
+                "missing or wrong metrics token (Authorization: Bearer ...)",
+                headers={"WWW-Authenticate": 'Bearer realm="keybrake metrics"'},
+            )
     store, now = _store(request), now_micros()
     active = await store.count_active_keys(now)
     unconfirmed = await store.unconfirmed(utc_day(now))
