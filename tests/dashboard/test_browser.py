@@ -163,10 +163,15 @@ async def test_nothing_is_loaded_from_outside_the_server(page: Page, dash: Dashb
 
 async def test_the_page_refreshes_on_its_own(page: Page, dash: DashboardServer) -> None:
     dash.dashboard.refresh_ms = 200
+    first = await dash.issue("started-before-the-page")
+    assert await dash.proxy_code(first.token) == (200, None)
     await sign_in(page, dash)
-    await expect(page.locator("tr.key")).to_have_count(0)
+    await page.locator(f"#audit-{first.id} summary").click()
+    await expect(page.locator("tr.key")).to_have_count(1)
     key = await dash.issue("started-after-the-page")
     await expect(page.locator(f"#key-{key.id} td.label")).to_have_text("started-after-the-page")
+    # What the operator opened stays open.
+    await expect(page.locator(f"#audit-{first.id}")).to_have_attribute("open", "")
 
 
 async def test_an_expired_session_goes_back_to_sign_in(page: Page, dash: DashboardServer) -> None:

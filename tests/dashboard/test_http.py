@@ -282,6 +282,7 @@ async def test_sign_out_ends_the_session_on_the_server(
         "/dashboard/static/dashboard.js",
         "/dashboard/static/dashboard.css",
         "/dashboard/no-such-page",
+        "/dashboard/",
     ],
 )
 async def test_every_answer_carries_the_security_headers(

@@ -411,6 +411,10 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
     return not_found(request)
 
 
+async def _to_dashboard(request: web.Request) -> web.StreamResponse:
+    return _see_other(BASE)
+
+
 def add_routes(app: web.Application) -> None:
     """Serve the dashboard under ``/dashboard`` (before the proxy's ``/{vendor}/...``, which
     would otherwise take ``/dashboard/...`` for a vendor)."""
@@ -423,4 +427,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(BASE + "/revoke-matching", confirm_matching)
     app.router.add_post(BASE + "/revoke-matching", revoke_matching)
     app.router.add_get(BASE + "/static/{name}", static)
+    app.router.add_get(BASE + "/", _to_dashboard)
     app.router.add_route("*", BASE + "/{tail:.*}", _not_found)

@@ -338,6 +338,20 @@ def dashboard_page(
     return _page("Keys", body, header=_header(tenant, csrf_token))
 
 
+def _confirm_row(key: KeyRecord, now: int) -> Markup:
+    user, run = user_and_run(key.metadata)
+    return render(
+        "<tr><td><code>{id}</code></td><td>{label}</td><td>{vendor}</td><td>{user}</td>"
+        "<td>{run}</td><td>{expires}</td></tr>",
+        id=key.id,
+        label=key.label,
+        vendor=key.vendor,
+        user=user,
+        run=run,
+        expires=_expiry(key, "active", now),
+    )
+
+
 def confirm_page(
     *,
     tenant: str,
@@ -370,19 +384,7 @@ def confirm_page(
             back=back,
         )
         return _page("Revoke all matching", body, header=_header(tenant, csrf_token))
-    rows = join(
-        render(
-            "<tr><td><code>{id}</code></td><td>{label}</td><td>{vendor}</td><td>{user}</td>"
-            "<td>{run}</td><td>{expires}</td></tr>",
-            id=key.id,
-            label=key.label,
-            vendor=key.vendor,
-            user=user_and_run(key.metadata)[0],
-            run=user_and_run(key.metadata)[1],
-            expires=_expiry(key, "active", now),
-        )
-        for key in keys
-    )
+    rows = join(_confirm_row(key, now) for key in keys)
     count = f"{len(keys)}{'+' if more else ''}"
     body = render(
         '<section class="confirm"><h1>Revoke all matching</h1>'

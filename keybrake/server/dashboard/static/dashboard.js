@@ -9,9 +9,9 @@
   const every = Number(live.dataset.refresh) || 5000;
 
   function busy() {
-    // Don't swap the table under a button the operator is on.
+    // Don't swap the table under a Revoke button the operator has focused.
     const active = document.activeElement;
-    return active !== null && active !== document.body && live.contains(active);
+    return active !== null && active.tagName === "BUTTON" && live.contains(active);
   }
 
   async function refresh() {
