@@ -244,7 +244,7 @@ async def test_a_key_issued_during_a_bulk_revoke_is_either_revoked_or_left_activ
         return ids
 
     async def issue_soon(i: int) -> dict[str, Any]:
-        await asyncio.sleep(0.003 * i)
+        await asyncio.sleep(0.005 * i)
         return await issue(server, f"race-{i}", metadata={"run": "race"})
 
     # Issuances go on for longer than the revocations: some keys come after the last one.
