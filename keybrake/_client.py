@@ -368,6 +368,64 @@ class Keybrake:
         """
         return Revocation.from_json(await self._api("DELETE", f"/v1/keys/{_quote(key_id)}"))
 
+    async def revoke_keys(
+        self,
+        *,
+        label_prefix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        vendor: str | None = None,
+        all: bool = False,
+    ) -> list[str]:
+        """Revoke, in one step, every active key of this tenant that matches all the filters
+        given; each is refused by the proxy from its next request on. Stops a runaway run:
+
+        ```python
+        revoked = await kb.revoke_keys(metadata={"run": "run-42"})
+        ```
+
+        A key issued while the call runs is never half revoked: either the call revokes it,
+        or it stays active and a second call revokes it (see
+        [Stopping a runaway run](operations.md#stopping-a-runaway-run)).
+
+        Retried on transient failures, like every call; revoking again revokes nothing
+        twice. If an answer was lost and the call retried, the ids are those the retry
+        revoked: the keys of the lost attempt are revoked all the same.
+
+        Args:
+            label_prefix: keys whose label starts with this (case counts; ``%`` and ``_``
+                are plain characters).
+            metadata: keys whose metadata holds every one of these pairs, exactly.
+            vendor: keys of this vendor (``"stripe"``, ``"twilio"``).
+            all: every active key of the tenant, when no other filter narrows it.
+
+        Returns:
+            The ids of the keys this call revoked, sorted; empty when none matched.
+
+        Raises:
+            ConfigurationError: no filter given (nothing is sent), or no master token.
+            IssuanceError: the API refused (an empty or malformed filter: ``400
+                bad_request``, with ``param``; an unknown master token: 401).
+            KeybrakeUnavailable: the API could not be reached within the retry policy.
+        """
+        body: dict[str, Any] = {}
+        if label_prefix is not None:
+            body["label_prefix"] = label_prefix
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if vendor is not None:
+            body["vendor"] = vendor
+        if all:
+            body["all"] = True
+        if not body:
+            raise ConfigurationError(
+                "name at least one filter: label_prefix, metadata, vendor, or all=True"
+            )
+        data = await self._api("POST", "/v1/keys/revoke", body=body)
+        ids = data.get("ids")
+        if not isinstance(ids, list):
+            raise KeybrakeUnavailable("keybrake answered a bulk revocation without its ids")
+        return [str(key_id) for key_id in ids]
+
 
 def _quote(key_id: str) -> str:
     return quote(key_id, safe="")

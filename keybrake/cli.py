@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -36,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
             upstream_timeout=args.upstream_timeout,
             retention_days=args.retention_days,
             audit=args.audit,
+            metrics_token=args.metrics_token,
         )
     except (ValueError, VendorLoadError) as exc:
         print(f"keybrake serve: {exc}", file=sys.stderr)
@@ -308,6 +310,57 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from keybrake._cli_keys import run_keys
+
+    return run_keys(args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line on standard error (and exit status 2), never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _add_keys(commands: argparse._SubParsersAction[_Parser]) -> None:
+    from keybrake._cli_keys import STATUSES
+
+    keys = commands.add_parser(
+        "keys", help="list, show and revoke vault keys (KEYBRAKE_URL, KEYBRAKE_TOKEN)"
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="a table of keys")
+    listing.add_argument("--status", choices=STATUSES, default="active", help="which keys (active)")
+    listing.add_argument(
+        "--label-prefix", default=None, metavar="P", help="only keys whose label starts with P"
+    )
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    show = actions.add_parser("show", help="one key, with its recent audit entries")
+    show.add_argument("key_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
+    revoke = actions.add_parser(
+        "revoke",
+        help="revoke keys by id, or every active key matching all the filters given",
+        description="Revoke keys by id, or every active key matching ALL the filters given"
+        " (asking first, unless --yes).",
+    )
+    revoke.add_argument("key_ids", nargs="*", metavar="ID")
+    revoke.add_argument(
+        "--label-prefix", default=None, metavar="P", help="keys whose label starts with P"
+    )
+    revoke.add_argument(
+        "--metadata",
+        action="append",
+        metavar="K=V",
+        help="keys whose metadata has K=V (repeatable: every pair must hold)",
+    )
+    revoke.add_argument("--vendor", default=None, help="keys of this vendor")
+    revoke.add_argument("--all", action="store_true", help="every active key of the tenant")
+    revoke.add_argument("-y", "--yes", action="store_true", help="don't ask for confirmation")
+    keys.set_defaults(run=_keys)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from keybrake._demo import run_demo
 
@@ -315,7 +368,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="keybrake", description=__doc__)
+    parser = _Parser(prog="keybrake", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the issuance API and the proxy")
@@ -362,6 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="durable: a proxy answer waits for its audit entry's commit, 503 audit_unavailable"
         " if it can't be written (else KEYBRAKE_AUDIT, else batched)",
     )
+    serve.add_argument(
+        "--metrics-token",
+        default=None,
+        metavar="TOKEN",
+        help="/metrics then asks for 'Authorization: Bearer TOKEN' (else"
+        " KEYBRAKE_METRICS_TOKEN, else /metrics is open)",
+    )
     serve.set_defaults(run=_serve)
 
     prune = commands.add_parser(
@@ -382,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.set_defaults(run=_migrate)
 
     tokens = commands.add_parser("tokens", help="manage master tokens (one tenant each)")
-    database = argparse.ArgumentParser(add_help=False)
+    database = _Parser(add_help=False)
     database.add_argument(
         "--database",
         default=argparse.SUPPRESS,
@@ -408,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit.add_argument("--decision", default=None, help="allowed, cap_exhausted, ...")
     audit.add_argument("--limit", type=int, default=50)
     audit.set_defaults(run=_audit)
+
+    _add_keys(commands)
 
     demo = commands.add_parser(
         "demo", help="run an agent-style scenario against a local server and localstripe"

@@ -65,10 +65,22 @@ def test_server_config_reads_env_with_overrides_winning_and_hides_secrets() -> N
         "KEYBRAKE_ADMIN_TOKEN": "kb_admin_hidden",
         "KEYBRAKE_STRIPE_SECRET_KEY": "sk_live_hidden",
         "KEYBRAKE_TWILIO_AUTH_TOKEN": "twilio_hidden",
+        "KEYBRAKE_METRICS_TOKEN": "metrics_hidden",
     }
     config = ServerConfig.from_env(env, database_url="sqlite:///arg.db", pricing_file=None)
     assert config.database_url == "sqlite:///arg.db"
     assert config.vendor_settings["stripe"] == {"secret_key": "sk_live_hidden"}
     assert config.vendor_settings["twilio"] == {"auth_token": "twilio_hidden"}
-    for secret in ("kb_admin_hidden", "sk_live_hidden", "twilio_hidden"):
+    assert config.metrics_token == "metrics_hidden"
+    for secret in ("kb_admin_hidden", "sk_live_hidden", "twilio_hidden", "metrics_hidden"):
         assert secret not in repr(config)
+    assert ServerConfig.from_env(env, metrics_token="metrics_arg").metrics_token == "metrics_arg"
+    assert ServerConfig.from_env({}).metrics_token is None
+
+
+@pytest.mark.parametrize("token", ["", "two words", "caf\u00e9", "tab\there"])
+def test_a_metrics_token_that_no_bearer_header_can_carry_is_refused(token: str) -> None:
+    from keybrake.server import ServerConfig
+
+    with pytest.raises(ValueError, match="metrics_token"):
+        ServerConfig(metrics_token=token)

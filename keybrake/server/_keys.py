@@ -16,6 +16,7 @@ __all__ = [
     "FORWARDER",
     "LEDGER",
     "METRICS",
+    "METRICS_TOKEN_HASH",
     "STORE",
 ]
 
@@ -25,5 +26,7 @@ AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
 LEDGER: web.AppKey[Ledger] = web.AppKey("ledger", Ledger)
 #: SHA-256 of the master token given by configuration ("" when none is).
 CONFIGURED_ADMIN_HASH: web.AppKey[str] = web.AppKey("configured_admin_hash", str)
+#: SHA-256 of the bearer token ``/metrics`` asks for ("" when it is open to all).
+METRICS_TOKEN_HASH: web.AppKey[str] = web.AppKey("metrics_token_hash", str)
 #: How proxied requests reach the vendors.
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")

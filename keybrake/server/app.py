@@ -14,6 +14,7 @@ from keybrake.server._keys import (
     FORWARDER,
     LEDGER,
     METRICS,
+    METRICS_TOKEN_HASH,
     STORE,
 )
 from keybrake.server.api.input import BadRequest
@@ -21,6 +22,7 @@ from keybrake.server.api.routes import Unauthorized
 from keybrake.server.api.routes import add_routes as add_api_routes
 from keybrake.server.api.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 from keybrake.server.config import ServerConfig
+from keybrake.server.dashboard import add_routes as add_dashboard_routes
 from keybrake.server.http.errors import error_response
 from keybrake.server.http.upstream import SessionForwarder
 from keybrake.server.ledger.audit import AuditLog
@@ -108,6 +110,7 @@ def create_app(
     )
     app[METRICS] = Metrics()
     app[CONFIGURED_ADMIN_HASH] = hash_token(config.admin_token) if config.admin_token else ""
+    app[METRICS_TOKEN_HASH] = hash_token(config.metrics_token) if config.metrics_token else ""
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         the_store = app[STORE]
@@ -144,6 +147,7 @@ def create_app(
             await the_store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    add_dashboard_routes(app)  # before the proxy's /{vendor}/..., which /dashboard/... matches
     add_api_routes(app)
     add_proxy_routes(app, config)
     return app

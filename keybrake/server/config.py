@@ -62,6 +62,17 @@ def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value
         raise ValueError(f"{attribute.name} must be more than 0 and at most 3600 seconds")
 
 
+def _optional_token(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None and (
+        not value or not value.isascii() or not value.isprintable() or " " in value
+    ):
+        raise ValueError(
+            f"{attribute.name} must be visible ASCII characters without spaces (a bearer token)"
+        )
+
+
 def _secret_repr(value: str | None) -> str:
     return "None" if value is None else "'***'"
 
@@ -101,6 +112,10 @@ class ServerConfig:
     retention_days: int = attrs.field(default=DEFAULT_RETENTION_DAYS, converter=_days)
     #: ``batched`` or ``durable`` (a proxy answer waits for its audit entry's commit).
     audit: str = attrs.field(default=DEFAULT_AUDIT, validator=_audit_mode)
+    #: The bearer token ``/metrics`` asks for; ``None`` leaves it open to anyone.
+    metrics_token: str | None = attrs.field(
+        default=None, repr=_secret_repr, validator=_optional_token
+    )
 
     @classmethod
     def from_env(
@@ -117,6 +132,7 @@ class ServerConfig:
             ("database_url", "KEYBRAKE_DATABASE_URL"),
             ("admin_token", "KEYBRAKE_ADMIN_TOKEN"),
             ("pricing_file", "KEYBRAKE_PRICING_FILE"),
+            ("metrics_token", "KEYBRAKE_METRICS_TOKEN"),
         ):
             if env.get(var):
                 values[field] = env[var]

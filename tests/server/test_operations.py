@@ -152,6 +152,31 @@ async def test_metrics(server: RunningServer) -> None:
     assert "keybrake_active_keys 1" in text
 
 
+async def test_metrics_asks_for_its_token_when_the_server_has_one(
+    tmp_path: Path, localstripe_url: str
+) -> None:
+    config = make_config(tmp_path / "kb.db", localstripe_url, metrics_token="scrape-me")
+    async with running_server(config) as url, aiohttp.ClientSession() as http:
+        for headers in (
+            {},
+            {"Authorization": "Bearer scrape-mE"},
+            {"Authorization": "Bearer scrape-me-too"},
+            {"Authorization": f"Bearer {config.admin_token}"},  # the master token is not it
+            {"Authorization": "Basic c2NyYXBlLW1l"},
+            {"Authorization": "scrape-me"},
+        ):
+            async with http.get(f"{url}/metrics", headers=headers) as response:
+                assert response.status == 401, headers
+                assert (await response.json())["code"] == "unauthorized"
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                assert "keybrake_" not in await response.text()
+        async with http.get(
+            f"{url}/metrics", headers={"Authorization": "Bearer scrape-me"}
+        ) as response:
+            assert response.status == 200
+            assert "keybrake_active_keys 0" in await response.text()
+
+
 async def test_audit_is_written_off_the_request_path(server: RunningServer) -> None:
     """The entry appears shortly after the answer, written by the background writer."""
     async with (
@@ -259,3 +284,27 @@ def test_openapi_document_matches_the_proxy(served: tuple[str, str]) -> None:
     vault_key = asyncio.run(issue())
     result = schemathesis(url, vault_key, "--include-path-regex", "^/(stripe|twilio)/")
     assert result.returncode == 0, result.stdout[-6000:]
+
+
+def test_every_api_route_is_in_the_openapi_document_and_back() -> None:
+    from aiohttp import web
+
+    from keybrake.server.api.openapi import openapi_document
+    from keybrake.server.api.routes import add_routes
+    from keybrake.vendors import installed_vendors
+
+    app = web.Application()
+    add_routes(app)
+    routed = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, item in openapi_document()["paths"].items()
+        if path.partition("/")[2].partition("/")[0] not in installed_vendors()
+        for method in item
+        if method != "parameters"
+    }
+    assert routed == documented

@@ -129,6 +129,32 @@ async def test_a_revoke_on_one_replica_holds_on_the_next_request_to_another(
                     assert await pay(http, b, issued.token) == (401, "key_revoked")
 
 
+async def test_a_bulk_revoke_on_one_replica_holds_on_the_next_request_to_another(
+    localstripe_url: str,
+) -> None:
+    async with migrated_schema() as database:
+        with replicas(database, localstripe_url, 2) as (a, b):
+            async with Keybrake(ADMIN, api_url=a, proxy_url=a) as kb:
+                run = [
+                    await kb.issue_key(
+                        "stripe", ["/v1/payment_intents"], cap=100, ttl="5m", label=f"run-9-{i}"
+                    )
+                    for i in range(3)
+                ]
+                spared = await kb.issue_key(
+                    "stripe", ["/v1/payment_intents"], cap=100, ttl="5m", label="run-10"
+                )
+                async with aiohttp.ClientSession() as http:
+                    for key in (*run, spared):
+                        assert (await pay(http, b, key.token))[0] == 200
+                    revoked = await kb.revoke_keys(label_prefix="run-9-")  # through replica A
+                    assert revoked == sorted(key.id for key in run)
+                    for key in run:
+                        assert await pay(http, b, key.token) == (401, "key_revoked")
+                        assert await pay(http, a, key.token) == (401, "key_revoked")
+                    assert (await pay(http, b, spared.token))[0] == 200
+
+
 async def test_postgres_restart_fails_closed_then_recovers(localstripe_url: str) -> None:
     with private_postgres() as cluster:
         async with migrated_schema(cluster.url) as database:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import attrs
 import pytest
 
 from keybrake.server.stores.base import (
@@ -290,3 +291,124 @@ async def test_an_object_is_counted_per_day(store: Store) -> None:
     await store.settle("t", Settlement(300, object_id="pi_1"), NOW)
     assert await store.counted("vk_1", "pi_1", "2026-11-26") == 1000
     assert await store.counted("vk_1", "pi_1", DAY) == 300
+
+
+def labelled(
+    key_id: str,
+    label: str,
+    *,
+    tenant: str = "default",
+    vendor: str = "stripe",
+    metadata: dict[str, str] | None = None,
+    expires_at: int = NOW + 10**9,
+) -> KeyRecord:
+    return attrs.evolve(
+        key(key_id, tenant=tenant, expires_at=expires_at),
+        label=label,
+        vendor=vendor,
+        metadata={} if metadata is None else metadata,
+    )
+
+
+async def test_revoke_keys_matches_every_filter_given(store: Store) -> None:
+    for k in (
+        labelled("vk_a", "run-42-a", metadata={"user": "ann", "run": "42"}),
+        labelled("vk_b", "run-42-b", vendor="twilio", metadata={"user": "ann", "run": "42"}),
+        labelled("vk_c", "run-43", metadata={"user": "ann", "run": "43"}),
+        labelled("vk_d", "RUN-42-upper", metadata={"user": "bob", "run": "42"}),
+        labelled("vk_e", "other", metadata={"user": "ann"}),
+    ):
+        await store.insert_key(k)
+    later = NOW + 10
+    assert await store.revoke_keys("default", later, label_prefix="run-42", vendor="twilio") == [
+        "vk_b"
+    ]
+    # Case counts: "RUN-42-upper" is not under "run-42".
+    assert await store.revoke_keys("default", later, label_prefix="run-42") == ["vk_a"]
+    assert await store.revoke_keys("default", later, metadata={"user": "ann", "run": "43"}) == [
+        "vk_c"
+    ]
+    # Every pair must hold, with exactly that value.
+    assert await store.revoke_keys("default", later, metadata={"user": "bob", "run": "4"}) == []
+    assert await store.revoke_keys("default", later, metadata={"user": "Bob"}) == []
+    assert await store.revoke_keys("default", later, metadata={"run": "42"}) == ["vk_d"]
+    assert await store.revoke_keys("default", later, all=True) == ["vk_e"]
+    for key_id in ("vk_a", "vk_b", "vk_c", "vk_d", "vk_e"):
+        revoked = await store.get_key("default", key_id)
+        assert revoked is not None
+        assert revoked.status(later) == "revoked"
+
+
+async def test_revoke_keys_takes_a_prefix_literally(store: Store) -> None:
+    for key_id, label in (
+        ("vk_1", "50%_off\\x"),
+        ("vk_2", "50%_off\\y"),
+        ("vk_3", "50%Xoff\\x"),  # what "_" would match as a wildcard
+        ("vk_4", "50abc_off\\x"),  # what "%" would match as a wildcard
+        ("vk_5", "50%_offAx"),  # what an unescaped "\" would let through
+    ):
+        await store.insert_key(labelled(key_id, label))
+    assert await store.revoke_keys("default", NOW, label_prefix="50%_off\\") == ["vk_1", "vk_2"]
+    assert await store.revoke_keys("default", NOW, label_prefix="50%_") == ["vk_5"]
+    assert await store.revoke_keys("default", NOW, all=True) == ["vk_3", "vk_4"]
+
+
+async def test_revoke_keys_touches_only_active_keys_of_the_tenant(store: Store) -> None:
+    await store.insert_key(labelled("vk_mine", "run"))
+    await store.insert_key(labelled("vk_theirs", "run", tenant="other"))
+    await store.insert_key(labelled("vk_expired", "run", expires_at=NOW + 5))
+    await store.insert_key(labelled("vk_revoked", "run"))
+    await store.revoke_key("default", "vk_revoked", NOW + 1)
+
+    assert await store.revoke_keys("default", NOW + 5, all=True) == ["vk_mine"]
+    theirs = await store.get_key("other", "vk_theirs")
+    assert theirs is not None
+    assert theirs.revoked_at is None
+    expired = await store.get_key("default", "vk_expired")
+    assert expired is not None
+    assert expired.revoked_at is None  # stays "expired"
+    earlier = await store.get_key("default", "vk_revoked")
+    assert earlier is not None
+    assert earlier.revoked_at == NOW + 1  # its first revocation stands
+    assert await store.revoke_keys("default", NOW + 6, all=True) == []
+
+
+async def test_revoke_keys_refuses_no_filter(store: Store) -> None:
+    await store.insert_key(labelled("vk_1", "run"))
+    with pytest.raises(ValueError, match=r"at least one filter"):
+        await store.revoke_keys("default", NOW)
+    with pytest.raises(ValueError, match=r"label_prefix is empty"):
+        await store.revoke_keys("default", NOW, label_prefix="")
+    with pytest.raises(ValueError, match=r"metadata is empty"):
+        await store.revoke_keys("default", NOW, metadata={})
+    found = await store.get_key("default", "vk_1")
+    assert found is not None
+    assert found.revoked_at is None
+
+
+async def test_concurrent_bulk_revocations_revoke_each_key_once(store: Store) -> None:
+    for i in range(20):
+        await store.insert_key(labelled(f"vk_{i:02}", "run"))
+    results = await asyncio.gather(
+        *(store.revoke_keys("default", NOW + i, label_prefix="run") for i in range(5))
+    )
+    ids = [key_id for result in results for key_id in result]
+    assert sorted(ids) == [f"vk_{i:02}" for i in range(20)]
+
+
+async def test_a_serving_sqlite_store_forgets_the_keys_it_revokes_in_bulk(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "kb.db", serving=True)
+    await store.open()
+    try:
+        await store.insert_key(labelled("vk_1", "run"))
+        cached = await store.get_key_by_token_hash("hash-vk_1")
+        assert cached is not None
+        assert cached.revoked_at is None
+        await store.revoke_keys("default", NOW, label_prefix="run")
+        found = await store.get_key_by_token_hash("hash-vk_1")
+        assert found is not None
+        assert found.revoked_at == NOW
+    finally:
+        await store.close()

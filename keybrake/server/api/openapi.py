@@ -31,7 +31,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed request (`bad_request`, with `param`), or a refused path or body",
         401: "Missing or unknown credential (`unauthorized`, `invalid_key`, `key_expired`,"
-        " `key_revoked`)",
+        " `key_revoked`); on `/metrics`, a missing or wrong metrics token (`unauthorized`)",
         403: "Refused by policy (`endpoint_not_allowed`, `vendor_mismatch`, `unpriced_endpoint`)",
         404: "No such key (`key_not_found`), route (`not_found`) or vendor (`unknown_vendor`)",
         405: "Method not allowed (`method_not_allowed`)",
@@ -167,6 +167,47 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "Stripe keys only: the connected account every request acts on",
             },
         },
+    },
+    "RevokeKeysRequest": {
+        "type": "object",
+        "description": (
+            "Filters, all of which a key must match (at least one; `all: true` alone matches"
+            " every active key of the tenant)"
+        ),
+        "properties": {
+            "label_prefix": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "Keys whose label starts with this (case counts; `%` and `_`"
+                " are plain characters)",
+            },
+            "metadata": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 50,
+                "additionalProperties": {"type": "string"},
+                "description": "Keys whose metadata holds every one of these pairs, exactly",
+            },
+            "vendor": {"type": "string", "enum": ["stripe", "twilio"]},
+            "all": {"type": "boolean", "description": "Every active key, unless narrowed"},
+        },
+        "additionalProperties": False,
+        "anyOf": [
+            {"required": ["label_prefix"]},
+            {"required": ["metadata"]},
+            {"required": ["vendor"]},
+            {"required": ["all"], "properties": {"all": {"type": "boolean", "enum": [True]}}},
+        ],
+    },
+    "BulkRevocation": {
+        "type": "object",
+        "required": ["revoked", "ids"],
+        "properties": {
+            "revoked": {"type": "integer", "minimum": 0},
+            "ids": {"type": "array", "items": _KEY_ID, "description": "Sorted"},
+        },
+        "additionalProperties": False,
     },
     "RefreshRequest": {
         "type": "object",
@@ -305,6 +346,11 @@ def openapi_document() -> dict[str, Any]:
                     "description": "KEYBRAKE_TOKEN",
                 },
                 "vaultKey": {"type": "http", "scheme": "bearer", "description": "vault_key_..."},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "KEYBRAKE_METRICS_TOKEN (`/metrics` is open without one)",
+                },
             },
             "schemas": _schemas(vendors),
         },
@@ -355,6 +401,26 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, 401, 404, 503),
                     },
                 },
+            },
+            "/v1/keys/revoke": {
+                "post": {
+                    "operationId": "revoke_keys",
+                    "summary": "Revoke every active key matching all the filters given",
+                    "description": (
+                        "One statement: a key issued while it runs is either revoked by it"
+                        " or left active (never half revoked). Only the caller's tenant is"
+                        " touched."
+                    ),
+                    "security": admin,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("RevokeKeysRequest")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("BulkRevocation"), "How many keys, and which"),
+                        **_errors(400, 401, 413, 503),
+                    },
+                }
             },
             "/v1/keys/{key_id}": {
                 "parameters": [_KEY_PATH],
@@ -488,13 +554,14 @@ def openapi_document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
-                    "security": [],
+                    "summary": "Prometheus metrics; behind a token when the server has one",
+                    "security": [{}, {"metricsToken": []}],
                     "responses": {
                         "200": {
                             "description": "Prometheus text exposition",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
-                        **_errors(503),
+                        **_errors(401, 503),
                     },
                 }
             },

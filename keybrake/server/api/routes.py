@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from datetime import timedelta
 from decimal import Decimal
@@ -19,7 +20,14 @@ from keybrake._common import (
     parse_duration,
     to_micros,
 )
-from keybrake.server._keys import AUDIT, CONFIGURED_ADMIN_HASH, LEDGER, METRICS, STORE
+from keybrake.server._keys import (
+    AUDIT,
+    CONFIGURED_ADMIN_HASH,
+    LEDGER,
+    METRICS,
+    METRICS_TOKEN_HASH,
+    STORE,
+)
 from keybrake.server.api.input import (
     MAX_QUERY_VALUE,
     BadRequest,
@@ -54,6 +62,8 @@ __all__ = [
     "key_json",
 ]
 
+
+log = logging.getLogger("keybrake.server")
 
 MAX_ENDPOINTS = 100
 MAX_LABEL = 200
@@ -102,9 +112,8 @@ async def _tenant(request: web.Request) -> str:
     Raises:
         Unauthorized: missing or unknown token.
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or not token.isascii():
+    token = _bearer(request)
+    if token is None:
         raise Unauthorized
     digest = hash_token(token)
     if hmac.compare_digest(digest, request.app[CONFIGURED_ADMIN_HASH]):
@@ -371,6 +380,64 @@ async def revoke_key(request: web.Request) -> web.Response:
     )
 
 
+#: The filters of ``POST /v1/keys/revoke``; nothing else may be in its body.
+REVOKE_FILTERS = ("label_prefix", "metadata", "vendor", "all")
+
+
+def _parse_revoke_filters(data: dict[str, Any]) -> dict[str, Any]:
+    """The filters of a bulk revocation, checked: at least one, none empty, nothing else."""
+    for name in data:
+        if name not in REVOKE_FILTERS:
+            raise BadRequest(
+                f"unknown field {name[:MAX_QUERY_VALUE]!r}: the filters are"
+                f" {', '.join(REVOKE_FILTERS)}",
+                param=name[:MAX_QUERY_VALUE],
+            )
+    # A filter given is a filter: null is refused, never read as "not given" (on a revocation
+    # of everything else, a null vendor would widen it to every vendor).
+    label_prefix = data.get("label_prefix")
+    if "label_prefix" in data and (
+        not isinstance(label_prefix, str) or not 0 < len(label_prefix) <= MAX_LABEL
+    ):
+        raise BadRequest(
+            f"'label_prefix' must be a string of 1 to {MAX_LABEL} characters",
+            param="label_prefix",
+        )
+    metadata = data.get("metadata")
+    if "metadata" in data and (
+        not isinstance(metadata, dict)
+        or not 0 < len(metadata) <= MAX_METADATA
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise BadRequest(
+            f"'metadata' must map 1 to {MAX_METADATA} strings to strings", param="metadata"
+        )
+    vendor = data.get("vendor")
+    vendors = installed_vendors()
+    if "vendor" in data and (not isinstance(vendor, str) or vendor not in vendors):
+        raise BadRequest(f"'vendor' must be one of {', '.join(vendors)}", param="vendor")
+    every = data.get("all", False)
+    if not isinstance(every, bool):
+        raise BadRequest("'all' must be true or false", param="all")
+    if label_prefix is None and metadata is None and vendor is None and not every:
+        raise BadRequest(
+            "name at least one filter: 'label_prefix', 'metadata', 'vendor', or 'all': true"
+            " to revoke every active key",
+            param="all",
+        )
+    return {"label_prefix": label_prefix, "metadata": metadata, "vendor": vendor, "all": every}
+
+
+async def revoke_keys(request: web.Request) -> web.Response:
+    """Revoke every active key of the caller's tenant that matches all the filters given."""
+    tenant = await _tenant(request)
+    filters = _parse_revoke_filters(await read_json_object(request))
+    ids = await _store(request).revoke_keys(tenant, now_micros(), **filters)
+    if ids:
+        log.info("revoked %d keys of tenant %r in bulk", len(ids), tenant)
+    return web.json_response({"revoked": len(ids), "ids": ids})
+
+
 async def refresh_key(request: web.Request) -> web.Response:
     tenant = await _tenant(request)
     key_id = request.match_info["key_id"]
@@ -481,7 +548,29 @@ async def list_usage(request: web.Request) -> web.Response:
     )
 
 
+def _bearer(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if it has a usable one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or not token.isascii():
+        return None
+    return token
+
+
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; behind a bearer token when the server is given one
+    (``--metrics-token``), compared in constant time (as hashes of equal length)."""
+    expected = request.app[METRICS_TOKEN_HASH]
+    if expected:
+        token = _bearer(request)
+        presented = hash_token(token) if token is not None else ""
+        if not hmac.compare_digest(presented, expected):
+            return error_response(
+                401,
+                "unauthorized",
+                "missing or wrong metrics token (Authorization: Bearer ...)",
+                headers={"WWW-Authenticate": 'Bearer realm="keybrake metrics"'},
+            )
     store, now = _store(request), now_micros()
     active = await store.count_active_keys(now)
     unconfirmed = await store.unconfirmed(utc_day(now))
@@ -532,6 +621,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/keys", create_key)
     app.router.add_get("/v1/keys", list_keys)
+    # Before the routes of one key: "revoke" is never a key id (they are "vk_...").
+    app.router.add_post("/v1/keys/revoke", revoke_keys)
     app.router.add_get("/v1/keys/{key_id}", get_key)
     app.router.add_delete("/v1/keys/{key_id}", revoke_key)
     app.router.add_post("/v1/keys/{key_id}/refresh", refresh_key)

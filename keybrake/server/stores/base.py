@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -31,7 +32,9 @@ __all__ = [
     "StoreUnavailable",
     "UsageRow",
     "audit_row",
+    "check_revoke_filters",
     "key_row",
+    "like_prefix",
 ]
 
 #: Rows one pruning transaction looks at, at most.
@@ -214,6 +217,30 @@ def key_row(key: KeyRecord) -> tuple[Any, ...]:
     )
 
 
+def like_prefix(prefix: str) -> str:
+    """A ``LIKE ... ESCAPE '\\'`` pattern matching the strings that start with ``prefix``:
+    ``%``, ``_`` and ``\\`` in ``prefix`` stand for themselves."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def check_revoke_filters(
+    *, label_prefix: str | None, metadata: Mapping[str, str] | None, vendor: str | None, all: bool
+) -> None:
+    """Refuse a bulk revocation that names no filter, or a filter that matches everything
+    without saying ``all`` (an empty prefix, empty metadata).
+
+    Raises:
+        ValueError: no filter, or an empty one.
+    """
+    if label_prefix is None and metadata is None and vendor is None and not all:
+        raise ValueError("name at least one filter: label_prefix, metadata, vendor or all")
+    if label_prefix == "":
+        raise ValueError("label_prefix is empty: use all=True to revoke every key")
+    if metadata is not None and not metadata:
+        raise ValueError("metadata is empty: use all=True to revoke every key")
+
+
 def audit_row(e: AuditEntry) -> tuple[Any, ...]:
     """An audit entry's column values, in the order both stores insert them."""
     return (
@@ -333,6 +360,34 @@ class Store(Protocol):
         starting_after: str | None,
         now: int,
     ) -> list[KeyRecord]: ...
+
+    async def revoke_keys(
+        self,
+        tenant: str,
+        now: int,
+        *,
+        label_prefix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        vendor: str | None = None,
+        all: bool = False,
+    ) -> list[str]:
+        """Revoke, at ``now``, every active key of ``tenant`` that matches all the filters
+        given; return their ids (sorted).
+
+        A key matches when its label starts with ``label_prefix`` (exactly: case counts, and
+        ``%`` or ``_`` are plain characters), its metadata holds every pair of ``metadata``
+        with exactly that value, and its vendor is ``vendor``. ``all=True`` alone matches
+        every active key. Active: not revoked, and ``expires_at`` after ``now``.
+
+        One statement: a key whose issuance commits after the statement began is never
+        matched (it stays active), and one committed before is revoked; none is left half
+        done. A key revoked meanwhile by another caller is not returned twice.
+
+        Raises:
+            ValueError: no filter given, or an empty ``label_prefix`` or ``metadata``.
+            StoreUnavailable: the store failed (nothing was revoked).
+        """
+        ...
 
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int

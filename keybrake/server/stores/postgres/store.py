@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -47,7 +48,9 @@ from keybrake.server.stores.base import (
     StoreUnavailable,
     UsageRow,
     audit_row,
+    check_revoke_filters,
     key_row,
+    like_prefix,
 )
 from keybrake.server.stores.postgres.sql import (
     _RELEASE,
@@ -460,6 +463,40 @@ class PostgresStore:
 
         row = await self._run(revoke, transaction=True)
         return None if row is None else _key(row)
+
+    async def revoke_keys(
+        self,
+        tenant: str,
+        now: int,
+        *,
+        label_prefix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        vendor: str | None = None,
+        all: bool = False,
+    ) -> list[str]:
+        """Revoke every active key of ``tenant`` matching all the filters, in one ``UPDATE``
+        (see :meth:`Store.revoke_keys`).
+
+        Under ``READ COMMITTED`` the statement sees the keys committed when it starts; a row
+        another transaction changes meanwhile is waited for and checked again, so a key
+        revoked (or refreshed) concurrently is revoked once, by whoever got there first.
+        """
+        check_revoke_filters(label_prefix=label_prefix, metadata=metadata, vendor=vendor, all=all)
+        where = ["tenant = $2", "revoked_at IS NULL", "expires_at > $1"]
+        args: list[object] = [now, tenant]
+        if label_prefix is not None:
+            args.append(like_prefix(label_prefix))
+            where.append(f"label LIKE ${len(args)} ESCAPE '\\'")
+        if metadata is not None:
+            # Containment of string values: every given pair, with exactly that value.
+            args.append(json.dumps(dict(metadata)))
+            where.append(f"metadata::jsonb @> ${len(args)}::jsonb")
+        if vendor is not None:
+            args.append(vendor)
+            where.append(f"vendor = ${len(args)}")
+        sql = f"UPDATE keys SET revoked_at = $1 WHERE {' AND '.join(where)} RETURNING id"
+        rows = await self._run(lambda c: c.fetch(sql, *args))
+        return sorted(str(row["id"]) for row in rows)
 
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int

@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ from keybrake.server.stores.base import (
     SpendState,
     StoreUnavailable,
     UsageRow,
+    check_revoke_filters,
     key_row,
 )
 from keybrake.server.stores.sqlite.lock import _ServeLock
@@ -506,6 +507,44 @@ class SQLiteStore:
 
         row = await self._run(revoke)
         return None if row is None else _key_from_row(row)
+
+    async def revoke_keys(
+        self,
+        tenant: str,
+        now: int,
+        *,
+        label_prefix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        vendor: str | None = None,
+        all: bool = False,
+    ) -> list[str]:
+        """Revoke every active key of ``tenant`` matching all the filters, in one ``UPDATE``
+        (see :meth:`Store.revoke_keys`)."""
+        check_revoke_filters(label_prefix=label_prefix, metadata=metadata, vendor=vendor, all=all)
+        where = ["tenant = ?", "revoked_at IS NULL", "expires_at > ?"]
+        params: list[object] = [now, tenant, now]
+        if label_prefix is not None:
+            # SQLite's LIKE ignores ASCII case; this compares exactly, with nothing to escape.
+            where.append("substr(label, 1, length(?)) = ?")
+            params += [label_prefix, label_prefix]
+        for name, value in (metadata or {}).items():
+            # json_each, not a JSON path: a key may hold any character.
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(keys.metadata)"
+                " WHERE json_each.key = ? AND json_each.type = 'text' AND json_each.value = ?)"
+            )
+            params += [name, value]
+        if vendor is not None:
+            where.append("vendor = ?")
+            params.append(vendor)
+        sql = f"UPDATE keys SET revoked_at = ? WHERE {' AND '.join(where)} RETURNING id"
+
+        def revoke(c: sqlite3.Connection) -> list[Any]:
+            self._keys_by_hash.clear()
+            return c.execute(sql, params).fetchall()
+
+        rows = await self._run(revoke)
+        return sorted(str(row[0]) for row in rows)
 
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int
