@@ -71,8 +71,8 @@ class Vendor(Generic[ClientT]):
         default_api_base: where the vendor's API lives (``https://api.stripe.com``).
         settings: the server's settings for this vendor, each with its environment variable;
             ``api_base`` is the base URL, the others are credentials
-            (``{"api_base": "KEYBRAKE_STRIPE_API_BASE", "secret_key": ...}``).
-        secret_settings: the settings never shown (``repr``, logs).
+            (``{"api_base": "KEYBRAKE_STRIPE_API_BASE", "secret_key": ...}``), which are never
+            shown: every setting but ``api_base`` is hidden in ``repr``.
         authorization: the upstream ``Authorization`` header from the settings, or None if
             the credentials are not all there (the proxy then answers 503).
         make_pricer: the pricer, from the vendor's section of the operator's pricing file
@@ -94,7 +94,6 @@ class Vendor(Generic[ClientT]):
     title: str
     default_api_base: str
     settings: Mapping[str, str]
-    secret_settings: frozenset[str] = frozenset()
     authorization: Callable[[Mapping[str, str]], str | None]
     make_pricer: Callable[[Any, Mapping[str, str]], Pricer]
     make_client: Callable[[ProxyTransport, RetryPolicy], ClientT]

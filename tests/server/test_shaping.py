@@ -140,3 +140,17 @@ def test_a_json_body_is_re_encoded_from_its_one_reading() -> None:
 def test_json_read_two_ways_is_refused(content_type: str, body: bytes) -> None:
     with pytest.raises(BadRequest):
         canonical_json(content_type, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"__proto__": {"bcc": ["c@x.io"]}}',
+        b'{"template": {"variables": {"__proto__": {"bcc": "c@x.io"}}}}',
+        b'{"headers": {"constructor": "x"}}',
+        b'[{"prototype": 1}]',
+    ],
+)
+def test_keys_a_javascript_reader_takes_for_its_machinery_are_refused(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        canonical_json(JSON, body)

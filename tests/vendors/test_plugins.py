@@ -71,7 +71,6 @@ VENDOR = Vendor(
     title="Echo",
     default_api_base="https://echo.invalid",
     settings={"api_base": "KEYBRAKE_ECHO_API_BASE", "token": "KEYBRAKE_ECHO_TOKEN"},
-    secret_settings=frozenset({"token"}),
     authorization=lambda s: f"Token {s['token']}" if s.get("token") else None,
     make_pricer=EchoPricer,
     make_client=EchoClient,
@@ -210,3 +209,21 @@ def test_settings_for_a_vendor_that_is_not_installed_stop_the_server(tmp_path: P
     typo: dict[str, Any] = {"stripe": {"secret_kee": "sk_test"}}
     with pytest.raises(PricingFileError, match="unknown settings"):
         vendors_from_config(make_config(tmp_path / "kb.db", "http://127.0.0.1:9", vendors=typo))
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://user:pass@api.stripe.com",
+        "https://api.stripe.com?key=sk_live",
+        "https://api.stripe.com#x",
+        "ftp://api.stripe.com",
+        "api.stripe.com",
+    ],
+)
+def test_an_api_base_that_could_carry_a_secret_stops_the_server(tmp_path: Path, base: str) -> None:
+    from keybrake.server.proxy.vendors import PricingFileError, vendors_from_config
+
+    config = make_config(tmp_path / "kb.db", base)
+    with pytest.raises(PricingFileError, match="api_base"):
+        vendors_from_config(config)

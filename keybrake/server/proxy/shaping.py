@@ -11,7 +11,9 @@ take another way is refused (400 ``bad_request``) before anything else looks at 
   form;
 - for a vendor that takes JSON, a body that is not strict UTF-8 JSON sent as
   ``application/json``, or that repeats a key in an object (which of the two counts depends
-  on the reader), or holds ``NaN``, ``Infinity`` or a number out of range;
+  on the reader), or holds ``NaN``, ``Infinity``, a number out of range, or a key a
+  JavaScript reader takes for its objects' machinery (``__proto__``, ``constructor``,
+  ``prototype``);
 - a query string that is not a strict form.
 
 What is forwarded is then built from what was parsed: the form and the query re-encoded from
@@ -157,11 +159,17 @@ def _media_type(content_type: str, expected: str) -> None:
             raise BadRequest(f"a body is {expected} with no parameter but charset=utf-8")
 
 
+#: Keys a JavaScript upstream may take for its objects' own machinery.
+_PROTOTYPE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
             raise BadRequest(f"the JSON body repeats the key {name!r}")
+        if name in _PROTOTYPE_KEYS:
+            raise BadRequest(f"the JSON body holds the key {name!r}, which is not accepted")
         out[name] = value
     return out
 

@@ -123,12 +123,20 @@ def vendors_from_config(
     out: dict[str, ProxiedVendor] = {}
     for name, vendor in vendors.items():
         settings = config.vendor_settings.get(name, {})
-        out[name] = ProxiedVendor(
-            vendor,
-            URL(settings.get("api_base") or vendor.default_api_base),
-            vendor.authorization(settings),
-            pricers[name],
-        )
+        base = URL(settings.get("api_base") or vendor.default_api_base)
+        if (
+            base.scheme not in ("http", "https")
+            or not base.host
+            or base.user is not None
+            or base.password is not None
+            or base.query_string
+            or base.fragment
+        ):
+            # Credentials go in the vendor's own settings, never in a URL shown in logs.
+            raise PricingFileError(
+                f"{name}: api_base must be an http(s) URL with no user, password, query or fragment"
+            )
+        out[name] = ProxiedVendor(vendor, base, vendor.authorization(settings), pricers[name])
     return out
 
 

@@ -51,7 +51,6 @@ VENDOR: Vendor[ResendClient] = Vendor(
     title="Resend",
     default_api_base="https://api.resend.com",
     settings={"api_base": "KEYBRAKE_RESEND_API_BASE", "api_key": "KEYBRAKE_RESEND_API_KEY"},
-    secret_settings=frozenset({"api_key"}),
     authorization=_authorization,
     make_pricer=_pricer,
     make_client=_client,

@@ -5,11 +5,15 @@ key, no ``NaN``) and re-encoded it canonically; these rules read that one body.
 
 - **Credentials are never proxied** (403 ``endpoint_not_allowed``, every method, reads
   included): ``/api-keys`` (a new key would send mail without keybrake; deleting one would
-  cut off the operator's own), ``/oauth`` (grants to other applications) and ``/webhooks``
+  cut off the operator's own), ``/oauth`` (grants to other applications), ``/webhooks``
   (each shows its signing secret, with which anyone can forge Resend's events to the
-  operator's application). A first segment is compared as a lenient router might read it:
-  case-folded and cut at anything that can't be part of a name (``API-KEYS;x``).
-- **Reads** (``GET``, ``HEAD``) are free.
+  operator's application) and ``/logs`` (a log entry replays the bodies of earlier requests
+  and answers, those secrets among them). A first segment is compared as a lenient router
+  might read it: case-folded and cut at anything that can't be part of a name
+  (``API-KEYS;x``).
+- **Reads** (``GET``, ``HEAD``) are free, of the resources in :data:`READABLE_RESOURCES`
+  only, named exactly (``%20emails`` is not ``emails``): a read of anything else, a
+  resource Resend adds tomorrow included, is 403 ``endpoint_not_allowed``.
 - **Parameters of a write** belong in its JSON body: any query string is refused (400
   ``bad_request``).
 - **Sending** (``POST /emails``: one e-mail object; ``POST /emails/batch``: a JSON array of 1
@@ -20,7 +24,8 @@ key, no ``NaN``) and re-encoded it canonically; these rules read that one body.
   as Resend would send: duplicates count each time, and an entry counts once per ``@`` in it
   (at least once; read after NFKC, so a full-width ``U+FF20`` is an ``@`` too), so
   ``"a@x, b@y"`` is two e-mails whether or not Resend splits it. An entry that is not a
-  non-empty string is 400.
+  non-empty string, or more than :data:`MAX_ADDRESSES` entries in one field (Resend refuses
+  them anyway), is 400.
 - **What an e-mail may hold** is an allowlist (:data:`EMAIL_FIELDS`, and
   :data:`ATTACHMENT_FIELDS`, :data:`TAG_FIELDS`, :data:`TEMPLATE_FIELDS` inside): a field
   keybrake doesn't know is 400, because a field added tomorrow could carry recipients
@@ -35,7 +40,10 @@ key, no ``NaN``) and re-encoded it canonically; these rules read that one body.
   was sent to Resend), cancelling (``POST /emails/{id}/cancel``; what was counted stays
   counted) and sharing (``POST /emails/{id}/share``) an e-mail; creating, updating,
   verifying and deleting domains; creating, updating, publishing, duplicating and deleting
-  templates (a template names no recipient).
+  templates (a template names no recipient). An id in their path is letters, digits, ``-``
+  and ``_`` only (``batch%3F`` is no id), and their bodies are objects: a cancel holds
+  nothing but the id, a share nothing but ``expires_in``, and no other may name ``to``,
+  ``cc`` or ``bcc``.
 - **Unpriced** (403 ``unpriced_endpoint``): anything that mails a list keybrake can't count
   before it is sent: broadcasts (``POST /broadcasts/{id}/send``, a create with
   ``"send": true``, and every other broadcast write, which could change who a scheduled one
@@ -82,10 +90,12 @@ from keybrake.vendors._pricing import (
 __all__ = [
     "ATTACHMENT_FIELDS",
     "CREDENTIAL_RESOURCES",
+    "MAX_ADDRESSES",
     "DEFAULT_USD_PER_EMAIL",
     "EMAIL_FIELDS",
     "FREE_WRITES",
     "MAX_BATCH",
+    "READABLE_RESOURCES",
     "RECIPIENT_HEADERS",
     "TAG_FIELDS",
     "TEMPLATE_FIELDS",
@@ -142,7 +152,26 @@ RECIPIENT_HEADERS = frozenset(
     }
 )
 #: First path segments, as :func:`_name` reads them, that hold or make a credential.
-CREDENTIAL_RESOURCES = frozenset({"api-keys", "oauth", "webhooks"})
+#: ``logs`` too: a log entry replays a request's and its answer's bodies, a new API key's
+#: token or a webhook's signing secret among them.
+CREDENTIAL_RESOURCES = frozenset({"api-keys", "logs", "oauth", "webhooks"})
+#: First path segments keybrake lets an agent read (free). A read of anything else (a
+#: resource Resend adds tomorrow, which might show a secret) is refused.
+READABLE_RESOURCES = frozenset(
+    {
+        "audiences",
+        "broadcasts",
+        "contact-properties",
+        "contacts",
+        "domains",
+        "emails",
+        "segments",
+        "templates",
+        "topics",
+    }
+)
+#: The most entries Resend takes in one of ``to``, ``cc``, ``bcc``.
+MAX_ADDRESSES = 50
 #: First path segments of the resources that decide who broadcasts and automations mail.
 _AUDIENCE_RESOURCES = frozenset(
     {
@@ -177,6 +206,12 @@ FREE_WRITES: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
 )
 #: What a reschedule (``PATCH /emails/{id}``) may say; the Python SDK repeats the id.
 _RESCHEDULE_FIELDS = frozenset({"id", "scheduled_at"})
+#: What the body of each other free e-mail write may say.
+_EMAIL_ACTION_FIELDS = {"cancel": frozenset({"id"}), "share": frozenset({"id", "expires_in"})}
+#: Fields no free write's body may hold (they could name recipients to a lenient reader).
+_RECIPIENT_FIELDS = frozenset({"to", "cc", "bcc"})
+#: A resource id or alias in a path (``*`` of :data:`FREE_WRITES`), and a first segment.
+_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 _EMAILS = ("emails",)
 _BATCH = ("emails", "batch")
@@ -225,9 +260,32 @@ def _name(segment: str) -> str:
 
 
 def _shape_matches(shape: tuple[str, ...], segments: tuple[str, ...]) -> bool:
+    """``segments`` (case-folded) fit ``shape``; each ``*`` is a plain id (no ``%3F``)."""
     return len(shape) == len(segments) and all(
-        s == "*" or s == seg for s, seg in zip(shape, segments, strict=True)
+        (_ID.fullmatch(seg) is not None) if s == "*" else s == seg
+        for s, seg in zip(shape, segments, strict=True)
     )
+
+
+def _check_free_write(segments: tuple[str, ...], body: Any) -> None:
+    """A free write's body: an object (or none) that names no recipient; an e-mail action's
+    holds only its own fields.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request``.
+    """
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        raise _refuse("the body of this write must be a JSON object")
+    if segments[0] == "emails" and len(segments) == 2:
+        _check_reschedule(body)
+    elif segments[0] == "emails":
+        allowed = _EMAIL_ACTION_FIELDS[segments[2]]
+        if set(body) - allowed:
+            raise _refuse(f"{segments[2]} takes only {sorted(allowed)}")
+    elif set(body) & _RECIPIENT_FIELDS:
+        raise _refuse("this write names no recipient; 'to', 'cc' and 'bcc' are refused")
 
 
 def _refuse(message: str) -> PricingRefusal:
@@ -246,6 +304,8 @@ def _addresses(value: Any, field: str, *, required: bool, where: str) -> int:
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, list) or (required and not entries):
         raise _refuse(f"{where}'{field}' must be an address or a non-empty list of addresses")
+    if len(entries) > MAX_ADDRESSES:
+        raise _refuse(f"{where}'{field}' holds at most {MAX_ADDRESSES} addresses, as in Resend")
     total = 0
     for entry in entries:
         if not isinstance(entry, str) or not entry.strip():
@@ -385,6 +445,16 @@ class ResendPricer:
             )
         method = request.method
         if method in ("GET", "HEAD"):
+            # The first segment exactly, too: a router that trims or decodes once more could
+            # read ' api-keys' (``%20api-keys``) as api-keys.
+            if resource not in READABLE_RESOURCES or not _ID.fullmatch(request.segments[0]):
+                raise PricingRefusal(
+                    403,
+                    "endpoint_not_allowed",
+                    f"reading /{request.segments[0] if request.segments else ''} is not"
+                    " allowed: keybrake lets agents read only Resend resources it knows hold"
+                    " no secret",
+                )
             return FREE
         if request.query:
             raise _refuse(f"Resend {method} parameters belong in the JSON body")
@@ -396,8 +466,7 @@ class ResendPricer:
         if method == "POST" and segments == _BATCH:
             return Quote(self.price(sum(_batch(body))))
         if any(m == method and _shape_matches(s, segments) for m, s in FREE_WRITES):
-            if method == "PATCH" and segments[0] == "emails":
-                _check_reschedule(body)
+            _check_free_write(segments, body)
             return FREE
         if resource == "broadcasts":
             raise PricingRefusal(

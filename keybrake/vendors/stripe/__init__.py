@@ -73,7 +73,6 @@ VENDOR: Vendor[StripeClient] = Vendor(
     title="Stripe",
     default_api_base="https://api.stripe.com",
     settings={"api_base": "KEYBRAKE_STRIPE_API_BASE", "secret_key": "KEYBRAKE_STRIPE_SECRET_KEY"},
-    secret_settings=frozenset({"secret_key"}),
     authorization=_authorization,
     make_pricer=_pricer,
     make_client=_client,

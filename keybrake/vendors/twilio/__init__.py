@@ -52,7 +52,6 @@ VENDOR: Vendor[TwilioClient] = Vendor(
         "account_sid": "KEYBRAKE_TWILIO_ACCOUNT_SID",
         "auth_token": "KEYBRAKE_TWILIO_AUTH_TOKEN",
     },
-    secret_settings=frozenset({"auth_token"}),
     authorization=_authorization,
     make_pricer=_pricer,
     make_client=_client,

@@ -415,3 +415,60 @@ async def test_the_quote_is_never_below_the_listed_recipients(
         return
     quoted = await quote(body)
     assert quoted.micros >= listed * PER_EMAIL
+
+
+# What an attacker's review found, each refused now.
+
+
+@pytest.mark.parametrize("path", ["/logs", "/logs/1f7c", "/LOGS", "/logs;x"])
+async def test_logs_replay_secrets_so_they_are_never_read(path: str) -> None:
+    caught = await refusal(path=path, method="GET")
+    assert (caught.status, caught.code) == (403, "endpoint_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/audit-trail", "/receiving", "/unknown/1"])
+async def test_a_read_of_a_resource_keybrake_doesnt_know_is_refused(path: str) -> None:
+    caught = await refusal(path=path, method="GET")
+    assert (caught.status, caught.code) == (403, "endpoint_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/emails", "/emails/1f7c", "/domains", "/templates/t1"])
+async def test_reads_of_known_resources_are_free(path: str) -> None:
+    assert (await quote(path=path, method="GET")).micros == 0
+
+
+@pytest.mark.parametrize("path", ["/%20api-keys", "/%20webhooks", "/~logs", "/%20emails"])
+async def test_a_first_segment_a_router_could_trim_is_refused(path: str) -> None:
+    caught = await refusal(path=path, method="GET")
+    assert (caught.status, caught.code) == (403, "endpoint_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/emails/batch%3F/cancel", [EMAIL]),  # a batch body on a free path
+        ("/emails/batch%3F/cancel", None),  # an id that decodes into another path
+        ("/emails/a%23b/share", None),
+        ("/emails/1f7c/cancel", {"to": ["a@x.test"]}),
+        ("/emails/1f7c/share", {"expires_in": 3600, "bcc": "b@x.test"}),
+        ("/domains", {"name": "x.test", "to": "a@x.test"}),
+        ("/templates", [EMAIL]),
+    ],
+)
+async def test_free_writes_carry_plain_ids_and_their_own_fields_only(path: str, body: Any) -> None:
+    caught = await refusal(body, path)
+    assert caught.status in (400, 403)
+
+
+async def test_free_writes_with_their_own_fields_stay_free() -> None:
+    assert (await quote({"expires_in": 3600}, "/emails/1f7c-9_a/share")).micros == 0
+    assert (await quote(None, "/emails/1f7c/cancel")).micros == 0
+    assert (await quote({"name": "x.test"}, "/domains")).micros == 0
+
+
+async def test_more_addresses_in_a_field_than_resend_takes_is_refused() -> None:
+    many = [f"u{i}@x.test" for i in range(51)]
+    for field in ("to", "cc", "bcc"):
+        caught = await refusal(email(**{field: many}))
+        assert (caught.status, caught.code) == (400, "bad_request")
+    assert (await quote(email(to=many[:50]))).micros == 50 * PER_EMAIL
