@@ -1,7 +1,9 @@
-"""The outside services some tests need, as markers: ``postgres``, ``redis`` and ``node``.
+"""The outside services some tests need, as markers: ``postgres``, ``redis``, ``node`` and
+``browser``.
 
-pyproject.toml declares the markers, so ``pytest -m "not postgres and not redis and not node"``
-runs what needs none of them. Two things keep the marks honest:
+pyproject.toml declares the markers, so
+``pytest -m "not postgres and not redis and not node and not browser"`` runs what needs none
+of them. Two things keep the marks honest:
 
 * a test that uses one of :data:`FIXTURE_MARKERS` (``prism_url``, hence ``twilio_server``) gets
   its marker at collection, from ``pytest_collection_modifyitems`` in tests/conftest.py;
@@ -18,7 +20,7 @@ import pytest
 __all__ = ["FIXTURE_MARKERS", "require"]
 
 #: A fixture, and the marker of every test that uses it (directly or through other fixtures).
-FIXTURE_MARKERS = {"prism_url": "node"}
+FIXTURE_MARKERS = {"prism_url": "node", "browser": "browser"}
 
 #: The test being run, set by ``pytest_runtest_protocol`` in tests/conftest.py.
 current: pytest.Item | None = None

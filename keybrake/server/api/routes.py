@@ -38,7 +38,7 @@ from keybrake.server.api.input import (
     read_json_object,
 )
 from keybrake.server.api.openapi import openapi_document
-from keybrake.server.api.tokens import DEFAULT_TENANT
+from keybrake.server.api.tokens import DEFAULT_TENANT, tenant_of
 from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.http.errors import error_body, error_response
 from keybrake.server.stores.base import (
@@ -115,10 +115,7 @@ async def _tenant(request: web.Request) -> str:
     token = _bearer(request)
     if token is None:
         raise Unauthorized
-    digest = hash_token(token)
-    if hmac.compare_digest(digest, request.app[CONFIGURED_ADMIN_HASH]):
-        return DEFAULT_TENANT
-    tenant = await _store(request).tenant_for_admin_token(digest)
+    tenant = await tenant_of(_store(request), request.app[CONFIGURED_ADMIN_HASH], hash_token(token))
     if tenant is None:
         raise Unauthorized
     return tenant

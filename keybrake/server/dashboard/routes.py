@@ -9,7 +9,6 @@ carries the session's CSRF token.
 from __future__ import annotations
 
 import functools
-import hmac
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from urllib.parse import parse_qsl, urlsplit
@@ -18,7 +17,7 @@ import attrs
 from aiohttp import web
 
 from keybrake.server._keys import CONFIGURED_ADMIN_HASH, LEDGER, STORE
-from keybrake.server.api.tokens import DEFAULT_TENANT
+from keybrake.server.api.tokens import tenant_of
 from keybrake.server.dashboard.data import VendorCache, active_matching, key_page, spend_chart
 from keybrake.server.dashboard.markup import Markup
 from keybrake.server.dashboard.sessions import Lookup, Session, Sessions
@@ -135,10 +134,7 @@ def _store_errors(handler: Handler) -> Handler:
 
 async def _tenant_of(request: web.Request, token_hash: str) -> str | None:
     """The tenant of a master token's hash, as the issuance API authorises it."""
-    if hmac.compare_digest(token_hash, request.app[CONFIGURED_ADMIN_HASH]):
-        return DEFAULT_TENANT
-    store: Store = request.app[STORE]
-    return await store.tenant_for_admin_token(token_hash)
+    return await tenant_of(request.app[STORE], request.app[CONFIGURED_ADMIN_HASH], token_hash)
 
 
 async def _session(request: web.Request) -> tuple[str, Session] | str | None:
