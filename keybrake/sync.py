@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from keybrake import _vault_key
 from keybrake._blocking import Blocking
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     import twilio.rest as twilio_sdk
     from typing_extensions import Self
 
-    from keybrake.vendors.stripe.client import StripeClient
-    from keybrake.vendors.twilio.client import TwilioClient
+    from keybrake.vendors.stripe.blocking import BlockingStripeClient
+    from keybrake.vendors.twilio.blocking import BlockingTwilioClient
 
 __all__ = ["Keybrake", "RunOptions", "VaultKey"]
 
@@ -291,14 +291,21 @@ class VaultKey:
         return None if self._core is None else self._core.lost
 
     @property
-    def stripe(self) -> Blocking[StripeClient]:
-        """Stripe through the proxy with this key: ``vk.stripe.payment_intents.create(...)``."""
-        return self.vendor_client(_stripe.VENDOR)
+    def stripe(self) -> BlockingStripeClient:
+        """Stripe through the proxy with this key: ``vk.stripe.payment_intents.create(...)``.
+
+        The async [`StripeClient`][keybrake.vendors.stripe.client.StripeClient], blocking:
+        the same methods and models; ``list()`` returns a plain iterator.
+        """
+        return cast("BlockingStripeClient", self.vendor_client(_stripe.VENDOR))
 
     @property
-    def twilio(self) -> Blocking[TwilioClient]:
-        """Twilio through the proxy with this key: ``vk.twilio.messages.create(...)``."""
-        return self.vendor_client(_twilio.VENDOR)
+    def twilio(self) -> BlockingTwilioClient:
+        """Twilio through the proxy with this key: ``vk.twilio.messages.create(...)``.
+
+        The async [`TwilioClient`][keybrake.vendors.twilio.client.TwilioClient], blocking.
+        """
+        return cast("BlockingTwilioClient", self.vendor_client(_twilio.VENDOR))
 
     def vendor_client(self, vendor: Vendor[C]) -> Blocking[C]:
         """The blocking client of an installed vendor, through the proxy with this key.
