@@ -1,74 +1,71 @@
-"""Sync tests run on the main thread, as blocking code does; the keybrake server runs on a
-thread of its own (the async fixtures' loop is not running while a plain ``def`` test runs)."""
+"""Sync tests run on the main thread, as blocking code does (a SIGINT lands there); the
+keybrake server and other async peers run on a loop in a thread of the tests' own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import pytest
 
 from keybrake import RetryPolicy
-from keybrake.server import ServerConfig, running_server
+from keybrake.server import running_server
 from keybrake.sync import Keybrake
 from tests.conftest import RunningServer, make_config
 
-#: Retries that give up quickly, for tests that fault the server.
+T = TypeVar("T")
+
+#: Retries that give up quickly.
 QUICK_RETRY = RetryPolicy(attempts=3, initial_wait=0.01)
 
 
-class ThreadedServer:
-    """The keybrake server on a loop in a thread of its own, until :meth:`stop`."""
+class Background:
+    """An event loop on a thread that keeps async context managers open until closed."""
 
-    def __init__(self, config: ServerConfig, *, port: int = 0) -> None:
-        self.config = config
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        started: Future[str] = Future()
-        self._thread = threading.Thread(
-            target=self._loop.run_until_complete,
-            args=(self._serve(started, port),),
-            name="keybrake-test-server",
-        )
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._stack = contextlib.AsyncExitStack()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-background")
         self._thread.start()
-        self.url = started.result(30)
 
-    async def _serve(self, started: Future[str], port: int) -> None:
-        self._stop = asyncio.Event()
+    def enter(self, manager: AbstractAsyncContextManager[T]) -> T:
+        """Enter ``manager`` on the loop; it is exited by :meth:`close`."""
+        future = asyncio.run_coroutine_threadsafe(self._enter(manager), self.loop)
+        return future.result(60)
+
+    async def _enter(self, manager: AbstractAsyncContextManager[T]) -> T:
+        return await self._stack.enter_async_context(manager)
+
+    def close(self) -> None:
         try:
-            async with running_server(self.config, port=port) as url:
-                started.set_result(url)
-                await self._stop.wait()
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-            raise
-
-    def run(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the server's loop (to fault it, say)."""
-        self._loop.call_soon_threadsafe(fn)
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-        self._loop.close()
+            asyncio.run_coroutine_threadsafe(self._stack.aclose(), self.loop).result(60)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(60)
+            self.loop.close()
 
 
 @pytest.fixture
-def sync_server(tmp_path: Path, localstripe_url: str) -> Iterator[RunningServer]:
+def background() -> Iterator[Background]:
+    bg = Background()
+    try:
+        yield bg
+    finally:
+        bg.close()
+
+
+@pytest.fixture
+def sync_server(tmp_path: Path, localstripe_url: str, background: Background) -> RunningServer:
     db_path = tmp_path / "keybrake.db"
     config = make_config(db_path, localstripe_url)
-    server = ThreadedServer(config)
-    try:
-        assert config.admin_token is not None
-        yield RunningServer(server.url, config.admin_token, db_path, config)
-    finally:
-        server.stop()
+    url = background.enter(running_server(config))
+    assert config.admin_token is not None
+    return RunningServer(url, config.admin_token, db_path, config)
 
 
 @pytest.fixture
