@@ -38,9 +38,11 @@ class Portal:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        #: What must be closed on the loop at interpreter exit (open keys, owned clients):
-        #: each maps to the coroutine function that closes it.
-        self.closers: weakref.WeakKeyDictionary[Any, Callable[[], Awaitable[object]]] = (
+        #: What must be closed on the loop at interpreter exit, each mapped to the coroutine
+        #: function that closes it: open keys first (they revoke through clients), then
+        #: clients (their HTTP sessions).
+        self.open_keys: dict[Any, Callable[[], Awaitable[object]]] = {}
+        self.clients: weakref.WeakKeyDictionary[Any, Callable[[], Awaitable[object]]] = (
             weakref.WeakKeyDictionary()
         )
         self._closed = False
@@ -123,11 +125,13 @@ class Portal:
         if self._closed or self.pid != os.getpid():
             return
         self._closed = True
-        closers = list(self.closers.values())
-        self.closers.clear()
+        keys, clients = list(self.open_keys.values()), list(self.clients.values())
+        self.open_keys.clear()
+        self.clients.clear()
 
         async def close_all() -> None:
-            await asyncio.gather(*(close() for close in closers), return_exceptions=True)
+            await asyncio.gather(*(close() for close in keys), return_exceptions=True)
+            await asyncio.gather(*(close() for close in clients), return_exceptions=True)
 
         future = asyncio.run_coroutine_threadsafe(close_all(), self.loop)
         try:

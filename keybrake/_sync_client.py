@@ -89,7 +89,7 @@ class Keybrake:
             )
             self._pid = os.getpid()
         if not self._closed:
-            get_portal().closers[self] = self._core.close
+            get_portal().clients[self] = self._core.close
         return self._core
 
     def __enter__(self) -> Self:
@@ -111,7 +111,7 @@ class Keybrake:
         """Close the HTTP session, from keybrake.sync's own loop (where it lives)."""
         core = self.core()
         self._closed = True
-        get_portal().closers.pop(self, None)
+        get_portal().clients.pop(self, None)
         await core.close()
 
     def issue_key(

@@ -385,7 +385,7 @@ class VaultKey:
             if self._owns_client:
                 self._client.close()
             raise
-        portal.closers[self] = self._aclose
+        portal.open_keys[self] = self._aclose
 
     def close(self) -> None:
         """Stop keepalive and revoke the key; what ``with`` does on exit. Closing twice is a
@@ -394,7 +394,7 @@ class VaultKey:
             return
         portal = self._portal
         assert portal is not None
-        portal.closers.pop(self, None)
+        portal.open_keys.pop(self, None)
         portal.call(self._aclose())
 
     async def _aclose(self) -> None:
