@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from keybrake.vendors.stripe.blocking import BlockingStripeClient
     from keybrake.vendors.twilio.blocking import BlockingTwilioClient
 
-__all__ = ["Keybrake", "RunOptions", "VaultKey"]
+__all__ = ["Keybrake", "VaultKey"]
 
 C = TypeVar("C")
 
