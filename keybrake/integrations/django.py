@@ -61,8 +61,8 @@ except ImportError as exc:
 __all__ = [
     "DEFAULT_LABEL_HEADERS",
     "SETTING",
-    "UNAVAILABLE_CODE",
     "SyncVaultKeyRequest",
+    "UNAVAILABLE_CODE",
     "VaultKeyMiddleware",
     "VaultKeyRequest",
 ]

@@ -42,6 +42,16 @@ async def apay(request: VaultKeyRequest) -> JsonResponse:
     return JsonResponse({"id": pi.id, "key": vk.id, "kind": kind(vk)})
 
 
+def checkout(request: SyncVaultKeyRequest) -> JsonResponse:
+    """The docs' flow: the view pays with its key, then queues work that gets its own."""
+    from tests.integrations.celery_app import charge  # the worker's tasks; needs a broker
+
+    vk = request.vault_key
+    pi = vk.stripe.payment_intents.create(amount=1000, currency="usd")
+    queued = charge.delay(500)  # plain data on the queue; the task issues its own key
+    return JsonResponse({"id": pi.id, "key": vk.id, "task": queued.id})
+
+
 def go_file(request: HttpRequest) -> Path:
     return Path(settings.MARKERS) / request.GET["go"]
 
