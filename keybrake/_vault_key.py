@@ -40,7 +40,15 @@ if TYPE_CHECKING:
     import twilio.rest as twilio_sdk
     from typing_extensions import Self
 
-__all__ = ["REVOKE_TIMEOUT", "KeyOptions", "RunOptions", "VaultKey", "resolve_spec"]
+__all__ = [
+    "REVOKE_TIMEOUT",
+    "BaseRunOptions",
+    "KeyOptions",
+    "RunOptions",
+    "SpecOptions",
+    "VaultKey",
+    "resolve_spec",
+]
 
 log = logging.getLogger("keybrake")
 
@@ -89,14 +97,9 @@ class _OfficialClient:
     close_async: Callable[[], Awaitable[object]] | None
 
 
-class RunOptions(TypedDict, total=False):
-    """How a ``VaultKey`` runs, apart from what its ``KeySpec`` says.
+class BaseRunOptions(TypedDict, total=False):
+    """The run options of both facades (this one and ``keybrake.sync``), ``client`` aside."""
 
-    The keyword options of [`VaultKey.from_spec()`][keybrake.VaultKey.from_spec], which
-    ``@vault_key`` and the integrations pass on.
-    """
-
-    client: Keybrake | None
     on_lost: Callable[[KeybrakeError], object] | None
     cancel_on_loss: bool
     token: str | None
@@ -104,12 +107,8 @@ class RunOptions(TypedDict, total=False):
     proxy_url: str | None
 
 
-class KeyOptions(RunOptions, total=False):
-    """The keyword options of ``VaultKey(vendor, endpoints, cap, ttl, ...)`` after ``label``.
-
-    What ``@vault_key(vendor, endpoints, cap=..., ttl=..., **options)`` and the integrations
-    accept besides a [`KeySpec`][keybrake.KeySpec]'s first fields.
-    """
+class SpecOptions(TypedDict, total=False):
+    """A [`KeySpec`][keybrake.KeySpec]'s keyword fields after ``label``."""
 
     keepalive: bool
     max_lifetime: Duration | None
@@ -117,7 +116,25 @@ class KeyOptions(RunOptions, total=False):
     stripe_account: str | None
 
 
-_SPEC_OPTIONS = frozenset(KeyOptions.__optional_keys__ - RunOptions.__optional_keys__)
+class RunOptions(BaseRunOptions, total=False):
+    """How a ``VaultKey`` runs, apart from what its ``KeySpec`` says.
+
+    The keyword options of [`VaultKey.from_spec()`][keybrake.VaultKey.from_spec], which
+    ``@vault_key`` and the integrations pass on.
+    """
+
+    client: Keybrake | None
+
+
+class KeyOptions(RunOptions, SpecOptions, total=False):
+    """The keyword options of ``VaultKey(vendor, endpoints, cap, ttl, ...)`` after ``label``.
+
+    What ``@vault_key(vendor, endpoints, cap=..., ttl=..., **options)`` and the integrations
+    accept besides a [`KeySpec`][keybrake.KeySpec]'s first fields.
+    """
+
+
+_SPEC_OPTIONS = SpecOptions.__optional_keys__
 _RUN_OPTIONS = RunOptions.__optional_keys__
 
 
@@ -128,7 +145,7 @@ def resolve_spec(
     cap: Cap | None,
     ttl: Duration | None,
     label: str | None,
-    options: KeyOptions,
+    options: Mapping[str, Any],
 ) -> tuple[KeySpec, RunOptions]:
     """The spec and run options of a ``(spec | vendor, endpoints, cap=, ttl=, ...)`` call.
 
@@ -163,7 +180,7 @@ def resolve_spec(
     else:
         if endpoints is None or cap is None or ttl is None:
             raise TypeError("give a KeySpec, or a vendor with endpoints, cap and ttl")
-        spec = KeySpec(spec, endpoints, cap, ttl, label=label, **spec_options)  # type: ignore[arg-type]
+        spec = KeySpec(spec, endpoints, cap, ttl, label=label, **spec_options)
     if run.get("client") is None:
         ClientConfig.resolve(
             token=run.get("token"), api_url=run.get("api_url"), proxy_url=run.get("proxy_url")

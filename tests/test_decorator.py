@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
-from keybrake import ConfigurationError, Keybrake, KeySpec, VaultKey, vault_key
+from keybrake import ConfigurationError, Keybrake, KeySpec, VaultKey, sync, vault_key
 from tests.conftest import SEED_ENDPOINTS
 
 
@@ -30,11 +30,32 @@ def test_the_key_parameter_is_hidden() -> None:
     assert not hasattr(refund, "__wrapped__")
 
 
-def test_sync_functions_are_refused() -> None:
-    with pytest.raises(TypeError, match="async def"):
+def test_a_plain_def_needs_a_sync_vault_key() -> None:
+    with pytest.raises(TypeError, match=r"plain 'def': its key is a keybrake\.sync\.VaultKey"):
 
-        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60)  # type: ignore[arg-type]
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60)
         def refund(vk: VaultKey) -> None: ...
+
+
+def test_an_async_def_needs_an_async_vault_key() -> None:
+    with pytest.raises(TypeError, match=r"'async def': its key is a keybrake\.VaultKey"):
+
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60)
+        async def refund(vk: sync.VaultKey) -> None: ...
+
+
+def test_the_client_must_be_of_the_functions_kind() -> None:
+    kb = Keybrake("kb_admin_x", api_url="http://127.0.0.1:9", proxy_url="http://127.0.0.1:9")
+    with pytest.raises(TypeError, match=r"client must be a keybrake\.sync\.Keybrake"):
+
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60, client=kb)
+        def refund(vk: sync.VaultKey) -> None: ...
+
+    sync_kb = sync.Keybrake("kb_admin_x", api_url="http://127.0.0.1:9")
+    with pytest.raises(TypeError, match=r"client must be a keybrake\.Keybrake"):
+
+        @vault_key("stripe", ["/v1/refunds"], cap=1, ttl=60, client=sync_kb)
+        async def refund_async(vk: VaultKey) -> None: ...
 
 
 def test_a_vault_key_parameter_is_required() -> None:

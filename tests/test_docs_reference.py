@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import keybrake
+import keybrake.sync
 from keybrake.vendors.resend import client as resend_client
 from keybrake.vendors.stripe import client as stripe_client
 from keybrake.vendors.twilio import client as twilio_client
@@ -23,6 +24,7 @@ def public_names() -> list[str]:
     names += [f"{stripe_client.__name__}.{n}" for n in stripe_client.__all__ if n != "encode_form"]
     names += [f"{twilio_client.__name__}.{n}" for n in twilio_client.__all__]
     names += [f"{resend_client.__name__}.{n}" for n in resend_client.__all__]
+    names += [f"keybrake.sync.{n}" for n in keybrake.sync.__all__]
     return names
 
 

@@ -8,6 +8,7 @@ def test_all_is_complete_and_sorted() -> None:
         "server",
         "cli",
         "integrations",
+        "sync",
     }  # subpackages and modules, imported on demand
     assert public <= set(keybrake.__all__)
     assert keybrake.__all__ == sorted(keybrake.__all__)

@@ -16,6 +16,7 @@ __all__ = [
     "UNAVAILABLE_CODE",
     "open_request_key",
     "request_label",
+    "request_spec",
     "unavailable_body",
 ]
 
@@ -69,15 +70,23 @@ async def open_request_key(
     Raises:
         KeybrakeError: keybrake could not issue it (logged; the caller answers 503).
     """
-    key_label, from_headers = request_label(label, headers, label_headers)
-    request_spec = attrs.evolve(spec, label=key_label, metadata={**from_headers, **spec.metadata})
-    key = VaultKey.from_spec(request_spec, **run)
+    key_spec = request_spec(spec, label=label, headers=headers, label_headers=label_headers)
+    key = VaultKey.from_spec(key_spec, **run)
     try:
         await key.__aenter__()
     except KeybrakeError as exc:
-        log.warning("no vault key for %s: %s", key_label, exc)
+        log.warning("no vault key for %s: %s", key_spec.label, exc)
         raise
     return key
+
+
+def request_spec(
+    spec: KeySpec, *, label: str, headers: Mapping[str, str], label_headers: Sequence[str]
+) -> KeySpec:
+    """``spec`` for one request: labelled ``label`` plus the named headers' values, which
+    are also added to its metadata (the spec's own pairs win)."""
+    key_label, from_headers = request_label(label, headers, label_headers)
+    return attrs.evolve(spec, label=key_label, metadata={**from_headers, **spec.metadata})
 
 
 def unavailable_body(vendor: str) -> dict[str, str]:

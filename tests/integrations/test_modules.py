@@ -8,11 +8,23 @@ import sys
 
 import pytest
 
-MODULES = ["aiohttp_web", "arq", "fastapi", "langchain", "openai_agents", "pydantic_ai"]
+MODULES = [
+    "aiohttp_web",
+    "arq",
+    "celery",
+    "django",
+    "fastapi",
+    "langchain",
+    "openai_agents",
+    "pydantic_ai",
+]
 
 
 def test_the_package_imports_no_framework() -> None:
-    frameworks = ["agents", "arq", "fastapi", "langchain_core", "pydantic_ai", "starlette"]
+    frameworks = [
+        "agents", "arq", "celery", "django", "fastapi", "langchain_core", "pydantic_ai",
+        "starlette",
+    ]  # fmt: skip
     code = (
         "import sys, keybrake, keybrake.integrations\n"
         f"print(sorted(m for m in {frameworks!r} if m in sys.modules))"
@@ -36,6 +48,8 @@ def test_public_names_are_listed_and_sorted(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "framework", "extra"),
     [
+        ("celery", "celery", "celery"),
+        ("django", "django.conf", "django"),
         ("fastapi", "fastapi", "fastapi"),
         ("langchain", "langchain_core.tools", "langchain"),
         ("openai_agents", "agents", "openai-agents"),
