@@ -59,13 +59,22 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return dict(getattr(fn, "__annotations__", {}))
 
 
+#: How an annotation left as text (the function's hints can't all be resolved) names a key.
+_KEY_NAMES: dict[str, type[VaultKey] | type[SyncVaultKey] | str] = {
+    "VaultKey": "VaultKey",  # either: the function's kind decides
+    "keybrake.VaultKey": VaultKey,
+    "sync.VaultKey": SyncVaultKey,
+    "keybrake.sync.VaultKey": SyncVaultKey,
+}
+
+
 def _key_class(hint: Any) -> type[VaultKey] | type[SyncVaultKey] | str | None:
     """Which ``VaultKey`` ``hint`` names (``"VaultKey"`` if unresolved), or None."""
     if typing.get_origin(hint) is typing.Annotated:
         hint = typing.get_args(hint)[0]
     if hint is VaultKey or hint is SyncVaultKey:
         return hint
-    return "VaultKey" if hint == "VaultKey" else None
+    return _KEY_NAMES.get(hint.strip()) if isinstance(hint, str) else None
 
 
 def _key_parameter(fn: Callable[..., Any], hints: dict[str, Any], *, blocking: bool) -> str:

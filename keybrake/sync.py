@@ -32,6 +32,7 @@ from keybrake._models import IssuedKey
 from keybrake._portal import Portal, get_portal
 from keybrake._sync_client import Keybrake
 from keybrake.vendors import Vendor, get_vendor
+from keybrake.vendors import resend as _resend
 from keybrake.vendors import stripe as _stripe
 from keybrake.vendors import twilio as _twilio
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     import twilio.rest as twilio_sdk
     from typing_extensions import Self
 
+    from keybrake.vendors.resend.blocking import BlockingResendClient
     from keybrake.vendors.stripe.blocking import BlockingStripeClient
     from keybrake.vendors.twilio.blocking import BlockingTwilioClient
 
@@ -306,6 +308,14 @@ class VaultKey:
         The async [`TwilioClient`][keybrake.vendors.twilio.client.TwilioClient], blocking.
         """
         return cast("BlockingTwilioClient", self.vendor_client(_twilio.VENDOR))
+
+    @property
+    def resend(self) -> BlockingResendClient:
+        """Resend through the proxy with this key: ``vk.resend.emails.send(...)``.
+
+        The async [`ResendClient`][keybrake.vendors.resend.client.ResendClient], blocking.
+        """
+        return cast("BlockingResendClient", self.vendor_client(_resend.VENDOR))
 
     def vendor_client(self, vendor: Vendor[C]) -> Blocking[C]:
         """The blocking client of an installed vendor, through the proxy with this key.

@@ -9,8 +9,15 @@ from typing import Any
 import attrs
 import pytest
 
+import keybrake
 from keybrake import ConfigurationError, Keybrake, KeySpec, VaultKey, sync, vault_key
 from tests.conftest import SEED_ENDPOINTS
+
+_T = typing.TypeVar("_T")
+
+if typing.TYPE_CHECKING:
+    # Known to a type checker only: at run time the hints that name it can't be resolved.
+    class NotResolvable(typing.Generic[_T]): ...
 
 
 def test_the_key_parameter_is_hidden() -> None:
@@ -139,3 +146,21 @@ def test_a_spec_is_not_given_twice() -> None:
         vault_key(spec, cap=2, metadata={"a": "b"})
     with pytest.raises(TypeError, match="endpoints, cap and ttl"):
         vault_key("stripe", ["/x"])
+
+
+def test_a_key_named_by_its_module_is_found_when_other_hints_cant_be_resolved() -> None:
+    """A Celery task's ``self: Task[Any, Any]`` can't be resolved at run time (``Task`` is
+    not subscriptable there), so every hint stays text: ``sync.VaultKey`` must still count."""
+
+    def tool(self: NotResolvable[Any], vk: sync.VaultKey) -> None: ...
+
+    def async_tool(vk: keybrake.VaultKey, self: NotResolvable[Any]) -> None: ...
+
+    assert (
+        "vk"
+        not in inspect.signature(
+            vault_key("stripe", SEED_ENDPOINTS, cap=1, ttl="1m")(tool)
+        ).parameters
+    )
+    with pytest.raises(TypeError, match="plain 'def'"):
+        vault_key("stripe", SEED_ENDPOINTS, cap=1, ttl="1m")(async_tool)

@@ -13,6 +13,8 @@ import aiohttp
 import pytest
 
 from keybrake._transport import ProxyTransport
+from keybrake.vendors.resend import blocking as resend_blocking
+from keybrake.vendors.resend.client import ResendClient
 from keybrake.vendors.stripe import blocking as stripe_blocking
 from keybrake.vendors.stripe.client import StripeClient
 from keybrake.vendors.twilio import blocking as twilio_blocking
@@ -56,9 +58,8 @@ def same_face(protocol: type, target: object) -> None:
             if isinstance(value, str):
                 assert sub == "str"
             else:
-                same_face(
-                    getattr(stripe_blocking, sub, None) or getattr(twilio_blocking, sub), value
-                )
+                modules = (stripe_blocking, twilio_blocking, resend_blocking)
+                same_face(next(getattr(m, sub) for m in modules if hasattr(m, sub)), value)
         else:
             assert inspect.ismethod(value), name
             assert parameters(getattr(protocol, name))[1:] == parameters(value), (
@@ -71,8 +72,9 @@ def same_face(protocol: type, target: object) -> None:
     [
         (stripe_blocking.BlockingStripeClient, StripeClient(transport())),
         (twilio_blocking.BlockingTwilioClient, TwilioClient(transport())),
+        (resend_blocking.BlockingResendClient, ResendClient(transport())),
     ],
-    ids=["stripe", "twilio"],
+    ids=["stripe", "twilio", "resend"],
 )
 def test_the_typed_face_matches_the_async_client(protocol: type, client: object) -> None:
     same_face(protocol, client)

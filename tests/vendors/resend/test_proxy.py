@@ -385,3 +385,28 @@ async def test_a_read_carries_no_body_but_an_empty_object(
             async with http.get(url, data=b" { } ", headers=headers) as got:
                 assert got.status == 404  # resend-local's own answer: it was forwarded
                 assert "Keybrake-Error" not in got.headers
+
+
+async def test_vk_resend_blocking(resend_server: RunningServer, resend_local: ResendLocal) -> None:
+    """keybrake.sync's ``vk.resend``: the same client, blocking, priced the same."""
+    from keybrake import sync
+
+    def tool() -> tuple[SentEmail, Email, str, Decimal | None]:
+        with (
+            sync.Keybrake(
+                resend_server.admin_token, api_url=resend_server.url, proxy_url=resend_server.url
+            ) as kb,
+            sync.VaultKey("resend", ENDPOINTS, cap=1, ttl="1m", client=kb) as vk,
+        ):
+            sent = vk.resend.emails.send(
+                from_=FROM, to=["a@example.com", "b@example.com"], subject="Hi", text="Hello"
+            )
+            read = vk.resend.emails.get(sent.id)
+            key = kb.get_key(vk.id)
+            return sent, read, key.status, key.spent_today_usd
+
+    sent, read, status, spent_usd = await asyncio.to_thread(tool)
+    assert read.id == sent.id
+    assert resend_local.addresses(sent.id, "to") == ["a@example.com", "b@example.com"]
+    assert status == "active"
+    assert spent_usd == Decimal("0.0018")
