@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 
 import aiohttp
+import attrs
 import pytest
 from yarl import URL
 
@@ -310,3 +311,120 @@ async def test_the_pages_have_no_inline_script_or_style(
         assert " style=" not in page
         assert "<style" not in page
         assert re.findall(r"(?:src|href)=\"(?!/)", page) == []
+
+
+# What an attacker's review found.
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Type": "application/x-www-form-urlencoded; charset=foo"}, b"token=x"),
+        ({"Content-Type": "application/x-www-form-urlencoded; charset=utf-16"}, b"token=x"),
+        ({"Content-Type": "multipart/form-data"}, b"--x\r\n"),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"garbage"),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "gzip"},
+            b"not gzip",
+        ),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"token=%ff"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"token=a%00b"),
+    ],
+)
+async def test_a_form_that_cant_be_read_one_way_is_a_400(
+    dash: DashboardServer, headers: dict[str, str], body: bytes
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{dash.url}/dashboard/sign-in", data=body, headers=headers) as response,
+    ):
+        assert response.status == 400
+        assert "could not be read" in await response.text()
+
+
+@pytest.mark.parametrize(
+    "cookie", ["keybrake_dashboard=\xff\xfe", "keybrake_dashboard=short", "keybrake_dashboard="]
+)
+async def test_a_malformed_session_cookie_is_no_session(dash: DashboardServer, cookie: str) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{dash.url}/dashboard", headers={"Cookie": cookie.encode().decode("latin-1")}
+        ) as response,
+    ):
+        assert response.status == 200
+        assert "Master token" in await response.text()
+
+
+async def test_two_session_cookies_are_no_session(
+    dash: DashboardServer, operator: Operator
+) -> None:
+    await operator.sign_in()
+    cookie = operator.http.cookie_jar.filter_cookies(URL(dash.url + "/dashboard"))[COOKIE].value
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{dash.url}/dashboard",
+            headers={"Cookie": f"{COOKIE}={cookie}; {COOKIE}={'A' * 43}"},
+        ) as response,
+    ):
+        text = await response.text()
+    assert "two of them" in text
+    assert "Master token" in text
+
+
+@pytest.mark.parametrize("query", ["?after=%00", "?prefix=%00", "?prefix=%ED%A0%80"])
+async def test_filters_no_store_could_hold_are_ignored(
+    dash: DashboardServer, operator: Operator, query: str
+) -> None:
+    await operator.sign_in()
+    async with operator.http.get(f"{dash.url}/dashboard{query}") as response:
+        assert response.status == 200
+    async with operator.http.get(f"{dash.url}/dashboard/revoke-matching{query}") as response:
+        assert response.status == 200
+
+
+async def test_sec_fetch_site_none_is_not_this_origin(
+    dash: DashboardServer, operator: Operator
+) -> None:
+    await operator.sign_in()
+    key = await dash.issue("run-none")
+    status, _ = await operator.post(
+        "/dashboard/revoke",
+        {"csrf": operator.csrf, "key_id": key.id},
+        **{"Sec-Fetch-Site": "none", "Origin": "null"},
+    )
+    assert status == 403
+    assert await dash.status(key.id) == "active"
+
+
+async def test_a_run_behind_thousands_of_newer_keys_is_still_found_and_revoked(
+    dash: DashboardServer, operator: Operator
+) -> None:
+    """The label filter is the store's: 5,001 newer decoys don't hide a run from it."""
+    await operator.sign_in()
+    run = [await dash.issue(f"evil-run-{n}") for n in range(3)]
+    store = dash.app[STORE]
+    now = now_micros()
+    template = await store.get_key("default", run[0].id)
+    assert template is not None
+    for n in range(5_001):
+        await store.insert_key(
+            attrs.evolve(
+                template,
+                id=f"vk_decoy{n:019d}",
+                token_hash=f"{n:064x}",
+                label=f"decoy-{n}",
+                created_at=now + n + 1,
+            ),
+            idempotency=None,
+        )
+    page = await operator.page("/dashboard?prefix=evil-")
+    assert all(key.id in page for key in run)
+    confirm = await operator.page("/dashboard/revoke-matching?prefix=evil-")
+    assert "Yes, revoke them" in confirm
+    status, _ = await operator.post(
+        "/dashboard/revoke-matching", {"csrf": operator.csrf, "prefix": "evil-"}
+    )
+    assert status == 303
+    assert [await dash.status(key.id) for key in run] == ["revoked"] * 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from keybrake.server.dashboard.chart import spend_svg
 from keybrake.server.dashboard.data import SpendChart, user_and_run
-from keybrake.server.dashboard.markup import Markup, escape, render
-from keybrake.server.dashboard.sessions import Lookup, Session, Sessions
+from keybrake.server.dashboard.markup import Markup, clip, escape, render
+from keybrake.server.dashboard.sessions import Lookup, Session, Sessions, SessionsFull
 
 
 class Clock:
@@ -41,14 +43,34 @@ def test_a_session_expires_for_good_and_is_forgotten_later() -> None:
     assert len(sessions) == 1
 
 
-def test_past_the_limit_signing_in_ends_the_oldest_session() -> None:
-    sessions = Sessions(limit=2)
-    first, _ = sessions.create("default", "h")
-    second, _ = sessions.create("default", "h")
-    third, _ = sessions.create("default", "h")
+def test_a_token_past_its_own_limit_ends_its_own_oldest_session_only() -> None:
+    sessions = Sessions(per_token=2)
+    operator, _ = sessions.create("default", "operator")
+    first, _ = sessions.create("acme", "other")
+    second, _ = sessions.create("acme", "other")
+    third, _ = sessions.create("acme", "other")
     assert sessions.get(first) is Lookup.UNKNOWN
     assert isinstance(sessions.get(second), Session)
     assert isinstance(sessions.get(third), Session)
+    assert isinstance(sessions.get(operator), Session)  # another token's is never ended
+
+
+def test_a_full_process_refuses_sign_ins_rather_than_end_others_sessions() -> None:
+    sessions = Sessions(limit=2)
+    operator, _ = sessions.create("default", "operator")
+    sessions.create("acme", "other")
+    with pytest.raises(SessionsFull):
+        sessions.create("acme", "other-again")
+    assert isinstance(sessions.get(operator), Session)
+
+
+def test_invisible_characters_are_shown_and_long_text_is_clipped() -> None:
+    assert escape("run\u200b-42") == "run\\u200b-42"
+    assert escape("\u202esdnufer") == "\\u202esdnufer"
+    assert escape("a\x00b") == "a\\u0000b"
+    assert escape("café") == "café"
+    assert clip("x" * 500) == "x" * 199 + "\u2026"
+    assert clip("short") == "short"
 
 
 def test_csrf_tokens_compare_exactly() -> None:

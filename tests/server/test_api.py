@@ -53,6 +53,15 @@ async def call(
         ({"max_lifetime": "1m"}, "max_lifetime"),
         ({"label": 5}, "label"),
         ({"metadata": {"a": 1}}, "metadata"),
+        # Labels and metadata an operator reads: nothing that hides, nothing huge.
+        ({"label": "run\u200b-42"}, "label"),
+        ({"label": "\u202esdnufer-24-nur"}, "label"),
+        ({"label": "run-42\nrun-43"}, "label"),
+        ({"metadata": {"user": "a\x1bb"}}, "metadata"),
+        ({"metadata": {"": "x"}}, "metadata"),
+        ({"metadata": {"k" * 65: "x"}}, "metadata"),
+        ({"metadata": {"k": "<" * 513}}, "metadata"),
+        ({"metadata": {f"k{n}": "v" * 500 for n in range(20)}}, "metadata"),
     ],
 )
 async def test_bad_issue_requests_are_400_with_a_param(

@@ -32,8 +32,6 @@ AUDIT_PER_KEY = 5
 CHART_DAYS = 14
 #: Keys a revoke-all-matching confirmation lists at most (all matching keys are revoked).
 MAX_CONFIRM = 200
-#: Keys looked at, at most, to fill one page of keys whose label has a prefix.
-_SCAN_LIMIT = 5_000
 #: Rows read from the store at a time.
 _BATCH = 100
 #: Spend rows the chart reads at most.
@@ -79,24 +77,17 @@ async def _keys(
     now: int,
     want: int,
 ) -> tuple[list[KeyRecord], bool]:
-    """Up to ``want`` keys, newest first, whose label starts with ``prefix``; and whether
-    there are more (the store filters by status, the prefix is checked here)."""
-    found: list[KeyRecord] = []
-    scanned = 0
-    while scanned < _SCAN_LIMIT:
-        batch = await store.list_keys(
-            tenant, status=status, limit=_BATCH, starting_after=after, now=now
-        )
-        scanned += len(batch)
-        for key in batch:
-            if key.label.startswith(prefix):
-                if len(found) == want:
-                    return found, True
-                found.append(key)
-        if len(batch) < _BATCH:
-            return found, False
-        after = batch[-1].id
-    return found, True
+    """Up to ``want`` keys, newest first, whose label starts with ``prefix`` (the store
+    matches it, as exactly as a bulk revoke does); and whether there are more."""
+    keys = await store.list_keys(
+        tenant,
+        status=status,
+        limit=want + 1,
+        starting_after=after,
+        now=now,
+        label_prefix=prefix or None,
+    )
+    return keys[:want], len(keys) > want
 
 
 async def key_page(

@@ -9,9 +9,33 @@ of this package; their attribute values are always in double quotes, which
 from __future__ import annotations
 
 import html as _html
+import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["Markup", "escape", "join", "render"]
+__all__ = ["Markup", "clip", "escape", "join", "render"]
+
+#: Characters shown as ``\\u...`` escapes: controls, format characters (zero-width spaces,
+#: bidi overrides: a label that reads ``run-42`` but isn't), separators, unassigned and private.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: Longest agent-chosen text shown whole (a label, a metadata value, an audit path).
+MAX_SHOWN = 200
+
+
+def _visible(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        (f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        if unicodedata.category(ch) in _INVISIBLE and ch not in "\n\t"
+        else ch
+        for ch in text
+    )
+
+
+def clip(value: str, limit: int = MAX_SHOWN) -> str:
+    """Agent-chosen text cut to ``limit`` characters, with ``…`` where it was cut (a page of
+    50 keys with megabytes of metadata each would stall the server and the browser)."""
+    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
 
 
 class Markup(str):
@@ -21,10 +45,11 @@ class Markup(str):
 
 
 def escape(value: object) -> Markup:
-    """``value`` as HTML text: unchanged if it is :class:`Markup`, else escaped."""
+    """``value`` as HTML text: unchanged if it is :class:`Markup`, else escaped, with
+    invisible characters shown as ``\\u...``."""
     if isinstance(value, Markup):
         return value
-    return Markup(_html.escape(str(value), quote=True))
+    return Markup(_html.escape(_visible(str(value)), quote=True))
 
 
 def render(template: str, /, **values: object) -> Markup:

@@ -9,6 +9,7 @@ carries the session's CSRF token.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from urllib.parse import parse_qsl, urlsplit
@@ -20,7 +21,7 @@ from keybrake.server._keys import CONFIGURED_ADMIN_HASH, LEDGER, STORE
 from keybrake.server.api.tokens import tenant_of
 from keybrake.server.dashboard.data import VendorCache, active_matching, key_page, spend_chart
 from keybrake.server.dashboard.markup import Markup
-from keybrake.server.dashboard.sessions import Lookup, Session, Sessions
+from keybrake.server.dashboard.sessions import Lookup, Session, Sessions, SessionsFull
 from keybrake.server.dashboard.views import (
     BASE,
     STATUSES,
@@ -42,6 +43,16 @@ COOKIE = "keybrake_dashboard"
 _MAX_FIELD = 256
 #: Milliseconds between two refreshes of the keys and the chart.
 REFRESH_MS = 5_000
+#: What a session id looks like (``secrets.token_urlsafe(32)``); anything else names none.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+#: Largest form body read (a sign-in or a revoke is a few hundred bytes).
+_MAX_FORM = 64 * 1024
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _BadForm(Exception):
+    """A form that can't be read one plain way: answered 400, nothing changed."""
+
 
 #: Set on every dashboard answer. Scripts and styles come from this server's own files (no
 #: inline script or style at all), nothing may frame the page, forms post only here.
@@ -85,6 +96,18 @@ BAD_CSRF = (
     " come from this dashboard. Nothing was changed. Reload the dashboard and try again."
 )
 UNAVAILABLE = "keybrake's store is unavailable. Nothing was changed; try again shortly."
+BAD_FORM = (
+    "Refused: the form could not be read (a dashboard form is a small UTF-8"
+    " application/x-www-form-urlencoded body). Nothing was changed."
+)
+FULL = (
+    "The server has as many dashboard sessions open as it keeps. Sign out elsewhere, or try"
+    " again once some have expired."
+)
+TWO_COOKIES = (
+    "Your browser sent a dashboard session cookie that can't be used: two of them (so which"
+    " session is yours is unclear), or a malformed one. Sign in again."
+)
 NO_CHANGE = " Nothing was changed."
 
 
@@ -125,8 +148,73 @@ def _store_errors(handler: Handler) -> Handler:
             return await handler(request)
         except StoreUnavailable:
             return _html(message_page("Unavailable", UNAVAILABLE), status=503)
+        except _BadForm:
+            return _html(message_page("Refused", BAD_FORM), status=400)
 
     return wrapped
+
+
+def _plain(value: str) -> bool:
+    """Printable text that is valid UTF-8 (no lone surrogate, no NUL): what a store takes."""
+    if not value.isprintable():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The request's form, read one plain way: a small UTF-8 urlencoded body, no encoding.
+
+    Raises:
+        _BadForm: anything else (another content type or charset, a compressed or
+            oversized body, bytes that aren't UTF-8, a malformed pair, odd characters).
+    """
+    media, _, params = request.headers.get("Content-Type", "").partition(";")
+    charset = params.strip().lower()
+    if (
+        media.strip().lower() != _FORM
+        or charset not in ("", "charset=utf-8")
+        or "Content-Encoding" in request.headers
+        or (request.content_length or 0) > _MAX_FORM
+    ):
+        raise _BadForm
+    try:
+        body = await request.content.read(_MAX_FORM + 1)
+        if len(body) > _MAX_FORM:
+            raise _BadForm
+        pairs = parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            errors="strict",
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise _BadForm from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form or not _plain(name) or not _plain(value):
+            raise _BadForm
+        form[name] = value
+    return form
+
+
+def _session_cookie(request: web.Request) -> str | None:
+    """The session id the request's cookies carry: None for none, ``""`` for two or more
+    (another site's cookie beside ours could pick the session) or a malformed one."""
+    found = [
+        value.strip()
+        for header in request.headers.getall("Cookie", [])
+        for name, _, value in (part.partition("=") for part in header.split(";"))
+        if name.strip() == COOKIE
+    ]
+    if not found:
+        return None
+    if len(found) > 1 or not _SESSION_ID.fullmatch(found[0]):
+        return ""
+    return found[0]
 
 
 # -- who is asking ---------------------------------------------------------------------------
@@ -140,9 +228,11 @@ async def _tenant_of(request: web.Request, token_hash: str) -> str | None:
 async def _session(request: web.Request) -> tuple[str, Session] | str | None:
     """The live session of the request's cookie with its id; else why there is none (a
     message), or None when there is no cookie at all."""
-    session_id = request.cookies.get(COOKIE)
-    if not session_id:
+    session_id = _session_cookie(request)
+    if session_id is None:
         return None
+    if not session_id:
+        return TWO_COOKIES
     sessions = request.app[DASHBOARD].sessions
     found = sessions.get(session_id)
     if found is Lookup.EXPIRED:
@@ -166,7 +256,7 @@ def _same_origin(request: web.Request) -> bool:
     what they need.
     """
     site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
+    if site is not None and site != "same-origin":
         return False
     origin = request.headers.get("Origin")
     if origin is None or (origin == "null" and site is not None):
@@ -186,18 +276,24 @@ async def _change(request: web.Request) -> tuple[Session, dict[str, str]] | web.
         _end_cookie(response)
         return response
     _, session = found
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    form = await _form(request)
     if not session.csrf_matches(form.get("csrf", "")):
         return _html(message_page("Refused", BAD_CSRF), status=403)
     return session, form
 
 
+def _field(values: dict[str, str], name: str) -> str:
+    """A filter's value; ``""`` for one no store could hold (a NUL, a lone surrogate)."""
+    value = values.get(name, "")[:_MAX_FIELD]
+    return value if _plain(value) else ""
+
+
 def _filters(values: dict[str, str]) -> Filters:
     status = values.get("status", "")
     return Filters(
-        prefix=values.get("prefix", "")[:_MAX_FIELD],
+        prefix=_field(values, "prefix"),
         status=status if status in STATUSES else "",
-        after=values.get("after", "")[:_MAX_FIELD],
+        after=_field(values, "after"),
     )
 
 
@@ -267,9 +363,8 @@ async def live(request: web.Request) -> web.StreamResponse:
 async def sign_in(request: web.Request) -> web.StreamResponse:
     if not _same_origin(request):
         return _html(message_page("Refused", CROSS_SITE), status=403)
-    form = await request.post()
-    token = form.get("token")
-    token = token.strip() if isinstance(token, str) else ""
+    form = await _form(request)
+    token = form.get("token", "").strip()
     tenant = None
     if token and len(token) <= _MAX_FIELD and token.isascii():
         token_hash = hash_token(token)
@@ -277,10 +372,13 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if tenant is None:
         return _html(sign_in_page(WRONG_TOKEN, error=True), status=401)
     sessions = request.app[DASHBOARD].sessions
-    previous = request.cookies.get(COOKIE)
+    previous = _session_cookie(request)
     if previous:
         sessions.end(previous)
-    session_id, _ = sessions.create(tenant, token_hash)
+    try:
+        session_id, _ = sessions.create(tenant, token_hash)
+    except SessionsFull:
+        return _html(message_page("Unavailable", FULL), status=503)
     response = _see_other(BASE)
     response.set_cookie(
         COOKIE,
@@ -299,8 +397,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     checked = await _change(request)
     if isinstance(checked, web.Response):
         return checked
-    session_id = request.cookies.get(COOKIE, "")
-    request.app[DASHBOARD].sessions.end(session_id)
+    request.app[DASHBOARD].sessions.end(_session_cookie(request) or "")
     response = _html(sign_in_page("You are signed out."))
     _end_cookie(response)
     return response
@@ -316,7 +413,7 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     store: Store = request.app[STORE]
     now = now_micros()
     key = None
-    if key_id and len(key_id) <= _MAX_FIELD and key_id.isprintable():
+    if key_id and len(key_id) <= _MAX_FIELD and _plain(key_id):
         key = await store.revoke_key(session.tenant, key_id, now)
     if key is None:
         message = f"Your tenant has no key {key_id[:_MAX_FIELD]!r}." + NO_CHANGE
@@ -337,7 +434,7 @@ async def confirm_matching(request: web.Request) -> web.StreamResponse:
         _end_cookie(response)
         return response
     _, session = found
-    prefix = request.query.get("prefix", "")[:_MAX_FIELD]
+    prefix = _field(dict(request.query), "prefix")
     now = now_micros()
     keys, more = (
         await active_matching(request.app[STORE], session.tenant, prefix, now=now)

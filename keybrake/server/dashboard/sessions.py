@@ -21,12 +21,26 @@ from collections.abc import Callable
 
 import attrs
 
-__all__ = ["MAX_SESSIONS", "SESSION_TTL_SECONDS", "Lookup", "Session", "Sessions"]
+__all__ = [
+    "MAX_SESSIONS",
+    "MAX_SESSIONS_PER_TOKEN",
+    "SESSION_TTL_SECONDS",
+    "Lookup",
+    "Session",
+    "Sessions",
+    "SessionsFull",
+]
 
 #: How long a session lasts from sign-in, whatever is done with it.
 SESSION_TTL_SECONDS = 12 * 3600
-#: Sessions one process keeps at most; past it, signing in ends the oldest.
+#: Sessions one process keeps at most; past it, a sign-in is refused (never another's ended).
 MAX_SESSIONS = 10_000
+#: Sessions one master token keeps at most; past it, its own oldest ends.
+MAX_SESSIONS_PER_TOKEN = 20
+
+
+class SessionsFull(Exception):
+    """The process keeps as many sessions as it may: a sign-in must wait for some to end."""
 
 
 @attrs.define(kw_only=True)
@@ -72,21 +86,35 @@ class Sessions:
         ttl: float = SESSION_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
         limit: int = MAX_SESSIONS,
+        per_token: int = MAX_SESSIONS_PER_TOKEN,
     ) -> None:
         self.ttl = ttl
         self.clock = clock
         self.limit = limit
+        self.per_token = per_token
         self._by_digest: dict[str, Session] = {}
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
     def create(self, tenant: str, admin_token_hash: str) -> tuple[str, Session]:
-        """Start a session; return its id (for the cookie, and nowhere else) and itself."""
+        """Start a session; return its id (for the cookie, and nowhere else) and itself.
+
+        A master token keeps its :attr:`per_token` newest sessions (signing in once more ends
+        its own oldest); sessions of other tokens, other tenants' included, are never ended
+        to make room: one who holds some tenant's token can't sign everyone else out.
+
+        Raises:
+            SessionsFull: the process already keeps :attr:`limit` sessions.
+        """
         now = self.clock()
         self._drop_expired(now)
-        while len(self._by_digest) >= self.limit:  # dicts keep insertion order: oldest first
-            del self._by_digest[next(iter(self._by_digest))]
+        # Dicts keep insertion order: the oldest first.
+        mine = [d for d, s in self._by_digest.items() if s.admin_token_hash == admin_token_hash]
+        while len(mine) >= self.per_token:
+            del self._by_digest[mine.pop(0)]
+        if len(self._by_digest) >= self.limit:
+            raise SessionsFull(f"{len(self._by_digest)} sessions are open")
         session_id = secrets.token_urlsafe(32)
         session = Session(
             tenant=tenant,

@@ -9,7 +9,7 @@ import attrs
 from keybrake._common import format_time, format_usd
 from keybrake.server.dashboard.chart import spend_svg
 from keybrake.server.dashboard.data import KeyPage, KeyView, SpendChart, user_and_run
-from keybrake.server.dashboard.markup import Markup, join, render
+from keybrake.server.dashboard.markup import Markup, clip, join, render
 from keybrake.server.stores.base import AuditEntry, KeyRecord
 from keybrake.server.util import to_datetime
 
@@ -189,7 +189,7 @@ def _audit(key_id: str, entries: list[AuditEntry]) -> Markup:
             at=format_time(to_datetime(e.at)),
             clock=to_datetime(e.at).strftime("%m-%d %H:%M:%S"),
             method=e.method,
-            path=e.path,
+            path=clip(e.path),
             decision=e.decision,
             status=e.status,
             settled=_usd(e.settled),
@@ -206,11 +206,18 @@ def _audit(key_id: str, entries: list[AuditEntry]) -> Markup:
     )
 
 
+#: Metadata pairs shown under a key at most.
+MAX_METADATA_SHOWN = 20
+
+
 def _metadata(metadata: dict[str, str]) -> Markup:
     if not metadata:
         return Markup("")
-    pairs = join(render("<dt>{k}</dt><dd>{v}</dd>", k=k, v=v) for k, v in sorted(metadata.items()))
-    return render('<dl class="metadata">{pairs}</dl>', pairs=pairs)
+    shown = sorted(metadata.items())[:MAX_METADATA_SHOWN]
+    pairs = join(render("<dt>{k}</dt><dd>{v}</dd>", k=clip(k, 64), v=clip(v)) for k, v in shown)
+    more = len(metadata) - len(shown)
+    rest = render('<p class="hint">and {n} more</p>', n=more) if more > 0 else Markup("")
+    return render('<dl class="metadata">{pairs}</dl>{rest}', pairs=pairs, rest=rest)
 
 
 def _key_rows(view: KeyView, *, csrf_token: str, filters: Filters, now: int) -> Markup:
@@ -239,12 +246,12 @@ def _key_rows(view: KeyView, *, csrf_token: str, filters: Filters, now: int) -> 
         '<tr class="details"><td></td><td colspan="8">{metadata}{audit}</td></tr>',
         id=key.id,
         status=view.status,
-        label=key.label,
+        label=clip(key.label),
         vendor=key.vendor,
         spend=_spend(view),
         expires=_expiry(key, view.status, now),
-        user=user,
-        run=run,
+        user=clip(user, 64),
+        run=clip(run, 64),
         action=action,
         metadata=_metadata(key.metadata),
         audit=_audit(key.id, view.audit),
@@ -344,10 +351,10 @@ def _confirm_row(key: KeyRecord, now: int) -> Markup:
         "<tr><td><code>{id}</code></td><td>{label}</td><td>{vendor}</td><td>{user}</td>"
         "<td>{run}</td><td>{expires}</td></tr>",
         id=key.id,
-        label=key.label,
+        label=clip(key.label),
         vendor=key.vendor,
-        user=user,
-        run=run,
+        user=clip(user, 64),
+        run=clip(run, 64),
         expires=_expiry(key, "active", now),
     )
 

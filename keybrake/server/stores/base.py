@@ -359,7 +359,12 @@ class Store(Protocol):
         limit: int,
         starting_after: str | None,
         now: int,
-    ) -> list[KeyRecord]: ...
+        label_prefix: str | None = None,
+    ) -> list[KeyRecord]:
+        """A tenant's keys, newest first, after the key ``starting_after`` (a cursor); only
+        those whose label starts with ``label_prefix`` (exactly, as :meth:`revoke_keys`
+        matches it) when one is given."""
+        ...
 
     async def revoke_keys(
         self,

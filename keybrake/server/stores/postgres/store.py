@@ -426,6 +426,7 @@ class PostgresStore:
         limit: int,
         starting_after: str | None,
         now: int,
+        label_prefix: str | None = None,
     ) -> list[KeyRecord]:
         where, args = ["tenant = $1"], [tenant]
         if status is not None:
@@ -434,6 +435,9 @@ class PostgresStore:
                 args.append(now)  # type: ignore[arg-type]
                 condition = condition.replace("$now", f"${len(args)}")
             where.append(condition)
+        if label_prefix is not None:
+            args.append(like_prefix(label_prefix))
+            where.append(f"label LIKE ${len(args)} ESCAPE '\\'")
         if starting_after is not None:
             n = len(args) + 1
             where.append(

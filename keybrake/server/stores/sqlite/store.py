@@ -476,11 +476,15 @@ class SQLiteStore:
         limit: int,
         starting_after: str | None,
         now: int,
+        label_prefix: str | None = None,
     ) -> list[KeyRecord]:
         """A tenant's keys, newest first, after the key ``starting_after`` (a cursor)."""
         where = ["tenant = :tenant"]
         if status is not None:
             where.append(_STATUS_FILTERS[status])
+        if label_prefix is not None:
+            # Exactly, as revoke_keys matches: SQLite's LIKE ignores case.
+            where.append("substr(label, 1, length(:prefix)) = :prefix")
         if starting_after is not None:
             where.append(
                 "(created_at, id) < (SELECT created_at, id FROM keys"
@@ -490,7 +494,13 @@ class SQLiteStore:
             f"SELECT {_KEY_COLUMNS} FROM keys WHERE {' AND '.join(where)}"
             " ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
-        params = {"tenant": tenant, "now": now, "after": starting_after, "limit": limit}
+        params = {
+            "tenant": tenant,
+            "now": now,
+            "after": starting_after,
+            "limit": limit,
+            "prefix": label_prefix,
+        }
         rows = await self._run(lambda c: c.execute(sql, params).fetchall())
         return [_key_from_row(row) for row in rows]
 
