@@ -110,8 +110,7 @@ async def test_no_window_ever_sees_more_than_the_rate_and_none_is_refused_needle
         arrivals.append([Arrival(now, priced)] * batch)
     for group in arrivals:
         ops: list[LedgerOp] = [
-            ReserveOp(reservation(key), a.at) if a.priced else AdmitOp(key.id, a.at)
-            for a in group
+            ReserveOp(reservation(key), a.at) if a.priced else AdmitOp(key.id, a.at) for a in group
         ]
         if isinstance(store, SQLiteStore) and len(ops) > 1:
             results = store.apply_ledger_ops(ops)  # one group commit, checked in order
@@ -160,7 +159,8 @@ async def test_a_refusal_for_the_rate_or_the_cap_counts_no_use(store: Store) -> 
     assert (await store.admit(key.id, NOW))[0] is ReserveResult.ADMITTED
     assert (await store.admit(key.id, NOW))[0] is ReserveResult.RATE_LIMITED
     info = await store.get_key(key.tenant, key.id)
-    assert info is not None and info.requests_used == 2
+    assert info is not None
+    assert info.requests_used == 2
     # A minute on, the third use is the last.
     assert (await store.admit(key.id, NOW + 60 * SECOND))[0] is ReserveResult.ADMITTED
     assert (await store.admit(key.id, NOW + 120 * SECOND))[0] is ReserveResult.USES_EXHAUSTED
@@ -180,7 +180,8 @@ async def test_max_requests_holds_exactly_under_concurrency(store: Store) -> Non
     outcomes = [result for result, _ in results]
     assert outcomes.count(ReserveResult.USES_EXHAUSTED) == 23
     info = await store.get_key(key.tenant, key.id)
-    assert info is not None and info.requests_used == 7
+    assert info is not None
+    assert info.requests_used == 7
 
 
 def budget(cap: int, *, tenant: str = "default", expires_at: int = NOW + 10**12) -> BudgetRecord:
@@ -243,11 +244,14 @@ async def test_revoking_a_budget_revokes_its_keys(store: Store) -> None:
     await store.insert_key(mine)
     await store.insert_key(theirs)
     revoked = await store.revoke_budget("default", run.id, NOW + 5)
-    assert revoked is not None and revoked.revoked_at == NOW + 5
+    assert revoked is not None
+    assert revoked.revoked_at == NOW + 5
     key = await store.get_key_by_token_hash(mine.token_hash)
-    assert key is not None and key.revoked_at == NOW + 5
+    assert key is not None
+    assert key.revoked_at == NOW + 5
     untouched = await store.get_key_by_token_hash(theirs.token_hash)
-    assert untouched is not None and untouched.revoked_at is None
+    assert untouched is not None
+    assert untouched.revoked_at is None
     assert await store.revoke_budget("other", other.id, NOW) is None  # not that tenant's
     try:
         await store.insert_key(braked_key(budget_id=run.id))

@@ -282,7 +282,8 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
         reserved = await store.reserve(Reservation("rsv_old", "vk_old", "2026-11-27", 1), 3)
         assert reserved[0] is ReserveResult.RESERVED
         upgraded = await store.get_key("default", "vk_new")
-        assert upgraded is not None and upgraded.requests_used == 1
+        assert upgraded is not None
+        assert upgraded.requests_used == 1
     finally:
         await store.close()
     with sqlite3.connect(path) as check:
