@@ -136,10 +136,17 @@ def _check_max_requests(instance: KeySpec, attribute: Any, value: int | None) ->
 
 
 def _budget_id(value: object) -> str | None:
-    """A budget's id, from the id itself or from anything with one (a ``Budget``)."""
-    # An open Budget has an id; one not open yet raises ConfigurationError here.
-    budget_id = value if value is None or isinstance(value, str) else getattr(value, "id", None)
-    if budget_id is not None and (not isinstance(budget_id, str) or not budget_id):
+    """A budget's id, from the id itself or from anything with one (a ``Budget``).
+
+    Raises:
+        ConfigurationError: neither, or a ``Budget`` not open yet.
+    """
+    if value is None:
+        return None
+    budget_id = value if isinstance(value, str) else getattr(type(value), "id", None)
+    if budget_id is not None and not isinstance(value, str):
+        budget_id = value.id  # type: ignore[attr-defined]  # a Budget not open yet raises
+    if not isinstance(budget_id, str) or not budget_id:
         raise ConfigurationError(f"budget must be a Budget or a budget id, not {value!r}")
     return budget_id
 

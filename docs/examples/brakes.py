@@ -35,20 +35,21 @@ async def loop_of_free_calls() -> None:
 
 async def one_budget_for_a_run() -> None:
     """A run with several keys spends one budget, not the sum of their caps."""
-    async with Budget(cap=30, ttl="10m", label="run-42") as run:
-        async with (
-            VaultKey("stripe", ["/v1/payment_intents"], cap=25, ttl="5m", budget=run) as a,
-            VaultKey("stripe", ["/v1/payment_intents"], cap=25, ttl="5m", budget=run) as b,
-        ):
-            await a.stripe.payment_intents.create(amount=2000, currency="usd")
-            try:
-                # Within key b's own $25 cap, but not within what is left of the run's $30.
-                await b.stripe.payment_intents.create(amount=2000, currency="usd")
-            except BudgetExhausted as exc:
-                print(
-                    f"refused: ${exc.attempted_usd} would pass budget"
-                    f" ${exc.budget_daily_usd_cap} (spent ${exc.budget_spent_today_usd})"
-                )
+    # Two keys (of any vendors: here both Stripe), each capped at $25, in one $30 budget.
+    async with (
+        Budget(cap=30, ttl="10m", label="run-42") as run,
+        VaultKey("stripe", ["/v1/payment_intents"], cap=25, ttl="5m", budget=run) as a,
+        VaultKey("stripe", ["/v1/payment_intents"], cap=25, ttl="5m", budget=run) as b,
+    ):
+        await a.stripe.payment_intents.create(amount=2000, currency="usd")
+        try:
+            # Within key b's own $25 cap, but not within what is left of the run's $30.
+            await b.stripe.payment_intents.create(amount=2000, currency="usd")
+        except BudgetExhausted as exc:
+            print(
+                f"refused: ${exc.attempted_usd} would pass budget"
+                f" ${exc.budget_daily_usd_cap} (spent ${exc.budget_spent_today_usd})"
+            )
     # Leaving the block revoked the budget and every key drawing from it.
     print(f"{run.id} revoked")
 

@@ -457,8 +457,10 @@ class SQLiteStore:
         """The key a token hash names; a serving store answers from its cache when it can.
 
         The proxy asks this on every request. A key's record changes only when it is
-        revoked or refreshed, and in a serving store that happens only through this store
-        (the file is locked against other servers), which forgets the cache then: a
+        revoked (alone or with its budget) or refreshed (its ``requests_used`` aside, which
+        admission reads from the table, never from here), and in a serving store that
+        happens only through this store (the file is locked against other servers), which
+        forgets the cache then: a
         revocation or refresh takes effect on the very next request. Unknown tokens are
         never cached.
         """
