@@ -259,3 +259,23 @@ async def test_revoking_a_budget_revokes_its_keys(store: Store) -> None:
         pass
     else:
         raise AssertionError("a key was issued into a revoked budget")
+
+
+async def test_a_budgets_old_days_are_pruned_once_nothing_is_reserved(store: Store) -> None:
+    run = budget(10)
+    await store.insert_budget(run)
+    key = braked_key(budget_id=run.id)
+    await store.insert_key(key)
+    old, pending = reservation(key, 3), reservation(key, 2)
+    for r in (old, pending):
+        assert (await store.reserve(attrs.evolve(r, day="2026-01-01"), NOW))[0] is (
+            ReserveResult.RESERVED
+        )
+    await store.settle(old.id, Settlement(3), NOW)
+    before = 1_800_000_000 * SECOND  # January 2027: 2026-01-01 is long gone
+    await store.prune(before)
+    assert (await store.budget_spend(run.id, "2026-01-01")).reserved == 2  # still in flight
+    await store.release(pending.id, NOW)
+    result = await store.prune(before)
+    assert result.spend_rows == 2  # the key's day and the budget's
+    assert (await store.budget_spend(run.id, "2026-01-01")).spent == 0  # no row any more

@@ -350,6 +350,7 @@ class PruneResult:
 
     audit_entries: int = 0
     reservations: int = 0
+    #: Keys' and budgets' spend rows.
     spend_rows: int = 0
 
 

@@ -895,6 +895,9 @@ class PostgresStore:
             "reservations", "state <> 'pending' AND finished_at < $1", before
         )
         spend = await self._prune_where("spend", "day < $1 AND reserved = 0", utc_day(before))
+        spend += await self._prune_where(
+            "budget_spend", "day < $1 AND reserved = 0", utc_day(before)
+        )
         return PruneResult(audit, reservations, spend)
 
     async def _prune_audit(self, before: int) -> int:

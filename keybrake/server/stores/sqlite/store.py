@@ -716,6 +716,7 @@ class SQLiteStore:
                 "state <> 'pending' AND finished_at < :bound",
             ),
             ("spend", "day", utc_day(before), "day < :bound AND reserved = 0"),
+            ("budget_spend", "day", utc_day(before), "day < :bound AND reserved = 0"),
         ):
             deleted: int = 0
             after: int | None = 0
@@ -727,7 +728,8 @@ class SQLiteStore:
             counts.append(deleted)
         if counts[2]:
             self._spend.clear()  # written behind the batches' back
-        return PruneResult(*counts)
+        audit, reservations, spend, budget_spend = counts
+        return PruneResult(audit, reservations, spend + budget_spend)
 
 
 def _checkpoint(conn: sqlite3.Connection, wal: str, frames_before: int) -> int:
