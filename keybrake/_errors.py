@@ -11,7 +11,7 @@ KeybrakeError
 ├── ProxyRefused                 the proxy refused a vendor call on policy grounds
 │   ├── SpendCapExceeded         429 cap_exhausted
 │   │   └── BudgetExhausted      429 budget_exhausted (the run budget's cap)
-│   ├── RateLimited              429 rate_limited (``retry_after`` seconds)
+│   ├── RateLimited              429 rate_limited (with retry_after)
 │   ├── UsesExhausted            429 uses_exhausted
 │   ├── EndpointNotAllowed       403 endpoint_not_allowed
 │   └── InvalidVaultKey          401 invalid_key
