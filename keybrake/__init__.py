@@ -4,10 +4,12 @@
 alive and revokes it on exit; ``vk.stripe`` calls Stripe through the enforcing proxy.
 """
 
+from keybrake._budget import Budget
 from keybrake._client import Keybrake
 from keybrake._config import DEFAULT_API_URL, DEFAULT_PROXY_URL, DEFAULT_TIMEOUT
 from keybrake._decorator import vault_key
 from keybrake._errors import (
+    BudgetExhausted,
     ConfigurationError,
     EndpointNotAllowed,
     InvalidVaultKey,
@@ -16,21 +18,34 @@ from keybrake._errors import (
     KeybrakeTimeout,
     KeybrakeUnavailable,
     ProxyRefused,
+    RateLimited,
     SpendCapExceeded,
     StripeError,
     TwilioError,
+    UsesExhausted,
     VaultKeyExpired,
     VaultKeyRevoked,
     VendorError,
 )
 from keybrake._key_spec import KeySpec
-from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
+from keybrake._models import (
+    AuditRecord,
+    BudgetInfo,
+    IssuedKey,
+    KeyInfo,
+    Lease,
+    Revocation,
+    UsageRecord,
+)
 from keybrake._retry import RetryPolicy
 from keybrake._vault_key import VaultKey
 from keybrake._version import __version__
 
 __all__ = [
     "AuditRecord",
+    "Budget",
+    "BudgetExhausted",
+    "BudgetInfo",
     "ConfigurationError",
     "DEFAULT_API_URL",
     "DEFAULT_PROXY_URL",
@@ -47,12 +62,14 @@ __all__ = [
     "KeybrakeUnavailable",
     "Lease",
     "ProxyRefused",
+    "RateLimited",
     "RetryPolicy",
     "Revocation",
     "SpendCapExceeded",
     "StripeError",
     "TwilioError",
     "UsageRecord",
+    "UsesExhausted",
     "VaultKey",
     "VaultKeyExpired",
     "VaultKeyRevoked",

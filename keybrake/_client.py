@@ -15,8 +15,16 @@ import aiohttp
 
 from keybrake._config import ClientConfig
 from keybrake._errors import ConfigurationError, KeybrakeError, KeybrakeUnavailable
-from keybrake._key_spec import Cap, Duration, KeySpec, duration_seconds
-from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
+from keybrake._key_spec import Cap, Duration, KeySpec, cap_string, duration_seconds
+from keybrake._models import (
+    AuditRecord,
+    BudgetInfo,
+    IssuedKey,
+    KeyInfo,
+    Lease,
+    Revocation,
+    UsageRecord,
+)
 from keybrake._retry import DEFAULT_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
@@ -165,6 +173,9 @@ class Keybrake:
         max_lifetime: Duration | None = None,
         metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
+        rate_limit: str | None = None,
+        max_requests: int | None = None,
+        budget: object = None,
         idempotency_key: str | None = None,
     ) -> IssuedKey:
         """Issue a vault key. Retried on transient failures without ever making two keys.
@@ -186,6 +197,9 @@ class Keybrake:
             metadata: string pairs stored with the key.
             stripe_account: pins a Stripe key to one connected account
                 (``Stripe-Account``).
+            rate_limit: at most N forwarded requests in any window (``"10/m"``).
+            max_requests: at most so many forwarded requests over the key's life.
+            budget: a run budget to draw from (a [`Budget`][keybrake.Budget] or its id).
             idempotency_key: the ``Idempotency-Key`` sent, and reused by every retry; a new
                 random one when omitted.
 
@@ -208,6 +222,9 @@ class Keybrake:
                 "max_lifetime": max_lifetime,
                 "metadata": metadata,
                 "stripe_account": stripe_account,
+                "rate_limit": rate_limit,
+                "max_requests": max_requests,
+                "budget": budget,
             }
             given = [name for name, value in fields.items() if value is not None]
             if given:
@@ -225,6 +242,9 @@ class Keybrake:
                 max_lifetime=max_lifetime,
                 metadata=metadata,
                 stripe_account=stripe_account,
+                rate_limit=rate_limit,
+                max_requests=max_requests,
+                budget=budget,
             )
         body: dict[str, Any] = {
             "vendor": spec.vendor,
@@ -239,6 +259,10 @@ class Keybrake:
             body["metadata"] = dict(spec.metadata)
         if spec.stripe_account is not None:
             body["stripe_account"] = spec.stripe_account
+        for name in ("rate_limit", "max_requests", "budget"):
+            value = getattr(spec, name)
+            if value is not None:
+                body[name] = value
         headers = {"Idempotency-Key": idempotency_key or f"kb-{uuid.uuid4()}"}
         data = await self._api("POST", "/v1/keys", body=body, headers=headers)
         return IssuedKey.from_json(data)
@@ -354,6 +378,45 @@ class Keybrake:
         return Lease.from_json(
             await self._api("POST", f"/v1/keys/{_quote(key_id)}/refresh", body=body)
         )
+
+    async def create_budget(
+        self, *, cap: Cap, ttl: Duration, label: str | None = None
+    ) -> BudgetInfo:
+        """Create a run budget: a daily cap shared by every key issued with ``budget=``.
+
+        [`Budget`][keybrake.Budget] does this on enter and revokes it on exit.
+
+        Args:
+            cap: the shared daily cap in USD (int, decimal string or ``Decimal``).
+            ttl: how long the budget lives; its keys live no longer.
+            label: a name for the budget.
+
+        Raises:
+            ConfigurationError: a bad cap or ttl, or no master token.
+            IssuanceError: the API refused.
+        """
+        body = {
+            "daily_usd_cap": cap_string(cap),
+            "expires_in": duration_seconds(ttl, "ttl"),
+            "label": label or "",
+        }
+        return BudgetInfo.from_json(await self._api("POST", "/v1/budgets", body=body))
+
+    async def get_budget(self, budget_id: str) -> BudgetInfo:
+        """Describe a budget, with its spend today.
+
+        Raises:
+            IssuanceError: no such budget in this tenant (404 ``budget_not_found``).
+        """
+        return BudgetInfo.from_json(await self._api("GET", f"/v1/budgets/{_quote(budget_id)}"))
+
+    async def revoke_budget(self, budget_id: str) -> Revocation:
+        """Revoke a budget and every key drawing from it. Idempotent.
+
+        Raises:
+            IssuanceError: no such budget (404).
+        """
+        return Revocation.from_json(await self._api("DELETE", f"/v1/budgets/{_quote(budget_id)}"))
 
     async def revoke_key(self, key_id: str) -> Revocation:
         """Revoke a key; takes effect on the proxy's very next request. Idempotent.

@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 import attrs
 
 __all__ = [
+    "MAX_RATE",
     "MICROS_PER_USD",
     "EndpointPattern",
     "UnsafePathError",
@@ -19,6 +20,7 @@ __all__ = [
     "format_usd",
     "normalise_path",
     "parse_duration",
+    "parse_rate",
     "parse_time",
     "to_micros",
 ]
@@ -53,6 +55,30 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
     if result <= timedelta(0):
         raise ValueError(f"duration must be positive: {value!r}")
     return result
+
+
+_RATE = re.compile(r"^([1-9][0-9]{0,5})/(s|m|h)$")
+#: Most requests a rate limit may allow per window.
+MAX_RATE = 100_000
+
+
+def parse_rate(value: str) -> tuple[int, int]:
+    """Parse a rate limit, ``"N/s"``, ``"N/m"`` or ``"N/h"``: at most N requests in any window
+    of a second, a minute or an hour.
+
+    Returns:
+        ``(N, window in seconds)``.
+
+    Raises:
+        ValueError: not such a rate, or N outside 1 to :data:`MAX_RATE`.
+    """
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if match is None or int(match[1]) > MAX_RATE:
+        raise ValueError(
+            f"not a rate limit: {value!r} (use e.g. '10/s', '100/m' or '1000/h',"
+            f" at most {MAX_RATE} per window)"
+        )
+    return int(match[1]), _UNIT_SECONDS[match[2]]
 
 
 def to_micros(value: int | str | Decimal) -> int:

@@ -10,6 +10,9 @@ KeybrakeError
 │   └── KeybrakeTimeout          ... because it was too slow (also a TimeoutError)
 ├── ProxyRefused                 the proxy refused a vendor call on policy grounds
 │   ├── SpendCapExceeded         429 cap_exhausted
+│   │   └── BudgetExhausted      429 budget_exhausted (the run budget's cap)
+│   ├── RateLimited              429 rate_limited (with retry_after)
+│   ├── UsesExhausted            429 uses_exhausted
 │   ├── EndpointNotAllowed       403 endpoint_not_allowed
 │   └── InvalidVaultKey          401 invalid_key
 │       ├── VaultKeyExpired      401 key_expired
@@ -18,6 +21,10 @@ KeybrakeError
     ├── StripeError
     └── TwilioError
 ```
+
+``cap_exhausted``, ``budget_exhausted``, ``rate_limited`` and ``uses_exhausted`` are final
+answers: the SDK never retries them on its own (see [`RetryPolicy`][keybrake.RetryPolicy]
+for waiting out ``rate_limited`` once, if you opt in).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 __all__ = [
+    "FINAL_CODES",
+    "BudgetExhausted",
     "ConfigurationError",
     "EndpointNotAllowed",
     "InvalidVaultKey",
@@ -35,9 +44,11 @@ __all__ = [
     "KeybrakeTimeout",
     "KeybrakeUnavailable",
     "ProxyRefused",
+    "RateLimited",
     "SpendCapExceeded",
     "StripeError",
     "TwilioError",
+    "UsesExhausted",
     "VaultKeyExpired",
     "VaultKeyRevoked",
     "VendorError",
@@ -155,6 +166,49 @@ class SpendCapExceeded(ProxyRefused):
         return _decimal(self.body.get("attempted_usd"))
 
 
+class BudgetExhausted(SpendCapExceeded):
+    """The call would have taken the key's run budget past its daily cap (429
+    ``budget_exhausted``): a spend cap too, shared by every key of the budget, so
+    ``except SpendCapExceeded`` catches both."""
+
+    @property
+    def budget(self) -> str | None:
+        """The budget's id, ``bud_...``."""
+        return _str(self.body.get("budget"))
+
+    @property
+    def budget_daily_usd_cap(self) -> Decimal | None:
+        return _decimal(self.body.get("budget_daily_usd_cap"))
+
+    @property
+    def budget_spent_today_usd(self) -> Decimal | None:
+        return _decimal(self.body.get("budget_spent_today_usd"))
+
+
+class RateLimited(ProxyRefused):
+    """The key is over its rate limit (429 ``rate_limited``); nothing was forwarded, and the
+    request does not count as a use.
+
+    ``retry_after`` (seconds, from ``Retry-After``) says when the oldest request in the
+    window leaves it. Final: the SDK does not retry it unless asked to
+    (``RetryPolicy(wait_rate_limited=True)``).
+    """
+
+    @property
+    def rate_limit(self) -> str | None:
+        """The key's rate limit as given, ``"10/m"``."""
+        return _str(self.body.get("rate_limit"))
+
+
+class UsesExhausted(ProxyRefused):
+    """The key has made its ``max_requests`` forwarded requests (429 ``uses_exhausted``)."""
+
+    @property
+    def max_requests(self) -> int | None:
+        value = self.body.get("max_requests")
+        return value if isinstance(value, int) else None
+
+
 class EndpointNotAllowed(ProxyRefused):
     """The method and path are outside the key's allowlist (403 ``endpoint_not_allowed``)."""
 
@@ -230,6 +284,9 @@ class TwilioError(VendorError):
 
 _BY_CODE: dict[str, type[KeybrakeError]] = {
     "cap_exhausted": SpendCapExceeded,
+    "budget_exhausted": BudgetExhausted,
+    "rate_limited": RateLimited,
+    "uses_exhausted": UsesExhausted,
     "endpoint_not_allowed": EndpointNotAllowed,
     "invalid_key": InvalidVaultKey,
     "key_expired": VaultKeyExpired,
@@ -240,6 +297,10 @@ _BY_CODE: dict[str, type[KeybrakeError]] = {
     "upstream_timeout": KeybrakeTimeout,
     "store_unavailable": KeybrakeUnavailable,
 }
+
+
+#: The proxy's answers no retry can change by itself: the SDK never retries them.
+FINAL_CODES = frozenset({"cap_exhausted", "budget_exhausted", "rate_limited", "uses_exhausted"})
 
 
 def _decimal(value: Any) -> Decimal | None:

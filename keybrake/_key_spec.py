@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from keybrake._common import EndpointPattern, parse_duration, to_micros
+from keybrake._common import EndpointPattern, parse_duration, parse_rate, to_micros
 from keybrake._errors import ConfigurationError
 from keybrake.vendors import get_vendor
 
@@ -121,6 +121,36 @@ def _check_stripe_account(instance: KeySpec, attribute: Any, value: str | None) 
         )
 
 
+def _check_rate_limit(instance: KeySpec, attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"rate_limit: {exc}") from None
+
+
+def _check_max_requests(instance: KeySpec, attribute: Any, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigurationError(f"max_requests must be a positive integer, not {value!r}")
+
+
+def _budget_id(value: object) -> str | None:
+    """A budget's id, from the id itself or from anything with one (a ``Budget``).
+
+    Raises:
+        ConfigurationError: neither, or a ``Budget`` not open yet.
+    """
+    if value is None:
+        return None
+    budget_id = value if isinstance(value, str) else getattr(type(value), "id", None)
+    if budget_id is not None and not isinstance(value, str):
+        budget_id = value.id  # type: ignore[attr-defined]  # a Budget not open yet raises
+    if not isinstance(budget_id, str) or not budget_id:
+        raise ConfigurationError(f"budget must be a Budget or a budget id, not {value!r}")
+    return budget_id
+
+
 @attrs.frozen
 class KeySpec:
     """What a vault key may do: vendor, endpoints, cap, TTL and the key's other options.
@@ -153,6 +183,11 @@ class KeySpec:
         metadata: string pairs stored with the key.
         stripe_account: Stripe keys only: the connected account (``"acct_..."``) every
             request acts on.
+        rate_limit: at most N forwarded requests in any window of a second, a minute or an
+            hour: ``"10/s"``, ``"100/m"``, ``"1000/h"`` (free requests included).
+        max_requests: at most so many forwarded requests over the key's life.
+        budget: a run budget the key draws from: an open [`Budget`][keybrake.Budget] or its
+            id (``"bud_..."``); kept as the id.
 
     Raises:
         ConfigurationError: a value that is not one of the above.
@@ -173,6 +208,11 @@ class KeySpec:
     stripe_account: str | None = attrs.field(
         default=None, kw_only=True, validator=_check_stripe_account
     )
+    rate_limit: str | None = attrs.field(default=None, kw_only=True, validator=_check_rate_limit)
+    max_requests: int | None = attrs.field(
+        default=None, kw_only=True, validator=_check_max_requests
+    )
+    budget: str | None = attrs.field(default=None, kw_only=True, converter=_budget_id)
 
     def __attrs_post_init__(self) -> None:
         if self.max_lifetime is not None and self.max_lifetime < self.ttl:

@@ -11,7 +11,15 @@ import attrs
 
 from keybrake._common import parse_time
 
-__all__ = ["AuditRecord", "IssuedKey", "KeyInfo", "Lease", "Revocation", "UsageRecord"]
+__all__ = [
+    "AuditRecord",
+    "BudgetInfo",
+    "IssuedKey",
+    "KeyInfo",
+    "Lease",
+    "Revocation",
+    "UsageRecord",
+]
 
 
 def _time(data: Mapping[str, Any], name: str) -> datetime:
@@ -47,6 +55,10 @@ class KeyInfo:
             only.
         metadata: the string pairs stored with the key.
         stripe_account: the Stripe connected account the key acts on, if any.
+        rate_limit: at most so many forwarded requests in any window (``"10/m"``), if set.
+        max_requests: at most so many forwarded requests over the key's life, if set.
+        requests_used: forwarded requests so far; set by ``get_key()`` only.
+        budget: the run budget (``bud_...``) the key draws from, if any.
         raw: the JSON answer as received (left out of ``repr()`` and ``==``).
     """
 
@@ -65,6 +77,10 @@ class KeyInfo:
     metadata: Mapping[str, str] = attrs.field(factory=dict)
     #: The Stripe connected account the key acts on, if it is pinned to one.
     stripe_account: str | None = None
+    rate_limit: str | None = None
+    max_requests: int | None = None
+    requests_used: int | None = None
+    budget: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod
@@ -86,6 +102,10 @@ class KeyInfo:
             "reserved_today_usd": None if reserved is None else Decimal(str(reserved)),
             "metadata": dict(data.get("metadata") or {}),
             "stripe_account": data.get("stripe_account"),
+            "rate_limit": data.get("rate_limit"),
+            "max_requests": data.get("max_requests"),
+            "requests_used": data.get("requests_used"),
+            "budget": data.get("budget"),
             "raw": dict(data),
         }
 
@@ -229,6 +249,7 @@ class UsageRecord:
         daily_usd_cap: the key's cap; ``spent_usd + reserved_usd`` never passes it.
         unconfirmed_usd: of ``spent_usd``, what was counted at its bound because the
             request's outcome was lost: the vendor may have charged less.
+        budget: the run budget the key draws from, if any.
     """
 
     key_id: str
@@ -240,6 +261,7 @@ class UsageRecord:
     #: Of ``spent_usd``, what was counted at its bound because the request's outcome was
     #: lost (the server stopped before settling it): the vendor may have charged less.
     unconfirmed_usd: Decimal = Decimal(0)
+    budget: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageRecord:
@@ -251,4 +273,53 @@ class UsageRecord:
             reserved_usd=Decimal(str(data["reserved_usd"])),
             daily_usd_cap=Decimal(str(data["daily_usd_cap"])),
             unconfirmed_usd=Decimal(str(data.get("unconfirmed_usd", "0"))),
+            budget=data.get("budget"),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class BudgetInfo:
+    """A run budget as the issuance API describes it: a daily cap shared by every key
+    drawing from it, whatever their vendors.
+
+    Returned by ``create_budget()`` and ``get_budget()``.
+
+    Attributes:
+        id: ``bud_...``.
+        label: the budget's label.
+        daily_usd_cap: the shared cap, in USD per UTC day.
+        created_at: when the budget was made.
+        expires_at: when it ends; its keys end with it.
+        status: ``"active"``, ``"expired"`` or ``"revoked"``.
+        revoked_at: when it was revoked, if it was.
+        spent_today_usd: settled spend of all its keys in the current UTC day.
+        reserved_today_usd: reserved right now; set by ``get_budget()`` only.
+        raw: the JSON answer as received (left out of ``repr()`` and ``==``).
+    """
+
+    id: str
+    label: str
+    daily_usd_cap: Decimal
+    created_at: datetime
+    expires_at: datetime
+    status: str
+    revoked_at: datetime | None = None
+    spent_today_usd: Decimal = Decimal(0)
+    reserved_today_usd: Decimal | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BudgetInfo:
+        reserved = data.get("reserved_today_usd")
+        return cls(
+            id=str(data["id"]),
+            label=str(data.get("label", "")),
+            daily_usd_cap=Decimal(str(data["daily_usd_cap"])),
+            created_at=_time(data, "created_at"),
+            expires_at=_time(data, "expires_at"),
+            status=str(data["status"]),
+            revoked_at=_opt_time(data, "revoked_at"),
+            spent_today_usd=Decimal(str(data.get("spent_today_usd", "0"))),
+            reserved_today_usd=None if reserved is None else Decimal(str(reserved)),
+            raw=dict(data),
         )

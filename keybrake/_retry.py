@@ -11,7 +11,14 @@ import aiohttp
 import attrs
 import tenacity
 
-from keybrake._errors import KeybrakeError, KeybrakeTimeout, KeybrakeUnavailable, VendorError
+from keybrake._errors import (
+    FINAL_CODES,
+    KeybrakeError,
+    KeybrakeTimeout,
+    KeybrakeUnavailable,
+    RateLimited,
+    VendorError,
+)
 
 __all__ = ["DEFAULT_RETRY", "RetryPolicy", "is_retryable"]
 
@@ -19,10 +26,13 @@ T = TypeVar("T")
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Connection errors, timeouts, 5xx and 429 (except ``cap_exhausted``) are transient.
+    """Connection errors, timeouts, 5xx and 429 are transient, except keybrake's final
+    answers (``cap_exhausted``, ``budget_exhausted``, ``rate_limited``, ``uses_exhausted``).
 
     An error whose answer said whether to retry (``exc.retryable``) is taken at its word.
     """
+    if isinstance(exc, KeybrakeError) and exc.code in FINAL_CODES:
+        return False
     if isinstance(
         exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
     ):
@@ -32,9 +42,7 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, KeybrakeUnavailable):
         return True
     if isinstance(exc, KeybrakeError) and exc.status is not None:
-        if exc.status == 429:
-            return exc.code != "cap_exhausted"
-        return exc.status >= 500
+        return exc.status == 429 or exc.status >= 500
     return False
 
 
@@ -50,6 +58,11 @@ class RetryPolicy:
     Exponential backoff with full jitter between ``initial_wait`` and ``max_wait`` seconds,
     at most ``attempts`` tries within ``deadline`` seconds; a server's ``Retry-After`` is
     honoured up to ``max_retry_after`` seconds. ``RetryPolicy.off()`` tries once.
+
+    A key's rate limit (``rate_limited``) is a final answer. With ``wait_rate_limited=True``
+    a call refused for it waits out the ``Retry-After`` once (if it is at most
+    ``max_retry_after`` seconds) and tries once more; a second refusal raises
+    [`RateLimited`][keybrake.RateLimited].
     """
 
     attempts: int = 6
@@ -57,6 +70,7 @@ class RetryPolicy:
     initial_wait: float = 0.1
     max_wait: float = 5.0
     max_retry_after: float = 10.0
+    wait_rate_limited: bool = False
 
     @classmethod
     def off(cls) -> RetryPolicy:
@@ -83,6 +97,18 @@ class RetryPolicy:
                 one is the ``__cause__``); a vendor's own error, and any error that is not
                 transient, passes through unchanged.
         """
+        try:
+            return await self._call(fn, retryable)
+        except RateLimited as exc:
+            wait = exc.retry_after
+            if not self.wait_rate_limited or wait is None or wait > self.max_retry_after:
+                raise
+            await asyncio.sleep(max(wait, 0.0))
+        return await self._call(fn, retryable)
+
+    async def _call(
+        self, fn: Callable[[], Awaitable[T]], retryable: Callable[[BaseException], bool]
+    ) -> T:
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(self.attempts)
             | tenacity.stop_after_delay(self.deadline),

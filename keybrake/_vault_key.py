@@ -6,11 +6,9 @@ import asyncio
 import logging
 import random
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import attrs
@@ -19,12 +17,12 @@ from keybrake._client import Keybrake
 from keybrake._config import ClientConfig
 from keybrake._errors import (
     ConfigurationError,
-    IssuanceError,
     KeybrakeError,
     VaultKeyExpired,
     VaultKeyRevoked,
 )
 from keybrake._key_spec import Cap, Duration, KeySpec
+from keybrake._lifecycle import KEEPALIVE_FRACTION, REVOKE_TIMEOUT, Held
 from keybrake._models import IssuedKey
 from keybrake._transport import ProxyTransport
 from keybrake.vendors import Vendor, get_vendor
@@ -52,41 +50,8 @@ __all__ = [
 
 log = logging.getLogger("keybrake")
 
-#: Seconds that revocation on exit may take, retries included, before we rely on the TTL.
-REVOKE_TIMEOUT = 10.0
-#: Keepalive refreshes at about this fraction of the TTL (like Vault's lifetime watcher).
-KEEPALIVE_FRACTION = 2 / 3
-
-
 T = TypeVar("T")
 C = TypeVar("C")
-
-
-async def _run_to_the_end(work: Awaitable[T]) -> T:
-    """Run cleanup to its end even if we are cancelled (again) meanwhile.
-
-    The work runs in its own task, awaited through ``asyncio.shield``; a cancellation
-    that arrives meanwhile is held until the work is done (it is bounded by timeouts of its
-    own), then re-raised.
-    """
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-            continue
-        except BaseException:
-            if cancelled:
-                raise asyncio.CancelledError from None
-            raise
-        break
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 @attrs.frozen
@@ -114,6 +79,9 @@ class SpecOptions(TypedDict, total=False):
     max_lifetime: Duration | None
     metadata: Mapping[str, str] | None
     stripe_account: str | None
+    rate_limit: str | None
+    max_requests: int | None
+    budget: object
 
 
 class RunOptions(BaseRunOptions, total=False):
@@ -188,7 +156,7 @@ def resolve_spec(
     return spec, run
 
 
-class VaultKey:
+class VaultKey(Held[IssuedKey]):
     """A vault key for one block of work: issued on enter, kept alive, revoked on exit.
 
     ```python
@@ -219,6 +187,13 @@ class VaultKey:
         metadata: string pairs stored with the key.
         stripe_account: Stripe keys only: the connected account (``"acct_..."``) every
             request acts on.
+        rate_limit: at most N forwarded requests in any window: ``"10/s"``, ``"100/m"``,
+            ``"1000/h"`` (free requests included); over it, calls raise
+            [`RateLimited`][keybrake.RateLimited].
+        max_requests: at most so many forwarded requests over the key's life; past it,
+            [`UsesExhausted`][keybrake.UsesExhausted].
+        budget: a run budget to draw from too: an open [`Budget`][keybrake.Budget] or its
+            id; over it, [`BudgetExhausted`][keybrake.BudgetExhausted].
         on_lost: called with the error when keepalive finds the key revoked or expired.
         cancel_on_loss: also cancel the task running the block when the key is lost.
         token: the master token for the [`Keybrake`][keybrake.Keybrake] client created here.
@@ -242,6 +217,9 @@ class VaultKey:
         client: Keybrake | None = None,
         metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
+        rate_limit: str | None = None,
+        max_requests: int | None = None,
+        budget: object = None,
         on_lost: Callable[[KeybrakeError], object] | None = None,
         cancel_on_loss: bool = False,
         token: str | None = None,
@@ -258,6 +236,9 @@ class VaultKey:
             max_lifetime=max_lifetime,
             metadata=metadata,
             stripe_account=stripe_account,
+            rate_limit=rate_limit,
+            max_requests=max_requests,
+            budget=budget,
         )
         self._setup(
             spec,
@@ -314,18 +295,9 @@ class VaultKey:
         self.spec = spec
         self.on_lost = on_lost
         self.cancel_on_loss = cancel_on_loss
-        if client is None:
-            client = Keybrake(token, api_url=api_url, proxy_url=proxy_url)
-            self._owns_client = True
-        else:
-            self._owns_client = False
-        self._client = client
-        self._state = "unopened"
-        self._issued: IssuedKey | None = None
+        self._init_lifecycle(client, token=token, api_url=api_url, proxy_url=proxy_url)
         self._expires_at: datetime | None = None
         self._lost: KeybrakeError | None = None
-        self._keepalive_task: asyncio.Task[None] | None = None
-        self._owner_task: asyncio.Task[Any] | None = None
         self._vendor_clients: dict[str, Any] = {}
         self._official_clients: list[_OfficialClient] = []
 
@@ -382,11 +354,6 @@ class VaultKey:
         key_id = self._issued.id if self._issued else None
         return f"<VaultKey {self.vendor} id={key_id!r} state={self._state}>"
 
-    def _require_issued(self) -> IssuedKey:
-        if self._issued is None:
-            raise ConfigurationError("the vault key is not issued yet; use 'async with'")
-        return self._issued
-
     @property
     def id(self) -> str:
         """The key's id (``vk_...``); not secret."""
@@ -408,11 +375,6 @@ class VaultKey:
     def info(self) -> IssuedKey:
         """What the issuance API answered (without the token in ``raw``)."""
         return self._require_issued()
-
-    @property
-    def client(self) -> Keybrake:
-        """The admin client that issues, refreshes and revokes this key."""
-        return self._client
 
     @property
     def lost(self) -> KeybrakeError | None:
@@ -559,75 +521,23 @@ class VaultKey:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._state != "unopened":
-            raise ConfigurationError(f"a VaultKey can be entered only once (it is {self._state})")
-        self._state = "opening"
-        issue = asyncio.ensure_future(
-            self._client.issue_key(self.spec, idempotency_key=f"kb-{uuid.uuid4()}")
-        )
-        try:
-            self._issued = await asyncio.shield(issue)
-        except BaseException as exc:
-            self._state = "closed"
-            try:
-                if isinstance(exc, asyncio.CancelledError):
-                    # The server may make the key anyway: let the issuance finish (bounded),
-                    # then revoke what it made, so no key outlives a cancelled block.
-                    await _run_to_the_end(self._abandon(issue))
-            finally:
-                if self._owns_client:
-                    await self._client.close()
-            raise
-        self._expires_at = self._issued.expires_at
-        self._state = "open"
-        self._owner_task = asyncio.current_task()
-        if self.keepalive:
-            self._keepalive_task = asyncio.create_task(
-                self._keep_alive(), name=f"keybrake-keepalive-{self._issued.id}"
-            )
-        return self
+    _kind = "VaultKey"
+    _noun = "vault key"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def _issue(self) -> IssuedKey:
+        return await self._client.issue_key(self.spec, idempotency_key=f"kb-{uuid.uuid4()}")
 
-    async def aclose(self) -> None:
-        """Stop keepalive and revoke the key. Closing twice is a no-op.
+    async def _send_revoke(self, issued: IssuedKey) -> object:
+        return await self._client.revoke_key(issued.id)
 
-        If revocation can't be done within ``REVOKE_TIMEOUT``, a warning is logged
-        (without the token) and the key's TTL ends it.
-        """
-        if self._state in ("closed", "unopened"):
-            self._state = "closed"
-            return
-        self._state = "closed"
-        await _run_to_the_end(self._finish())
+    def _opened(self, issued: IssuedKey) -> None:
+        self._expires_at = issued.expires_at
 
-    async def _abandon(self, issue: asyncio.Future[IssuedKey]) -> None:
-        if issue.cancelled():
-            return
-        try:
-            self._issued = await asyncio.wait_for(issue, REVOKE_TIMEOUT)
-        except (KeybrakeError, asyncio.TimeoutError):
-            return  # no key was made, or we can't know: its TTL ends it
-        await self._revoke()
+    def _wants_keepalive(self) -> bool:
+        return self.keepalive
 
-    async def _finish(self) -> None:
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        try:
-            await self._revoke()
-        finally:
-            await self._close_official_clients()
-            if self._owns_client:
-                await self._client.close()
+    async def _closing(self) -> None:
+        await self._close_official_clients()
 
     async def _close_official_clients(self) -> None:
         clients, self._official_clients = self._official_clients, []
@@ -638,22 +548,6 @@ class VaultKey:
                     await official.close_async()
             except Exception:  # closing a client must not hide the block's outcome
                 log.warning("closing an official SDK client failed", exc_info=True)
-
-    async def _revoke(self) -> None:
-        issued = self._issued
-        assert issued is not None
-        try:
-            await asyncio.wait_for(self._client.revoke_key(issued.id), REVOKE_TIMEOUT)
-        except IssuanceError as exc:
-            if exc.status == 404:  # gone already: nothing left to revoke
-                return
-            log.warning("could not revoke vault key %s: %s; its TTL will end it", issued.id, exc)
-        except (KeybrakeError, asyncio.TimeoutError) as exc:
-            log.warning(
-                "could not revoke vault key %s (%s); its TTL will end it",
-                issued.id,
-                exc or type(exc).__name__,
-            )
 
     async def _keep_alive(self) -> None:
         issued = self._issued
@@ -699,11 +593,3 @@ class VaultKey:
                 log.exception("on_lost callback failed")
         if self.cancel_on_loss and self._owner_task is not None:
             self._owner_task.cancel()
-
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_state", None) == "open":
-            _warn(
-                f"{self!r} was garbage collected without exit; it stays usable until its TTL",
-                ResourceWarning,
-                source=self,
-            )

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -162,7 +164,15 @@ async def test_list_as_json(server: RunningServer, kb: Keybrake) -> None:
 async def test_what_an_agent_put_in_a_label_cannot_drive_the_terminal(
     server: RunningServer, kb: Keybrake
 ) -> None:
-    key = await issue(kb, "evil\x1b[2J\x1b]0;pwned\x07\r\nID", user="\x1b[31mred")
+    # The API refuses such a label and metadata now; a key stored before it did is still
+    # shown safely, so it is written into the store directly.
+    key = await issue(kb, "clean", user="clean")
+    label = "evil\x1b[2J\x1b]0;pwned\x07\r\nID"
+    with contextlib.closing(sqlite3.connect(server.db_path)) as db, db:
+        db.execute(
+            "UPDATE keys SET label = ?, metadata = ? WHERE id = ?",
+            (label, json.dumps({"user": "\x1b[31mred"}), key.id),
+        )
     for args in (("list",), ("show", key.id)):
         ran = await keybrake_keys(server, *args)
         assert ran.code == 0
@@ -172,7 +182,7 @@ async def test_what_an_agent_put_in_a_label_cannot_drive_the_terminal(
         assert "evil\\x1b[2J" in ran.out
     ran = await keybrake_keys(server, "show", key.id, "--json")
     assert "\x1b" not in ran.out
-    assert json.loads(ran.out)["key"]["label"] == key.label
+    assert json.loads(ran.out)["key"]["label"] == label
 
 
 # -- show -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
-from keybrake import ConfigurationError, Keybrake, KeySpec, VaultKey
+from keybrake import Budget, ConfigurationError, Keybrake, KeySpec, VaultKey
 from tests.conftest import SEED_ENDPOINTS
 
 GOOD: dict[str, Any] = {"vendor": "stripe", "endpoints": SEED_ENDPOINTS, "cap": 10, "ttl": "1m"}
@@ -81,6 +81,15 @@ def test_values_are_normalised() -> None:
         ({"stripe_account": "cus_123"}, "acct_"),
         ({"stripe_account": "acct_"}, "acct_"),
         ({"vendor": "twilio", "stripe_account": "acct_123"}, "Stripe keys only"),
+        ({"rate_limit": "10/d"}, "rate_limit"),
+        ({"rate_limit": "0/s"}, "rate_limit"),
+        ({"rate_limit": "1000000/h"}, "rate_limit"),
+        ({"rate_limit": 10}, "rate_limit"),
+        ({"max_requests": 0}, "max_requests"),
+        ({"max_requests": True}, "max_requests"),
+        ({"max_requests": "5"}, "max_requests"),
+        ({"budget": 42}, "budget"),
+        ({"budget": Budget(cap=1, ttl="1m", token="kb_x")}, "not issued yet"),
     ],
 )
 def test_each_bad_value_is_a_configuration_error(changes: dict[str, Any], match: str) -> None:
@@ -139,3 +148,8 @@ async def test_issue_key_takes_a_spec_or_its_fields_not_both(kb: Keybrake) -> No
         await kb.issue_key("stripe")
     with pytest.raises(ConfigurationError, match="no-slash"):
         await kb.issue_key("stripe", ["no-slash"], cap=1, ttl=60)
+
+
+def test_brakes_are_kept_as_given() -> None:
+    spec = KeySpec(**GOOD, rate_limit="10/m", max_requests=100, budget="bud_1")
+    assert (spec.rate_limit, spec.max_requests, spec.budget) == ("10/m", 100, "bud_1")

@@ -64,7 +64,12 @@ async def test_exhausted_retries_raise_keybrake_unavailable() -> None:
     [
         (500, None, True),
         (503, "store_unavailable", True),
-        (429, "rate_limited", True),
+        (429, None, True),
+        (429, "too_many_requests", True),
+        # keybrake's brakes are final answers (CONTRACT §3): never retried on their own
+        (429, "rate_limited", False),
+        (429, "uses_exhausted", False),
+        (429, "budget_exhausted", False),
         (429, "cap_exhausted", False),
         (400, "bad_request", False),
         (401, "unauthorized", False),

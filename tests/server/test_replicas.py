@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +18,8 @@ import pytest
 from keybrake import Keybrake
 from keybrake.server.stores.postgres.store import PostgresStore
 from tests.pg import migrated_schema, private_postgres
+from tests.recorder import Recorder
+from tests.server.test_brakes import PRICING, race_in_one_budget
 from tests.test_cli import free_port
 
 pytestmark = pytest.mark.postgres
@@ -24,7 +28,9 @@ ADMIN = "kb_admin_replicas"
 
 
 @contextlib.contextmanager
-def replicas(database_url: str, stripe_url: str, count: int) -> Iterator[list[str]]:
+def replicas(
+    database_url: str, stripe_url: str, count: int, *, more_env: Mapping[str, str] | None = None
+) -> Iterator[list[str]]:
     """``count`` server processes on their own ports, all on one database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYBRAKE_")}
     env.update(
@@ -32,6 +38,7 @@ def replicas(database_url: str, stripe_url: str, count: int) -> Iterator[list[st
         KEYBRAKE_ADMIN_TOKEN=ADMIN,
         KEYBRAKE_STRIPE_SECRET_KEY="sk_test_replicas",
         KEYBRAKE_STRIPE_API_BASE=stripe_url,
+        **(more_env or {}),
     )
     procs, urls = [], []
     try:
@@ -202,3 +209,41 @@ async def test_postgres_restart_fails_closed_then_recovers(localstripe_url: str)
     assert spent == settled
     ok = sum(1 for _, s, _ in seen if s == 200)
     assert settled >= ok * 1_000_000  # every success counted; unknowns counted, never lost
+
+
+async def test_brakes_hold_exactly_across_3_replicas(tmp_path: Path, recorder: Recorder) -> None:
+    """One budget over two vendors, a use count and a rate limit, each raced over three
+    replicas: the store admits exactly what the brakes allow."""
+    pricing = tmp_path / "pricing.json"
+    pricing.write_text(json.dumps(PRICING))
+    more_env = {
+        "KEYBRAKE_RESEND_API_KEY": "re_upstream",
+        "KEYBRAKE_RESEND_API_BASE": recorder.url,
+        "KEYBRAKE_PRICING_FILE": str(pricing),
+    }
+    async with migrated_schema() as database:
+        with replicas(database, recorder.url, 3, more_env=more_env) as urls:
+            async with Keybrake(ADMIN, api_url=urls[0], proxy_url=urls[0]) as kb:
+                _, statuses = await race_in_one_budget(urls[0], kb, *urls)
+                assert sorted(statuses) == [200] * 10 + [429] * 30
+                assert len(recorder.requests) == 10
+                for brakes, allowed in (({"max_requests": 7}, 7), ({"rate_limit": "5/m"}, 5)):
+                    recorder.requests.clear()
+                    issued = await kb.issue_key(
+                        "stripe", ["/v1/customers/*"], cap=1, ttl="5m", **brakes
+                    )
+                    async with aiohttp.ClientSession() as http:
+                        results = await asyncio.gather(
+                            *(free(http, urls[i % 3], issued.token) for i in range(30))
+                        )
+                    assert results.count(200) == allowed, brakes
+                    assert len(recorder.requests) == allowed
+                    assert (await kb.get_key(issued.id)).requests_used == allowed
+
+
+async def free(http: aiohttp.ClientSession, url: str, token: str) -> int:
+    async with http.get(
+        f"{url}/stripe/v1/customers/cus_1", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        await response.read()
+        return response.status

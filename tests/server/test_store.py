@@ -271,9 +271,20 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
             expires_at=2,
             max_expires_at=2,
             stripe_account="acct_1",
+            rate_limit="1/h",
+            max_requests=5,
         )
         await store.insert_key(new)
         assert await store.get_key("default", "vk_new") == new
+        # The brakes' columns and tables (schema 5) are there, on old keys too.
+        assert (await store.admit("vk_new", 2))[0] is ReserveResult.ADMITTED
+        assert (await store.admit("vk_new", 3))[0] is ReserveResult.RATE_LIMITED
+        assert (await store.admit("vk_old", 3))[0] is ReserveResult.ADMITTED
+        reserved = await store.reserve(Reservation("rsv_old", "vk_old", "2026-11-27", 1), 3)
+        assert reserved[0] is ReserveResult.RESERVED
+        upgraded = await store.get_key("default", "vk_new")
+        assert upgraded is not None
+        assert upgraded.requests_used == 1
     finally:
         await store.close()
     with sqlite3.connect(path) as check:

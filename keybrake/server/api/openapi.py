@@ -17,6 +17,7 @@ __all__ = ["openapi_document"]
 _DECIMAL = {"type": "string", "pattern": r"^\d+\.\d{2,6}$", "example": "500.00"}
 _TIME = {"type": "string", "format": "date-time"}
 _KEY_ID = {"type": "string", "example": "vk_0123456789abcdef01234567"}
+_BUDGET_ID = {"type": "string", "example": "bud_0123456789abcdef01234567"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -33,12 +34,15 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or unknown credential (`unauthorized`, `invalid_key`, `key_expired`,"
         " `key_revoked`); on `/metrics`, a missing or wrong metrics token (`unauthorized`)",
         403: "Refused by policy (`endpoint_not_allowed`, `vendor_mismatch`, `unpriced_endpoint`)",
-        404: "No such key (`key_not_found`), route (`not_found`) or vendor (`unknown_vendor`)",
+        404: "No such key (`key_not_found`), budget (`budget_not_found`), route (`not_found`)"
+        " or vendor (`unknown_vendor`)",
         405: "Method not allowed (`method_not_allowed`)",
         409: "The key is revoked or expired (`key_revoked`, `key_expired`)",
         413: "Request body too large (`body_too_large`)",
         422: "Idempotency-Key reused with another body (`idempotency_key_reused`)",
-        429: "The request would pass the key's daily cap (`cap_exhausted`)",
+        429: "The request would pass the key's daily cap (`cap_exhausted`) or its budget's"
+        " (`budget_exhausted`), the key's rate limit (`rate_limited`, with `Retry-After`) or its"
+        " use count (`uses_exhausted`)",
         502: "The vendor can't be reached (`upstream_unavailable`)",
         503: "The store is down (`store_unavailable`), the vendor is not configured, or with"
         " durable audit the request's audit entry can't be written (`audit_unavailable`)",
@@ -83,6 +87,9 @@ def _key_schema(*, with_token: bool = False, with_spend: bool = False) -> dict[s
         "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         "stripe_account": {"type": "string", "nullable": True, "pattern": "^acct_"},
+        "rate_limit": {"type": "string", "nullable": True, "example": "10/m"},
+        "max_requests": {"type": "integer", "nullable": True, "minimum": 1},
+        "budget": {**_BUDGET_ID, "nullable": True},
     }
     required = list(properties)
     if with_token:
@@ -92,10 +99,38 @@ def _key_schema(*, with_token: bool = False, with_spend: bool = False) -> dict[s
         properties["spent_today_usd"] = _DECIMAL
         properties["reserved_today_usd"] = _DECIMAL
         properties["unconfirmed_today_usd"] = _DECIMAL
-        required += ["spent_today_usd", "reserved_today_usd", "unconfirmed_today_usd"]
+        properties["requests_used"] = {"type": "integer", "minimum": 0}
+        required += [
+            "spent_today_usd",
+            "reserved_today_usd",
+            "unconfirmed_today_usd",
+            "requests_used",
+        ]
     return {
         "type": "object",
         "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _budget_schema(*, with_spend: bool = False) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "id": _BUDGET_ID,
+        "object": {"type": "string", "enum": ["budget"]},
+        "label": {"type": "string"},
+        "daily_usd_cap": _DECIMAL,
+        "created_at": _TIME,
+        "expires_at": _TIME,
+        "revoked_at": {**_TIME, "nullable": True},
+        "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+        "spent_today_usd": _DECIMAL,
+    }
+    if with_spend:
+        properties["reserved_today_usd"] = _DECIMAL
+    return {
+        "type": "object",
+        "required": list(properties),
         "properties": properties,
         "additionalProperties": False,
     }
@@ -122,6 +157,12 @@ _SCHEMAS: dict[str, Any] = {
             "daily_usd_cap": _DECIMAL,
             "spent_today_usd": _DECIMAL,
             "attempted_usd": _DECIMAL,
+            "rate_limit": {"type": "string"},
+            "retry_after": {"type": "integer", "description": "`rate_limited`: seconds to wait"},
+            "max_requests": {"type": "integer"},
+            "budget": _BUDGET_ID,
+            "budget_daily_usd_cap": _DECIMAL,
+            "budget_spent_today_usd": _DECIMAL,
             "error": {
                 "type": "object",
                 "description": "Stripe's error shape, on `/stripe/...` answers (each vendor's"
@@ -166,6 +207,53 @@ _SCHEMAS: dict[str, Any] = {
                 "nullable": True,
                 "description": "Stripe keys only: the connected account every request acts on",
             },
+            "rate_limit": {
+                "type": "string",
+                "pattern": r"^[1-9][0-9]{0,5}/[smh]$",
+                "nullable": True,
+                "description": "At most N forwarded requests in any window of a second, minute"
+                " or hour (`N/s`, `N/m`, `N/h`), free ones included; N at most 100000",
+            },
+            "max_requests": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 10**12,
+                "nullable": True,
+                "description": "At most so many forwarded requests over the key's life",
+            },
+            "budget": {
+                **_BUDGET_ID,
+                "nullable": True,
+                "description": "A run budget of the same tenant (active): every request must"
+                " fit its daily cap too; the key lives no longer than the budget",
+            },
+        },
+    },
+    "BudgetRequest": {
+        "type": "object",
+        "required": ["daily_usd_cap", "expires_in"],
+        "properties": {
+            "label": {"type": "string", "maxLength": 200},
+            "daily_usd_cap": {
+                "oneOf": [
+                    {"type": "string", "pattern": r"^\d+(\.\d{1,6})?$", "example": "100.00"},
+                    {"type": "number", "minimum": 0},
+                ],
+                "description": "USD per UTC day shared by every key of the budget",
+            },
+            "expires_in": _DURATION,
+        },
+    },
+    "Budget": _budget_schema(),
+    "BudgetWithSpend": _budget_schema(with_spend=True),
+    "BudgetRevocation": {
+        "type": "object",
+        "required": ["id", "object", "status", "revoked_at"],
+        "properties": {
+            "id": _BUDGET_ID,
+            "object": {"type": "string", "enum": ["budget"]},
+            "status": {"type": "string", "enum": ["revoked"]},
+            "revoked_at": _TIME,
         },
     },
     "RevokeKeysRequest": {
@@ -271,6 +359,7 @@ _SCHEMAS: dict[str, Any] = {
             "reserved_usd": _DECIMAL,
             "unconfirmed_usd": _DECIMAL,
             "daily_usd_cap": _DECIMAL,
+            "budget": {**_BUDGET_ID, "nullable": True},
         },
     },
     "KeyList": _list_of("Key"),
@@ -374,7 +463,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _json(_ref("IssuedKey"), "The new key, with its token"),
-                        **_errors(400, 401, 413, 422, 503),
+                        **_errors(400, 401, 404, 413, 422, 503),
                     },
                 },
                 "get": {
@@ -456,6 +545,44 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("Lease"), "What was granted"),
                         **_errors(400, 401, 404, 409, 413, 503),
+                    },
+                },
+            },
+            "/v1/budgets": {
+                "post": {
+                    "operationId": "create_budget",
+                    "summary": "Create a run budget: a daily cap shared by many keys",
+                    "security": admin,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("BudgetRequest")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("Budget"), "The new budget"),
+                        **_errors(400, 401, 413, 503),
+                    },
+                },
+            },
+            "/v1/budgets/{budget_id}": {
+                "parameters": [
+                    {"name": "budget_id", "in": "path", "required": True, "schema": _BUDGET_ID}
+                ],
+                "get": {
+                    "operationId": "get_budget",
+                    "summary": "Describe a budget, with today's spend",
+                    "security": admin,
+                    "responses": {
+                        "200": _json(_ref("BudgetWithSpend"), "The budget"),
+                        **_errors(401, 404, 503),
+                    },
+                },
+                "delete": {
+                    "operationId": "revoke_budget",
+                    "summary": "Revoke a budget and every key drawing from it (idempotent)",
+                    "security": admin,
+                    "responses": {
+                        "200": _json(_ref("BudgetRevocation"), "Revoked, with its keys"),
+                        **_errors(401, 404, 503),
                     },
                 },
             },

@@ -19,6 +19,7 @@ from keybrake._common import (
     format_time,
     format_usd,
     parse_duration,
+    parse_rate,
     to_micros,
 )
 from keybrake.server._keys import (
@@ -44,6 +45,8 @@ from keybrake.server.config import DEFAULT_MAX_LIFETIME_SECONDS
 from keybrake.server.http.errors import error_body, error_response
 from keybrake.server.stores.base import (
     AuditEntry,
+    BudgetInactive,
+    BudgetRecord,
     IdempotencyConflict,
     IdempotentIssue,
     KeyRecord,
@@ -82,6 +85,8 @@ MAX_LIFETIME = timedelta(days=30)
 TOKEN_PREFIX = "vault_key_"
 #: Largest audit entry id a cursor may name (a signed 64-bit integer, as stored).
 MAX_AUDIT_ID = 2**63 - 1
+#: Largest ``max_requests`` a key may have.
+MAX_REQUESTS = 10**12
 
 
 def key_json(key: KeyRecord, now: int, *, spent: int | None = None) -> dict[str, Any]:
@@ -100,6 +105,28 @@ def key_json(key: KeyRecord, now: int, *, spent: int | None = None) -> dict[str,
         "status": key.status(now),
         "metadata": dict(key.metadata),
         "stripe_account": key.stripe_account,
+        "rate_limit": key.rate_limit,
+        "max_requests": key.max_requests,
+        "budget": key.budget_id,
+    }
+    if spent is not None:
+        data["spent_today_usd"] = format_usd(spent)
+    return data
+
+
+def budget_json(budget: BudgetRecord, now: int, *, spent: int | None = None) -> dict[str, Any]:
+    """The public view of a run budget."""
+    data: dict[str, Any] = {
+        "id": budget.id,
+        "object": "budget",
+        "label": budget.label,
+        "daily_usd_cap": format_usd(budget.cap_micros),
+        "created_at": format_time(to_datetime(budget.created_at)),
+        "expires_at": format_time(to_datetime(budget.expires_at)),
+        "revoked_at": None
+        if budget.revoked_at is None
+        else format_time(to_datetime(budget.revoked_at)),
+        "status": budget.status(now),
     }
     if spent is not None:
         data["spent_today_usd"] = format_usd(spent)
@@ -189,11 +216,7 @@ def _check_metadata(metadata: Any) -> None:
         )
 
 
-def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
-    vendor = data.get("vendor")
-    vendors = installed_vendors()
-    if not isinstance(vendor, str) or vendor not in vendors:
-        raise BadRequest(f"'vendor' must be one of {', '.join(vendors)}", param="vendor")
+def _label(data: dict[str, Any]) -> str:
     label = data.get("label", "")
     if not isinstance(label, str) or len(label) > MAX_LABEL:
         raise BadRequest(
@@ -205,6 +228,49 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
             " read as what it is)",
             param="label",
         )
+    return label
+
+
+def _cap(data: dict[str, Any]) -> int:
+    cap = data.get("daily_usd_cap")
+    if isinstance(cap, (float, bool)) or cap is None:
+        raise BadRequest("'daily_usd_cap' must be a USD amount", param="daily_usd_cap")
+    try:
+        return to_micros(cap)
+    except (ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is the latter
+        raise BadRequest(str(exc), param="daily_usd_cap") from None
+
+
+def _brakes(data: dict[str, Any]) -> dict[str, Any]:
+    """``rate_limit``, ``max_requests`` and ``budget`` of an issuance (CONTRACT §3)."""
+    rate_limit = data.get("rate_limit")
+    if rate_limit is not None:
+        try:
+            parse_rate(rate_limit)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="rate_limit") from None
+    max_requests = data.get("max_requests")
+    if max_requests is not None and (
+        not isinstance(max_requests, int)
+        or isinstance(max_requests, bool)
+        or not 1 <= max_requests <= MAX_REQUESTS
+    ):
+        raise BadRequest(
+            f"'max_requests' must be a whole number from 1 to {MAX_REQUESTS}",
+            param="max_requests",
+        )
+    budget = data.get("budget")
+    if budget is not None and (not isinstance(budget, str) or not _can_be_id(budget)):
+        raise BadRequest("'budget' must be a budget id ('bud_...')", param="budget")
+    return {"rate_limit": rate_limit, "max_requests": max_requests, "budget_id": budget}
+
+
+def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
+    vendor = data.get("vendor")
+    vendors = installed_vendors()
+    if not isinstance(vendor, str) or vendor not in vendors:
+        raise BadRequest(f"'vendor' must be one of {', '.join(vendors)}", param="vendor")
+    label = _label(data)
     endpoints = data.get("allowed_endpoints")
     if not isinstance(endpoints, list) or not endpoints or len(endpoints) > MAX_ENDPOINTS:
         raise BadRequest(
@@ -216,13 +282,7 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
             EndpointPattern.parse(pattern)
         except ValueError as exc:
             raise BadRequest(str(exc), param="allowed_endpoints") from None
-    cap = data.get("daily_usd_cap")
-    if isinstance(cap, (float, bool)) or cap is None:
-        raise BadRequest("'daily_usd_cap' must be a USD amount", param="daily_usd_cap")
-    try:
-        cap_micros = to_micros(cap)
-    except (ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is the latter
-        raise BadRequest(str(exc), param="daily_usd_cap") from None
+    cap_micros = _cap(data)
     expires_in = _duration(data, "expires_in")
     if "max_lifetime" not in data:
         max_lifetime = max(expires_in, timedelta(seconds=DEFAULT_MAX_LIFETIME_SECONDS))
@@ -257,6 +317,7 @@ def _parse_issue(data: dict[str, Any]) -> dict[str, Any]:
         "expires_in": expires_in,
         "max_lifetime": max_lifetime,
         "metadata": metadata,
+        **_brakes(data),
     }
 
 
@@ -305,6 +366,18 @@ async def create_key(request: web.Request) -> web.Response:
             return await _replay(request, previous, idem_key, fingerprint)
 
     now = now_micros()
+    expires_at = now + _micros(fields["expires_in"])
+    max_expires_at = now + _micros(fields["max_lifetime"])
+    budget_id = fields["budget_id"]
+    if budget_id is not None:
+        budget = await store.get_budget(tenant, budget_id)
+        if budget is None:
+            return _budget_not_found(budget_id)
+        if budget.status(now) != "active":
+            return _budget_inactive(budget)
+        # A key lives no longer than its budget: the budget is the run.
+        expires_at = min(expires_at, budget.expires_at)
+        max_expires_at = min(max_expires_at, budget.expires_at)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key = KeyRecord(
         id="vk_" + secrets.token_hex(12),
@@ -315,10 +388,13 @@ async def create_key(request: web.Request) -> web.Response:
         allowed_endpoints=fields["allowed_endpoints"],
         cap_micros=fields["cap_micros"],
         created_at=now,
-        expires_at=now + _micros(fields["expires_in"]),
-        max_expires_at=now + _micros(fields["max_lifetime"]),
+        expires_at=expires_at,
+        max_expires_at=max_expires_at,
         metadata=fields["metadata"],
         stripe_account=fields["stripe_account"],
+        rate_limit=fields["rate_limit"],
+        max_requests=fields["max_requests"],
+        budget_id=budget_id,
     )
     idempotency = None
     if idem_key is not None:
@@ -332,7 +408,24 @@ async def create_key(request: web.Request) -> web.Response:
         previous = await store.find_idempotent_issue(tenant, _idem_hash(tenant, idem_key))
         assert previous is not None
         return await _replay(request, previous, idem_key, fingerprint)
+    except BudgetInactive:  # revoked (or expired) since it was looked up
+        return error_response(
+            400, "budget_inactive", f"budget {budget_id!r} is no longer active", param="budget"
+        )
     return web.json_response({**key_json(key, now), "token": token}, status=201)
+
+
+def _budget_not_found(budget_id: str) -> web.Response:
+    return error_response(
+        404, "budget_not_found", f"no budget {budget_id[:MAX_QUERY_VALUE]!r}", param="budget"
+    )
+
+
+def _budget_inactive(budget: BudgetRecord) -> web.Response:
+    status = budget.status(now_micros())
+    return error_response(
+        400, "budget_inactive", f"budget {budget.id!r} is {status}", param="budget"
+    )
 
 
 async def _replay(
@@ -380,6 +473,7 @@ async def get_key(request: web.Request) -> web.Response:
             **key_json(key, now, spent=spend.spent),
             "reserved_today_usd": format_usd(spend.reserved),
             "unconfirmed_today_usd": format_usd(spend.unconfirmed),
+            "requests_used": key.requests_used,
         }
     )
 
@@ -583,6 +677,7 @@ async def list_usage(request: web.Request) -> web.Response:
                     "reserved_usd": format_usd(row.reserved),
                     "unconfirmed_usd": format_usd(row.unconfirmed),
                     "daily_usd_cap": format_usd(row.cap),
+                    "budget": row.budget_id,
                 }
                 for row in rows[:limit]
             ],
@@ -598,6 +693,62 @@ def _bearer(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not token or not token.isascii():
         return None
     return token
+
+
+BUDGET_PREFIX = "bud_"
+
+
+async def create_budget(request: web.Request) -> web.Response:
+    store, tenant = _store(request), await _tenant(request)
+    data = await read_json_object(request)
+    label, cap_micros = _label(data), _cap(data)
+    expires_in = _duration(data, "expires_in")
+    now = now_micros()
+    budget = BudgetRecord(
+        id=BUDGET_PREFIX + secrets.token_hex(12),
+        tenant=tenant,
+        label=label,
+        cap_micros=cap_micros,
+        created_at=now,
+        expires_at=now + _micros(expires_in),
+    )
+    await store.insert_budget(budget)
+    return web.json_response(budget_json(budget, now, spent=0), status=201)
+
+
+async def get_budget(request: web.Request) -> web.Response:
+    store, tenant = _store(request), await _tenant(request)
+    budget_id = request.match_info["budget_id"]
+    budget = await store.get_budget(tenant, budget_id) if _can_be_id(budget_id) else None
+    if budget is None:
+        return _budget_not_found(budget_id)
+    now = now_micros()
+    await request.app[LEDGER].flush()  # spend as of every request answered so far
+    spend = await store.budget_spend(budget.id, utc_day(now))
+    return web.json_response(
+        {
+            **budget_json(budget, now, spent=spend.spent),
+            "reserved_today_usd": format_usd(spend.reserved),
+        }
+    )
+
+
+async def revoke_budget(request: web.Request) -> web.Response:
+    """Revoke a budget and every key drawing from it; idempotent."""
+    tenant, budget_id = await _tenant(request), request.match_info["budget_id"]
+    if not _can_be_id(budget_id):
+        return _budget_not_found(budget_id)
+    budget = await _store(request).revoke_budget(tenant, budget_id, now_micros())
+    if budget is None or budget.revoked_at is None:
+        return _budget_not_found(budget_id)
+    return web.json_response(
+        {
+            "id": budget.id,
+            "object": "budget",
+            "status": "revoked",
+            "revoked_at": format_time(to_datetime(budget.revoked_at)),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -669,6 +820,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/keys/{key_id}", get_key)
     app.router.add_delete("/v1/keys/{key_id}", revoke_key)
     app.router.add_post("/v1/keys/{key_id}/refresh", refresh_key)
+    app.router.add_post("/v1/budgets", create_budget)
+    app.router.add_get("/v1/budgets/{budget_id}", get_budget)
+    app.router.add_delete("/v1/budgets/{budget_id}", revoke_budget)
     app.router.add_get("/v1/audit", list_audit)
     app.router.add_get("/v1/usage", list_usage)
     app.router.add_get("/metrics", metrics)

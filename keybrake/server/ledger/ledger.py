@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from keybrake.server.ledger.audit import AuditLog, redact_entry
 from keybrake.server.stores.base import (
+    AdmitOp,
     AuditEntry,
     AuditOp,
     CorrectPriceOp,
@@ -150,6 +151,31 @@ class Ledger:
             # release of a reservation that doesn't exist changes nothing).
             self._owe(reservation.id, None)
             raise
+
+    async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
+        """Admit a free request of a key with brakes (a rate limit, a use count): checked and
+        counted in one atomic step, and on a batching store in the order asked for, with the
+        reservations of the same turn (like them, it is committed before the request is
+        forwarded). A use counted for a handler cancelled meanwhile stays counted: too many,
+        never too few.
+
+        Raises:
+            StoreUnavailable: the store failed (nothing is forwarded).
+        """
+        if self._batching is None:
+            return await self._store.admit(key_id, now)
+        op = AdmitOp(key_id, now)
+        if self._unfinished == 0:
+            self._queue.append((op, None))
+            results = self._flush_queue()
+            if results is None:
+                raise StoreUnavailable("the ledger could not admit the request")
+            admitted: tuple[ReserveResult, SpendState] = results[-1]
+            return admitted
+        done: asyncio.Future[tuple[ReserveResult, SpendState]]
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(op, done)
+        return await done
 
     async def finish(self, reservation: Reservation | None, settlement: Settlement | None) -> None:
         """Settle (or, without a settlement, release) a reservation, even if cancelled."""
@@ -288,7 +314,7 @@ class Ledger:
         ops = [op for op, _ in live]
         audit = self.audit
         entries: list[AuditEntry] = []
-        if audit is not None and not any(isinstance(op, ReserveOp) for op in ops):
+        if audit is not None and not any(isinstance(op, (ReserveOp, AdmitOp)) for op in ops):
             entries = audit.take(AUDIT_PER_BATCH)
             if entries:
                 ops.append(AuditOp(entries))

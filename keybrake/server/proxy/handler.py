@@ -11,6 +11,15 @@ forwarded unless every check passed.
 Requests that name no key of ours (no token, an unknown one, an unknown vendor) are counted
 in the metrics, not written to the audit log: a flood of them costs no disk.
 
+Brakes (CONTRACT §3): a priced request is admitted (the key's use count and rate limit) and
+reserved against the key's cap and its run budget's in one atomic step of the store; a free
+request of a key with a rate limit or a use count is admitted in one step of its own, and a
+free request of any other key touches no store at all. Refusals are final answers (429
+``uses_exhausted``, ``rate_limited`` with ``Retry-After``, ``budget_exhausted``,
+``cap_exhausted``) and leave nothing counted. An admitted request stays counted even if the
+vendor can't be reached: a loop retrying against a vendor that is down still uses up its
+requests, which is what the brake is for.
+
 Settling: a 2xx settles at what the vendor says it cost (or the estimate, until the vendor
 reports the price); a 4xx means the vendor refused, so the reservation is released; a 5xx,
 a timeout or a connection lost after sending may hide a charge, so the estimate stays
@@ -79,6 +88,7 @@ from keybrake.server.stores.base import (
     Reservation,
     ReserveResult,
     Settlement,
+    SpendState,
     StoreUnavailable,
 )
 from keybrake.server.util import hash_token, now_micros, redact, utc_day
@@ -400,10 +410,15 @@ class ProxyHandler:
                 day=utc_day(now),
                 amount=quote.micros,
                 idem_hash=idem_hash,
+                budget_id=key.budget_id,
+                braked=key.braked,
             )
             result, spend = await ledger.reserve(
                 reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
             )
+            refused = self._braked(facts, key, result, spend, quote.micros)
+            if refused is not None:
+                return refused
             if result is ReserveResult.CAP_EXHAUSTED:
                 return self._refuse(
                     facts,
@@ -419,10 +434,53 @@ class ProxyHandler:
                 reservation = None  # the vendor replays its first answer; counted once
             else:
                 facts.reserved = quote.micros
+        elif key.braked:
+            result, spend = await ledger.admit(key.id, now_micros())
+            refused = self._braked(facts, key, result, spend, 0)
+            if refused is not None:
+                return refused
 
         query = vendor_request.query
         target = vendor.origin.prefix + path + ("?" + query if query else "")
         return await self._forward(decided, facts, target, body, quote, reservation)
+
+    def _braked(
+        self, facts: _Facts, key: KeyRecord, result: ReserveResult, spend: SpendState, micros: int
+    ) -> Answer | None:
+        """The answer to a request refused by a brake other than the key's cap, if it was."""
+        if result is ReserveResult.USES_EXHAUSTED:
+            return self._refuse(
+                facts,
+                429,
+                "uses_exhausted",
+                f"vault key {key.id} has made its {key.max_requests} requests",
+                max_requests=key.max_requests,
+            )
+        if result is ReserveResult.RATE_LIMITED:
+            seconds = max(1, -(-spend.retry_after // 1_000_000))  # whole seconds, rounded up
+            return self._refuse(
+                facts,
+                429,
+                "rate_limited",
+                f"vault key {key.id} is over its rate limit of {key.rate_limit};"
+                f" retry in {seconds}s",
+                headers={"Retry-After": str(seconds)},
+                rate_limit=key.rate_limit,
+                retry_after=seconds,
+            )
+        if result is ReserveResult.BUDGET_EXHAUSTED:
+            return self._refuse(
+                facts,
+                429,
+                "budget_exhausted",
+                f"this request (${format_usd(micros)}) would take budget {key.budget_id}"
+                f" past its daily cap of ${format_usd(spend.budget_cap)}",
+                budget=key.budget_id,
+                budget_daily_usd_cap=format_usd(spend.budget_cap),
+                budget_spent_today_usd=format_usd(spend.budget_spent),
+                attempted_usd=format_usd(micros),
+            )
+        return None
 
     async def _forward(
         self,

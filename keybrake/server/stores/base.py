@@ -14,11 +14,15 @@ __all__ = [
     "PRUNE_CHUNK",
     "AdminToken",
     "AuditEntry",
+    "AdmitOp",
     "AuditOp",
+    "BudgetInactive",
+    "BudgetRecord",
     "CorrectPriceOp",
     "FinishOp",
     "IdempotencyConflict",
     "IdempotentIssue",
+    "KEY_INSERT_COLUMNS",
     "KeyRecord",
     "LedgerEntry",
     "LedgerOp",
@@ -49,6 +53,10 @@ class StoreUnavailable(Exception):
     """The store can't be reached or failed; callers must fail closed."""
 
 
+class BudgetInactive(Exception):
+    """A key was to draw from a budget that is revoked or expired (or not the tenant's)."""
+
+
 class IdempotencyConflict(Exception):
     """Another issuance with the same ``Idempotency-Key`` got there first."""
 
@@ -71,6 +79,40 @@ class KeyRecord:
     metadata: dict[str, str] = attrs.field(factory=dict)
     #: The Stripe connected account every request of this key acts on (``Stripe-Account``).
     stripe_account: str | None = None
+    #: At most so many forwarded requests in any window (``"N/s"``, ``"N/m"``, ``"N/h"``).
+    rate_limit: str | None = None
+    #: At most so many forwarded requests over the key's life.
+    max_requests: int | None = None
+    #: The run budget (``bud_...``) every request also reserves against.
+    budget_id: str | None = None
+    #: Forwarded requests so far, as of the read (never from a cache: see the stores).
+    requests_used: int = 0
+
+    @property
+    def braked(self) -> bool:
+        """Whether forwarding a request has to be admitted by the store (a rate limit or a
+        use count): free requests of other keys never touch the store."""
+        return self.rate_limit is not None or self.max_requests is not None
+
+    def status(self, now: int) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "active"
+
+
+@attrs.frozen
+class BudgetRecord:
+    """A run budget: a daily cap shared by every key drawing from it."""
+
+    id: str
+    tenant: str
+    label: str
+    cap_micros: int
+    created_at: int
+    expires_at: int
+    revoked_at: int | None = None
 
     def status(self, now: int) -> str:
         if self.revoked_at is not None:
@@ -96,6 +138,11 @@ class SpendState:
     #: Of ``spent``, what was counted at its bound because its request's outcome was lost
     #: (a crash between forwarding and settling): the vendor may have charged less.
     unconfirmed: int = 0
+    #: ``RATE_LIMITED``: microseconds until the oldest request in the window leaves it.
+    retry_after: int = 0
+    #: ``BUDGET_EXHAUSTED``: the budget's cap, and its spent plus reserved today.
+    budget_cap: int = 0
+    budget_spent: int = 0
 
 
 @attrs.frozen
@@ -111,13 +158,26 @@ class Reservation:
     day: str
     amount: int
     idem_hash: str | None = None
+    #: The key's run budget: the amount is reserved against it too, in the same step.
+    budget_id: str | None = None
+    #: The key has a rate limit or a use count: the same step admits the request
+    #: (see :class:`AdmitOp`).
+    braked: bool = False
 
 
 class ReserveResult(enum.Enum):
+    """What reserving (or admitting) gave; every result but ``RESERVED``, ``REPLAY`` and
+    ``ADMITTED`` is a refusal that left nothing behind."""
+
     RESERVED = "reserved"
     CAP_EXHAUSTED = "cap_exhausted"
     #: The same vault key already sent this idempotency key: the vendor replays, we don't count.
     REPLAY = "replay"
+    #: A free request passed the key's brakes; its use is counted.
+    ADMITTED = "admitted"
+    RATE_LIMITED = "rate_limited"
+    USES_EXHAUSTED = "uses_exhausted"
+    BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 @attrs.frozen
@@ -137,6 +197,22 @@ class ReserveOp:
     reservation: Reservation
     now: int
     replay_after: int = 0
+
+
+@attrs.define(slots=True)
+class AdmitOp:
+    """Admit a free request of a braked key: check its use count and its rate limit and,
+    if both allow it, count it, in one step; gives ``(ReserveResult, SpendState)``.
+
+    Admission is exact: a key with ``rate_limit`` N per window W has its forwarded requests
+    logged (``key_hits``), and a request is admitted at time t only while fewer than N logged
+    requests fall in ``(t - W, t]`` (a sliding log). Log times never go backwards for a key
+    (a request asked for with an earlier clock is logged at the latest time already logged),
+    so no window of length W ever holds more than N.
+    """
+
+    key_id: str
+    now: int
 
 
 @attrs.define(slots=True)
@@ -165,7 +241,7 @@ class AuditOp:
 
 
 #: One step of :meth:`SQLiteStore.apply_ledger_ops`.
-LedgerOp = ReserveOp | FinishOp | CorrectPriceOp | AuditOp
+LedgerOp = ReserveOp | AdmitOp | FinishOp | CorrectPriceOp | AuditOp
 
 
 @attrs.frozen
@@ -214,6 +290,9 @@ def key_row(key: KeyRecord) -> tuple[Any, ...]:
         key.revoked_at,
         json.dumps(key.metadata),
         key.stripe_account,
+        key.rate_limit,
+        key.max_requests,
+        key.budget_id,
     )
 
 
@@ -239,6 +318,14 @@ def check_revoke_filters(
         raise ValueError("label_prefix is empty: use all=True to revoke every key")
     if metadata is not None and not metadata:
         raise ValueError("metadata is empty: use all=True to revoke every key")
+
+
+#: The columns of :func:`key_row`, in its order.
+KEY_INSERT_COLUMNS = (
+    "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"
+    " expires_at, max_expires_at, revoked_at, metadata, stripe_account, rate_limit,"
+    " max_requests, budget_id"
+)
 
 
 def audit_row(e: AuditEntry) -> tuple[Any, ...]:
@@ -269,6 +356,7 @@ class UsageRow:
     reserved: int
     cap: int
     unconfirmed: int = 0
+    budget_id: str | None = None
 
 
 @attrs.frozen
@@ -289,6 +377,7 @@ class PruneResult:
 
     audit_entries: int = 0
     reservations: int = 0
+    #: Keys' and budgets' spend rows.
     spend_rows: int = 0
 
 
@@ -400,6 +489,20 @@ class Store(Protocol):
 
     async def spend(self, key_id: str, day: str) -> SpendState: ...
 
+    async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
+        """Admit a free request of a braked key (see :class:`AdmitOp`), atomically."""
+        ...
+
+    async def insert_budget(self, budget: BudgetRecord) -> None: ...
+
+    async def get_budget(self, tenant: str, budget_id: str) -> BudgetRecord | None: ...
+
+    async def budget_spend(self, budget_id: str, day: str) -> SpendState: ...
+
+    async def revoke_budget(self, tenant: str, budget_id: str, now: int) -> BudgetRecord | None:
+        """Revoke a budget and every key drawing from it, in one transaction."""
+        ...
+
     async def unconfirmed(self, day: str) -> int:
         """Spend of ``day`` counted at its bound because its outcome was lost, in total."""
         ...
@@ -412,7 +515,11 @@ class Store(Protocol):
 
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
-    ) -> tuple[ReserveResult, SpendState]: ...
+    ) -> tuple[ReserveResult, SpendState]:
+        """Reserve against the key's cap and, with ``budget_id``, its budget's; with
+        ``braked``, admit the request too (:class:`AdmitOp`): all in one atomic step, and
+        nothing of it happens unless all of it does."""
+        ...
 
     async def settle(self, reservation_id: str, settlement: Settlement, now: int) -> bool: ...
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from keybrake.server.stores.base import (
     AuditEntry,
+    BudgetRecord,
     KeyRecord,
 )
 
@@ -30,6 +31,22 @@ def _key(row: Any) -> KeyRecord:
         revoked_at=None if row["revoked_at"] is None else int(row["revoked_at"]),
         metadata=dict(json.loads(row["metadata"])),
         stripe_account=row["stripe_account"],
+        rate_limit=row["rate_limit"],
+        max_requests=row["max_requests"],
+        budget_id=row["budget_id"],
+        requests_used=int(row["requests_used"]),
+    )
+
+
+def _budget(row: Any) -> BudgetRecord:
+    return BudgetRecord(
+        id=row["id"],
+        tenant=row["tenant"],
+        label=row["label"],
+        cap_micros=int(row["cap_micros"]),
+        created_at=int(row["created_at"]),
+        expires_at=int(row["expires_at"]),
+        revoked_at=None if row["revoked_at"] is None else int(row["revoked_at"]),
     )
 
 
@@ -91,7 +108,7 @@ WITH r AS (
         WHERE state = 'pending' AND coalesce(lease_until, 0) < $2
         LIMIT $3 FOR UPDATE SKIP LOCKED
     )
-    RETURNING key_id, day, amount
+    RETURNING key_id, day, amount, budget_id
 ), t AS (
     SELECT key_id, day, sum(amount) AS total FROM r GROUP BY key_id, day
 ), s AS (
@@ -99,29 +116,71 @@ WITH r AS (
         unconfirmed = s.unconfirmed + t.total
     FROM t WHERE s.key_id = t.key_id AND s.day = t.day
     RETURNING 1
+), bt AS (
+    SELECT budget_id, day, sum(amount) AS total FROM r WHERE budget_id IS NOT NULL
+    GROUP BY budget_id, day
+), b AS (
+    UPDATE budget_spend AS b SET reserved = b.reserved - bt.total, spent = b.spent + bt.total
+    FROM bt WHERE b.budget_id = bt.budget_id AND b.day = bt.day
+    RETURNING 1
 )
 SELECT count(*), coalesce(sum(amount), 0) FROM r
 """
+# Settling and releasing move the key's spend row, then its budget's (the order reserving
+# takes them in too, so two transactions never wait for each other in a circle).
 _SETTLE = """
 WITH r AS (
     UPDATE reservations SET state = 'settled', settled_amount = $1, final = $2,
         vendor_request_id = $3, object_id = $4, finished_at = $5
     WHERE id = $6 AND state = 'pending'
-    RETURNING key_id, day, amount
+    RETURNING key_id, day, amount, budget_id
+), s AS (
+    UPDATE spend AS s SET reserved = s.reserved - r.amount, spent = s.spent + $1
+    FROM r WHERE s.key_id = r.key_id AND s.day = r.day
+    RETURNING 1
+), b AS (
+    UPDATE budget_spend AS b SET reserved = b.reserved - r.amount, spent = b.spent + $1
+    FROM r WHERE b.budget_id = r.budget_id AND b.day = r.day
+    RETURNING 1
 )
-UPDATE spend AS s SET reserved = s.reserved - r.amount, spent = s.spent + $1
-FROM r WHERE s.key_id = r.key_id AND s.day = r.day
-RETURNING 1
+SELECT 1 FROM s
 """
 _RELEASE = """
 WITH r AS (
     UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = $1
     WHERE id = $2 AND state = 'pending'
-    RETURNING key_id, day, amount
+    RETURNING key_id, day, amount, budget_id
+), s AS (
+    UPDATE spend AS s SET reserved = s.reserved - r.amount
+    FROM r WHERE s.key_id = r.key_id AND s.day = r.day
+    RETURNING 1
+), b AS (
+    UPDATE budget_spend AS b SET reserved = b.reserved - r.amount
+    FROM r WHERE b.budget_id = r.budget_id AND b.day = r.day
+    RETURNING 1
 )
-UPDATE spend AS s SET reserved = s.reserved - r.amount
-FROM r WHERE s.key_id = r.key_id AND s.day = r.day
-RETURNING 1
+SELECT 1 FROM s
+"""
+# A reservation with a budget or brakes, step by step in one transaction (see
+# PostgresStore._reserve_in_steps): the key's spend row, then the budget's.
+_RESERVE_KEY = """
+INSERT INTO spend AS s (key_id, day, spent, reserved)
+SELECT $1, $2, 0, $3 FROM keys WHERE id = $1 AND $3 <= cap_micros
+ON CONFLICT (key_id, day) DO UPDATE SET reserved = s.reserved + EXCLUDED.reserved
+WHERE s.spent + s.reserved + EXCLUDED.reserved <= (SELECT cap_micros FROM keys WHERE id = $1)
+RETURNING s.spent, s.reserved
+"""
+_RESERVE_BUDGET = """
+INSERT INTO budget_spend AS s (budget_id, day, spent, reserved)
+SELECT $1, $2, 0, $3 FROM budgets WHERE id = $1 AND $3 <= cap_micros
+ON CONFLICT (budget_id, day) DO UPDATE SET reserved = s.reserved + EXCLUDED.reserved
+WHERE s.spent + s.reserved + EXCLUDED.reserved <= (SELECT cap_micros FROM budgets WHERE id = $1)
+RETURNING s.spent, s.reserved
+"""
+_RECORD = """
+INSERT INTO reservations
+    (id, key_id, day, amount, state, idem_hash, created_at, owner, lease_until, budget_id)
+VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9)
 """
 
 _STATUS_FILTERS = {

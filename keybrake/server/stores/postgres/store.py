@@ -31,11 +31,16 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from keybrake._common import format_usd
+import attrs
+
+from keybrake._common import format_usd, parse_rate
 from keybrake.server.stores.base import (
+    KEY_INSERT_COLUMNS,
     PRUNE_CHUNK,
     AdminToken,
     AuditEntry,
+    BudgetInactive,
+    BudgetRecord,
     IdempotencyConflict,
     IdempotentIssue,
     KeyRecord,
@@ -53,12 +58,16 @@ from keybrake.server.stores.base import (
     like_prefix,
 )
 from keybrake.server.stores.postgres.sql import (
+    _RECORD,
     _RELEASE,
     _RESERVE,
+    _RESERVE_BUDGET,
+    _RESERVE_KEY,
     _RESOLVE_ABANDONED,
     _SETTLE,
     _STATUS_FILTERS,
     _audit,
+    _budget,
     _key,
 )
 from keybrake.server.util import utc_day
@@ -85,6 +94,7 @@ MIGRATIONS = (
     "postgres_001_initial.sql",
     "postgres_002_stripe_account.sql",
     "postgres_003_unconfirmed.sql",
+    "postgres_004_brakes.sql",
 )
 #: Seconds a replica's hold on its pending reservations lasts unless renewed (it renews
 #: every third of it); ``?lease_seconds=N`` in the URL changes it.
@@ -116,6 +126,14 @@ def _split_url(url: str) -> tuple[str, str | None, int, float]:
     if not 0.1 <= lease <= 3600:
         raise ValueError("lease_seconds must be from 0.1 to 3600")
     return dsn, ours.get("schema") or None, pool_size, lease
+
+
+class _Refusal(Exception):
+    """Rolls a reservation's transaction back: a later step refused what earlier ones wrote."""
+
+    def __init__(self, result: ReserveResult, state: SpendState) -> None:
+        super().__init__(result.value)
+        self.result, self.state = result, state
 
 
 class SchemaMismatch(StoreUnavailable):
@@ -248,7 +266,7 @@ class PostgresStore:
         try:
             async with pool.acquire() as conn:
                 yield conn
-        except (IdempotencyConflict, StoreUnavailable):
+        except (IdempotencyConflict, BudgetInactive, StoreUnavailable, _Refusal):
             raise
         except Exception as exc:
             # Refused or reset connections, a server shutting down, a connection left in a
@@ -370,11 +388,20 @@ class PostgresStore:
         self, key: KeyRecord, *, idempotency: tuple[str, IdempotentIssue] | None = None
     ) -> None:
         async def insert(c: Any) -> None:
+            if key.budget_id is not None:
+                # FOR SHARE: a revocation of the budget waits for this key, then revokes it.
+                active = await c.fetchval(
+                    "SELECT 1 FROM budgets WHERE id = $1 AND tenant = $2 AND revoked_at IS NULL"
+                    " AND expires_at > $3 FOR SHARE",
+                    key.budget_id,
+                    key.tenant,
+                    key.created_at,
+                )
+                if active is None:
+                    raise BudgetInactive(key.budget_id)
             await c.execute(
-                "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
-                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata,"
-                " stripe_account)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                f"INSERT INTO keys ({KEY_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+                " $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 *key_row(key),
             )
             if idempotency is not None:
@@ -502,6 +529,66 @@ class PostgresStore:
         rows = await self._run(lambda c: c.fetch(sql, *args))
         return sorted(str(row["id"]) for row in rows)
 
+    # -- budgets ----------------------------------------------------------------------------
+
+    async def insert_budget(self, budget: BudgetRecord) -> None:
+        b = budget
+        await self._run(
+            lambda c: c.execute(
+                "INSERT INTO budgets (id, tenant, label, cap_micros, created_at, expires_at,"
+                " revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                b.id,
+                b.tenant,
+                b.label,
+                b.cap_micros,
+                b.created_at,
+                b.expires_at,
+                b.revoked_at,
+            )
+        )
+
+    async def get_budget(self, tenant: str, budget_id: str) -> BudgetRecord | None:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT * FROM budgets WHERE tenant = $1 AND id = $2", tenant, budget_id
+            )
+        )
+        return None if row is None else _budget(row)
+
+    async def budget_spend(self, budget_id: str, day: str) -> SpendState:
+        row = await self._run(
+            lambda c: c.fetchrow(
+                "SELECT spent, reserved FROM budget_spend WHERE budget_id = $1 AND day = $2",
+                budget_id,
+                day,
+            )
+        )
+        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+    async def revoke_budget(self, tenant: str, budget_id: str, now: int) -> BudgetRecord | None:
+        """Revoke a budget and its keys in one transaction; a key being issued into it
+        meanwhile is waited for (it holds the budget's row), then revoked too."""
+
+        async def revoke(c: Any) -> Any:
+            row = await c.fetchrow(
+                "UPDATE budgets SET revoked_at = coalesce(revoked_at, $1)"
+                " WHERE tenant = $2 AND id = $3 RETURNING *",
+                now,
+                tenant,
+                budget_id,
+            )
+            await c.execute(
+                "UPDATE keys SET revoked_at = $1 WHERE tenant = $2 AND budget_id = $3"
+                " AND revoked_at IS NULL",
+                now,
+                tenant,
+                budget_id,
+            )
+            return row
+
+        row = await self._run(revoke, transaction=True)
+        return None if row is None else _budget(row)
+
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int
     ) -> KeyRecord | None:
@@ -555,16 +642,105 @@ class PostgresStore:
         )
         return int(value)
 
+    async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
+        """Admit a free request of a braked key: one transaction holding the key's row
+        (``FOR UPDATE``), so admissions of one key take turns across every replica."""
+
+        async def admit(c: Any) -> tuple[ReserveResult, SpendState]:
+            checked = await _check_brakes(c, key_id, now)
+            if not isinstance(checked, _Admitted):
+                return checked
+            await _count_use(c, checked)
+            return ReserveResult.ADMITTED, SpendState(0, 0)
+
+        return await self._run(admit, transaction=True)
+
+    async def _reserve_in_steps(
+        self, r: Reservation, now: int, replay_after: int, lease: int
+    ) -> tuple[ReserveResult, SpendState]:
+        """A reservation with brakes or a budget: one transaction that holds the key's row
+        (brakes), the key's spend row, then the budget's, checking each as it goes; a
+        refusal rolls back whatever the steps before it wrote."""
+
+        async def steps(c: Any) -> tuple[ReserveResult, SpendState]:
+            admitted = None
+            if r.braked:
+                checked = await _check_brakes(c, r.key_id, now)
+                if not isinstance(checked, _Admitted):
+                    return checked
+                admitted = checked
+            if r.idem_hash is not None:
+                await c.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1::text || ':' || $2::text))",
+                    r.key_id,
+                    r.idem_hash,
+                )
+                earlier = await c.fetchval(
+                    "SELECT 1 FROM reservations WHERE key_id = $1 AND idem_hash = $2"
+                    " AND state = 'settled' AND created_at >= $3 LIMIT 1",
+                    r.key_id,
+                    r.idem_hash,
+                    replay_after,
+                )
+                if earlier is not None:
+                    if admitted is not None:
+                        await _count_use(c, admitted)
+                    return ReserveResult.REPLAY, SpendState(0, 0)
+            key = await c.fetchrow(_RESERVE_KEY, r.key_id, r.day, r.amount)
+            if key is None:
+                return ReserveResult.CAP_EXHAUSTED, SpendState(0, 0)
+            if (
+                r.budget_id is not None
+                and await c.fetchrow(_RESERVE_BUDGET, r.budget_id, r.day, r.amount) is None
+            ):
+                cap = await c.fetchval("SELECT cap_micros FROM budgets WHERE id = $1", r.budget_id)
+                used = await c.fetchval(
+                    "SELECT spent + reserved FROM budget_spend WHERE budget_id = $1 AND day = $2",
+                    r.budget_id,
+                    r.day,
+                )
+                raise _Refusal(
+                    ReserveResult.BUDGET_EXHAUSTED,
+                    SpendState(0, 0, budget_cap=int(cap or 0), budget_spent=int(used or 0)),
+                )
+            await c.execute(
+                _RECORD,
+                r.id,
+                r.key_id,
+                r.day,
+                r.amount,
+                r.idem_hash,
+                now,
+                self.replica,
+                lease,
+                r.budget_id,
+            )
+            if admitted is not None:
+                await _count_use(c, admitted)
+            return ReserveResult.RESERVED, SpendState(int(key["spent"]), int(key["reserved"]))
+
+        try:
+            result, state = await self._run(steps, transaction=True)
+        except _Refusal as refusal:
+            return refusal.result, refusal.state
+        if result in (ReserveResult.CAP_EXHAUSTED, ReserveResult.REPLAY):
+            return result, await self.spend(r.key_id, r.day)
+        return result, state
+
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
     ) -> tuple[ReserveResult, SpendState]:
         """Reserve in one statement (one round trip), committed durably before it answers.
 
         Concurrent reservations on the same key and day wait for each other on the spend
-        row and re-check the cap against what is committed.
+        row and re-check the cap against what is committed. A reservation with a budget or
+        brakes takes a few statements in one transaction instead
+        (:meth:`_reserve_in_steps`).
         """
         r = reservation
         lease = now + int(self.lease_seconds * 1_000_000)
+        if r.budget_id is not None or r.braked:
+            return await self._reserve_in_steps(r, now, replay_after, lease)
         args = (
             r.key_id,
             r.day,
@@ -613,7 +789,7 @@ class PostgresStore:
     async def correct_price(self, object_id: str, actual: int, now: int) -> bool:
         async def correct(c: Any) -> bool:
             row = await c.fetchrow(
-                "SELECT id, key_id, day, settled_amount FROM reservations"
+                "SELECT id, key_id, day, settled_amount, budget_id FROM reservations"
                 " WHERE object_id = $1 AND NOT final AND state = 'settled'"
                 " LIMIT 1 FOR UPDATE",
                 object_id,
@@ -634,6 +810,15 @@ class PostgresStore:
                 row["key_id"],
                 row["day"],
             )
+            if row["budget_id"] is not None:
+                await c.execute(
+                    "UPDATE budget_spend SET spent = spent - $1 + $2"
+                    " WHERE budget_id = $3 AND day = $4",
+                    row["settled_amount"],
+                    actual,
+                    row["budget_id"],
+                    row["day"],
+                )
             return True
 
         return await self._run(correct, transaction=True)
@@ -715,14 +900,15 @@ class PostgresStore:
             args.extend(starting_after)
             where.append(f"(s.day, s.key_id) < (${len(args) - 1}, ${len(args)})")
         sql = (
-            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed"
-            " FROM spend s JOIN keys k ON k.id = s.key_id"
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed,"
+            " k.budget_id FROM spend s JOIN keys k ON k.id = s.key_id"
             f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC"
             f" LIMIT ${len(args) + 1}"
         )
         rows = await self._run(lambda c: c.fetch(sql, *args, limit))
         return [
-            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows
+            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7])
+            for r in rows
         ]
 
     async def count_active_keys(self, now: int) -> int:
@@ -750,6 +936,9 @@ class PostgresStore:
             "reservations", "state <> 'pending' AND finished_at < $1", before
         )
         spend = await self._prune_where("spend", "day < $1 AND reserved = 0", utc_day(before))
+        spend += await self._prune_where(
+            "budget_spend", "day < $1 AND reserved = 0", utc_day(before)
+        )
         return PruneResult(audit, reservations, spend)
 
     async def _prune_audit(self, before: int) -> int:
@@ -777,6 +966,55 @@ class PostgresStore:
             deleted += n
             if n < PRUNE_CHUNK:
                 return deleted
+
+
+@attrs.frozen
+class _Admitted:
+    """A request that passed its key's brakes, to count once it is forwarded."""
+
+    key_id: str
+    #: Where the request goes in the key's log (None: the key has no rate limit).
+    at: int | None
+
+
+async def _check_brakes(
+    c: Any, key_id: str, now: int
+) -> _Admitted | tuple[ReserveResult, SpendState]:
+    """The key's use count, then its rate limit (a sliding log: see ``AdmitOp``), holding the
+    key's row until the transaction ends.
+
+    Returns:
+        What to count once the request is admitted, or a refusal.
+    """
+    row = await c.fetchrow(
+        "SELECT rate_limit, max_requests, requests_used FROM keys WHERE id = $1 FOR UPDATE",
+        key_id,
+    )
+    if row is None:
+        return _Admitted(key_id, None)
+    if row["max_requests"] is not None and row["requests_used"] >= row["max_requests"]:
+        return ReserveResult.USES_EXHAUSTED, SpendState(0, 0)
+    if row["rate_limit"] is None:
+        return _Admitted(key_id, None)
+    limit, seconds = parse_rate(row["rate_limit"])
+    window = seconds * 1_000_000
+    latest = await c.fetchval("SELECT max(at) FROM key_hits WHERE key_id = $1", key_id)
+    at = now if latest is None else max(now, int(latest))  # the log never goes backwards
+    await c.execute("DELETE FROM key_hits WHERE key_id = $1 AND at <= $2", key_id, at - window)
+    hits = await c.fetchrow(
+        "SELECT count(*) AS n, min(at) AS oldest FROM key_hits WHERE key_id = $1", key_id
+    )
+    if hits["n"] >= limit:
+        retry = int(hits["oldest"]) + window - now
+        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=retry)
+    return _Admitted(key_id, at)
+
+
+async def _count_use(c: Any, admitted: _Admitted) -> None:
+    key_id = admitted.key_id
+    await c.execute("UPDATE keys SET requests_used = requests_used + 1 WHERE id = $1", key_id)
+    if admitted.at is not None:
+        await c.execute("INSERT INTO key_hits (key_id, at) VALUES ($1, $2)", key_id, admitted.at)
 
 
 async def _prune_audit_chunk(c: Any, *, after: int, before: int) -> tuple[int, int | None]:

@@ -10,10 +10,13 @@ from typing import Any, TypeVar
 
 import attrs
 
+from keybrake._common import parse_rate
 from keybrake.server.stores.base import (
     PRUNE_CHUNK,
+    AdmitOp,
     AuditEntry,
     AuditOp,
+    BudgetRecord,
     FinishOp,
     KeyRecord,
     LedgerOp,
@@ -124,13 +127,17 @@ class _Batch:
             if op.reservation_id in self.new:
                 self.write_out()
             return self.finish(op)
-        if isinstance(op, ReserveOp) and op.reservation.idem_hash is None:
+        if isinstance(op, ReserveOp) and _plain(op.reservation):
             return self.reserve(op.reservation, op.now)
         if isinstance(op, AuditOp):
             return _insert_audit(c, op.entries)  # its own table: nothing pending to write
+        if isinstance(op, AdmitOp):
+            # Its own tables (the key's use count and hits): nothing pending to write, and
+            # still checked in the order the admissions were asked for.
+            return _admit(c, op.key_id, op.now)
         self.write_out()
         self.spend.clear()  # the slow path may change any spend row
-        if isinstance(op, ReserveOp):  # one with an idempotency key: it may be a replay
+        if isinstance(op, ReserveOp):  # a replay, a budget or brakes: the full statement
             return _reserve(c, op.reservation, op.now, op.replay_after)
         return _correct_price(c, op.object_id, op.actual, op.now)
 
@@ -204,9 +211,78 @@ class _Batch:
         self.deltas.clear()
 
 
+def _plain(r: Reservation) -> bool:
+    """Whether a reservation is only the key's cap (the batch's fast path)."""
+    return r.idem_hash is None and r.budget_id is None and not r.braked
+
+
+@attrs.frozen
+class _Admitted:
+    """A request that passed its key's brakes, to count once it is forwarded."""
+
+    key_id: str
+    #: Where the request goes in the key's log (None: the key has no rate limit).
+    at: int | None
+
+
+def _check_brakes(
+    c: sqlite3.Connection, key_id: str, now: int
+) -> _Admitted | tuple[ReserveResult, SpendState]:
+    """The key's use count, then its rate limit (a sliding log: see ``AdmitOp``).
+
+    Runs inside the write transaction (``BEGIN IMMEDIATE``), so nothing else writes between
+    this check and the count.
+    """
+    row = c.execute(
+        "SELECT rate_limit, max_requests, requests_used FROM keys WHERE id = ?", (key_id,)
+    ).fetchone()
+    if row is None:
+        return _Admitted(key_id, None)  # no such key: the reservation refuses it
+    rate, max_requests, used = row
+    if max_requests is not None and used >= max_requests:
+        return ReserveResult.USES_EXHAUSTED, SpendState(0, 0)
+    if rate is None:
+        return _Admitted(key_id, None)
+    limit, seconds = parse_rate(rate)
+    window = seconds * 1_000_000
+    latest = c.execute("SELECT max(at) FROM key_hits WHERE key_id = ?", (key_id,)).fetchone()[0]
+    at = now if latest is None else max(now, int(latest))  # the log never goes backwards
+    c.execute("DELETE FROM key_hits WHERE key_id = ? AND at <= ?", (key_id, at - window))
+    count, oldest = c.execute(
+        "SELECT count(*), min(at) FROM key_hits WHERE key_id = ?", (key_id,)
+    ).fetchone()
+    if count >= limit:
+        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=oldest + window - now)
+    return _Admitted(key_id, at)
+
+
+def _count_use(c: sqlite3.Connection, admitted: _Admitted) -> None:
+    c.execute("UPDATE keys SET requests_used = requests_used + 1 WHERE id = ?", (admitted.key_id,))
+    if admitted.at is not None:
+        c.execute("INSERT INTO key_hits (key_id, at) VALUES (?, ?)", (admitted.key_id, admitted.at))
+
+
+def _admit(c: sqlite3.Connection, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
+    """Admit a free request of a braked key (``AdmitOp``)."""
+    checked = _check_brakes(c, key_id, now)
+    if isinstance(checked, tuple):
+        return checked
+    _count_use(c, checked)
+    return ReserveResult.ADMITTED, SpendState(0, 0)
+
+
 def _reserve(
     c: sqlite3.Connection, r: Reservation, now: int, replay_after: int
 ) -> tuple[ReserveResult, SpendState]:
+    """Admit (``r.braked``), then reserve against the key's cap and its budget's: every check
+    is made before anything is written, in the write transaction, so a refusal leaves
+    nothing behind."""
+    admitted = None
+    if r.braked:
+        checked = _check_brakes(c, r.key_id, now)
+        if isinstance(checked, tuple):
+            return checked
+        admitted = checked
     if r.idem_hash is not None:
         # Only a request already counted makes a replay free: one still in flight may yet be
         # refused (and released), and the vendor answers a concurrent repeat with an error.
@@ -216,7 +292,19 @@ def _reserve(
             (r.key_id, r.idem_hash, replay_after),
         ).fetchone()
         if earlier is not None:
+            if admitted is not None:
+                _count_use(c, admitted)  # forwarded all the same: the vendor replays
             return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
+    if r.budget_id is not None:
+        cap, used = c.execute(
+            "SELECT b.cap_micros, coalesce(s.spent + s.reserved, 0) FROM budgets b"
+            " LEFT JOIN budget_spend s ON s.budget_id = b.id AND s.day = ? WHERE b.id = ?",
+            (r.day, r.budget_id),
+        ).fetchone() or (0, 0)
+        if used + r.amount > cap:
+            return ReserveResult.BUDGET_EXHAUSTED, SpendState(
+                0, 0, budget_cap=int(cap), budget_spent=int(used)
+            )
     # The whole check-and-add is this one statement: it creates the day's row, or adds to it,
     # only while spent + reserved + x stays within the cap.
     row = c.execute(
@@ -229,18 +317,28 @@ def _reserve(
     ).fetchone()
     if row is None:
         return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
+    if r.budget_id is not None:
+        c.execute(
+            "INSERT INTO budget_spend (budget_id, day, spent, reserved) VALUES (?, ?, 0, ?)"
+            " ON CONFLICT (budget_id, day) DO UPDATE SET reserved = reserved + excluded.reserved",
+            (r.budget_id, r.day, r.amount),
+        )
     c.execute(
-        "INSERT INTO reservations (id, key_id, day, amount, state, idem_hash, created_at)"
-        " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-        (r.id, r.key_id, r.day, r.amount, r.idem_hash, now),
+        "INSERT INTO reservations"
+        " (id, key_id, day, amount, state, idem_hash, created_at, budget_id)"
+        " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+        (r.id, r.key_id, r.day, r.amount, r.idem_hash, now, r.budget_id),
     )
+    if admitted is not None:
+        _count_use(c, admitted)
     return ReserveResult.RESERVED, SpendState(int(row[0]), int(row[1]))
 
 
 def _mark_finished(
     c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int
 ) -> tuple[str, str, int, int] | None:
-    """Settle (or, without ``s``, release) a pending reservation's row.
+    """Settle (or, without ``s``, release) a pending reservation's row, and move its
+    budget's spend row (the key's is the caller's).
 
     Returns:
         ``(key id, day, reserved amount, settled amount)`` for the spend row to move, or
@@ -249,18 +347,24 @@ def _mark_finished(
     if s is None:
         row = c.execute(
             "UPDATE reservations SET state = 'released', settled_amount = 0, finished_at = ?"
-            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount, budget_id",
             (now, reservation_id),
         ).fetchone()
     else:
         row = c.execute(
             "UPDATE reservations SET state = 'settled', settled_amount = ?, final = ?,"
             " vendor_request_id = ?, object_id = ?, finished_at = ?"
-            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount",
+            " WHERE id = ? AND state = 'pending' RETURNING key_id, day, amount, budget_id",
             (s.actual, int(s.final), s.vendor_request_id, s.object_id, now, reservation_id),
         ).fetchone()
     if row is None:
         return None
+    if row[3] is not None:
+        c.execute(
+            "UPDATE budget_spend SET reserved = reserved - ?, spent = spent + ?"
+            " WHERE budget_id = ? AND day = ?",
+            (int(row[2]), 0 if s is None else s.actual, row[3], row[1]),
+        )
     return str(row[0]), str(row[1]), int(row[2]), 0 if s is None else s.actual
 
 
@@ -278,10 +382,15 @@ def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, no
 
 def _correct_price(c: sqlite3.Connection, object_id: str, actual: int, now: int) -> bool:
     row = c.execute(
-        "SELECT id, key_id, day, settled_amount FROM reservations"
+        "SELECT id, key_id, day, settled_amount, budget_id FROM reservations"
         " WHERE object_id = ? AND final = 0 AND state = 'settled'",
         (object_id,),
     ).fetchone()
+    if row is not None and row[4] is not None:
+        c.execute(
+            "UPDATE budget_spend SET spent = spent - ? + ? WHERE budget_id = ? AND day = ?",
+            (row[3], actual, row[4], row[2]),
+        )
     if row is not None:
         c.execute(
             "UPDATE reservations SET settled_amount = ?, final = 1, finished_at = ? WHERE id = ?",
@@ -322,6 +431,13 @@ def _resolve_pending(c: sqlite3.Connection, now: int) -> tuple[int, int]:
                 " FROM (SELECT key_id, day, sum(amount) AS total FROM reservations"
                 "       WHERE state = 'pending' GROUP BY key_id, day) AS p"
                 " WHERE spend.key_id = p.key_id AND spend.day = p.day"
+            )
+            c.execute(
+                "UPDATE budget_spend SET reserved = reserved - p.total, spent = spent + p.total"
+                " FROM (SELECT budget_id, day, sum(amount) AS total FROM reservations"
+                "       WHERE state = 'pending' AND budget_id IS NOT NULL"
+                "       GROUP BY budget_id, day) AS p"
+                " WHERE budget_spend.budget_id = p.budget_id AND budget_spend.day = p.day"
             )
             c.execute(
                 "UPDATE reservations SET state = 'settled', settled_amount = amount,"
@@ -368,7 +484,8 @@ _STATUS_FILTERS = {
 
 _KEY_COLUMNS = (
     "id, tenant, token_hash, vendor, label, allowed_endpoints, cap_micros, created_at,"
-    " expires_at, max_expires_at, revoked_at, metadata, stripe_account"
+    " expires_at, max_expires_at, revoked_at, metadata, stripe_account, rate_limit,"
+    " max_requests, budget_id, requests_used"
 )
 
 
@@ -387,4 +504,23 @@ def _key_from_row(row: Any) -> KeyRecord:
         revoked_at=None if row[10] is None else int(row[10]),
         metadata=dict(json.loads(row[11])),
         stripe_account=row[12],
+        rate_limit=row[13],
+        max_requests=row[14],
+        budget_id=row[15],
+        requests_used=int(row[16]),
+    )
+
+
+_BUDGET_COLUMNS = "id, tenant, label, cap_micros, created_at, expires_at, revoked_at"
+
+
+def _budget_from_row(row: Any) -> BudgetRecord:
+    return BudgetRecord(
+        id=row[0],
+        tenant=row[1],
+        label=row[2],
+        cap_micros=int(row[3]),
+        created_at=int(row[4]),
+        expires_at=int(row[5]),
+        revoked_at=None if row[6] is None else int(row[6]),
     )

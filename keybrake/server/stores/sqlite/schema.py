@@ -42,9 +42,35 @@ CREATE TABLE IF NOT EXISTS keys (
     max_expires_at INTEGER NOT NULL,
     revoked_at INTEGER,
     metadata TEXT NOT NULL,
-    stripe_account TEXT
+    stripe_account TEXT,
+    rate_limit TEXT,
+    max_requests INTEGER,
+    requests_used INTEGER NOT NULL DEFAULT 0,
+    budget_id TEXT
 );
 CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
+CREATE INDEX IF NOT EXISTS keys_budget ON keys (budget_id) WHERE budget_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS key_hits (
+    key_id TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_hits_key ON key_hits (key_id, at);
+CREATE TABLE IF NOT EXISTS budgets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    label TEXT NOT NULL,
+    cap_micros INTEGER NOT NULL CHECK (cap_micros >= 0),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS budget_spend (
+    budget_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    PRIMARY KEY (budget_id, day)
+);
 CREATE TABLE IF NOT EXISTS issue_idempotency (
     tenant TEXT NOT NULL,
     idem_hash TEXT NOT NULL,
@@ -75,7 +101,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     object_id TEXT,
     vendor_request_id TEXT,
     created_at INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    budget_id TEXT
 );
 CREATE INDEX IF NOT EXISTS reservations_key ON reservations (key_id, created_at);
 CREATE INDEX IF NOT EXISTS reservations_idem ON reservations (key_id, idem_hash)
@@ -93,7 +120,16 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE reservations ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE spend ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
     ),
+    # Brakes for loops: rate limits and use counts per key, run budgets (their tables are
+    # new, so _SCHEMA creates them).
+    5: (
+        "ALTER TABLE keys ADD COLUMN rate_limit TEXT",
+        "ALTER TABLE keys ADD COLUMN max_requests INTEGER",
+        "ALTER TABLE keys ADD COLUMN requests_used INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE keys ADD COLUMN budget_id TEXT",
+        "ALTER TABLE reservations ADD COLUMN budget_id TEXT",
+    ),
 }
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: The oldest schema version this keybrake upgrades.
 OLDEST_SCHEMA_VERSION = 2

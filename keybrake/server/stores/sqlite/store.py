@@ -28,8 +28,11 @@ from typing import Any, TypeVar
 
 from keybrake._common import format_usd
 from keybrake.server.stores.base import (
+    KEY_INSERT_COLUMNS,
     AdminToken,
     AuditEntry,
+    BudgetInactive,
+    BudgetRecord,
     IdempotencyConflict,
     IdempotentIssue,
     KeyRecord,
@@ -48,10 +51,13 @@ from keybrake.server.stores.base import (
 from keybrake.server.stores.sqlite.lock import _ServeLock
 from keybrake.server.stores.sqlite.rows import (
     _AUDIT_COLUMNS,
+    _BUDGET_COLUMNS,
     _KEY_COLUMNS,
     _STATUS_FILTERS,
+    _admit,
     _audit_from_row,
     _Batch,
+    _budget_from_row,
     _correct_price,
     _finish,
     _in_transaction,
@@ -370,13 +376,14 @@ class SQLiteStore:
             where.append("(s.day, s.key_id) < (?, ?)")
             params.extend(starting_after)
         sql = (
-            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed"
-            " FROM spend s JOIN keys k ON k.id = s.key_id"
+            "SELECT s.key_id, k.label, s.day, s.spent, s.reserved, k.cap_micros, s.unconfirmed,"
+            " k.budget_id FROM spend s JOIN keys k ON k.id = s.key_id"
             f" WHERE {' AND '.join(where)} ORDER BY s.day DESC, s.key_id DESC LIMIT ?"
         )
         rows = await self._run(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [
-            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6])) for r in rows
+            UsageRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7])
+            for r in rows
         ]
 
     async def count_active_keys(self, now: int) -> int:
@@ -394,11 +401,18 @@ class SQLiteStore:
     ) -> None:
         def insert(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
+            if key.budget_id is not None and (
+                c.execute(
+                    "SELECT 1 FROM budgets WHERE id = ? AND tenant = ? AND revoked_at IS NULL"
+                    " AND expires_at > ?",
+                    (key.budget_id, key.tenant, key.created_at),
+                ).fetchone()
+                is None
+            ):
+                raise BudgetInactive(key.budget_id)
             c.execute(
-                "INSERT INTO keys (id, tenant, token_hash, vendor, label, allowed_endpoints,"
-                " cap_micros, created_at, expires_at, max_expires_at, revoked_at, metadata,"
-                " stripe_account)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO keys ({KEY_INSERT_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 key_row(key),
             )
             if idempotency is not None:
@@ -444,8 +458,10 @@ class SQLiteStore:
         """The key a token hash names; a serving store answers from its cache when it can.
 
         The proxy asks this on every request. A key's record changes only when it is
-        revoked or refreshed, and in a serving store that happens only through this store
-        (the file is locked against other servers), which forgets the cache then: a
+        revoked (alone or with its budget) or refreshed (its ``requests_used`` aside, which
+        admission reads from the table, never from here), and in a serving store that
+        happens only through this store (the file is locked against other servers), which
+        forgets the cache then: a
         revocation or refresh takes effect on the very next request. Unknown tokens are
         never cached.
         """
@@ -556,6 +572,65 @@ class SQLiteStore:
         rows = await self._run(revoke)
         return sorted(str(row[0]) for row in rows)
 
+    # -- budgets ----------------------------------------------------------------------------
+
+    async def insert_budget(self, budget: BudgetRecord) -> None:
+        await self._run(
+            lambda c: c.execute(
+                f"INSERT INTO budgets ({_BUDGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    budget.id,
+                    budget.tenant,
+                    budget.label,
+                    budget.cap_micros,
+                    budget.created_at,
+                    budget.expires_at,
+                    budget.revoked_at,
+                ),
+            )
+        )
+
+    async def get_budget(self, tenant: str, budget_id: str) -> BudgetRecord | None:
+        row = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE tenant = ? AND id = ?",
+                (tenant, budget_id),
+            ).fetchone()
+        )
+        return None if row is None else _budget_from_row(row)
+
+    async def budget_spend(self, budget_id: str, day: str) -> SpendState:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT spent, reserved FROM budget_spend WHERE budget_id = ? AND day = ?",
+                (budget_id, day),
+            ).fetchone()
+        )
+        return SpendState(0, 0) if row is None else SpendState(int(row[0]), int(row[1]))
+
+    async def revoke_budget(self, tenant: str, budget_id: str, now: int) -> BudgetRecord | None:
+        """Revoke a budget and its keys in one transaction (see :meth:`Store.revoke_budget`)."""
+
+        def revoke(c: sqlite3.Connection) -> Any:
+            self._keys_by_hash.clear()
+            c.execute(
+                "UPDATE budgets SET revoked_at = ? WHERE tenant = ? AND id = ?"
+                " AND revoked_at IS NULL",
+                (now, tenant, budget_id),
+            )
+            c.execute(
+                "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND budget_id = ?"
+                " AND revoked_at IS NULL",
+                (now, tenant, budget_id),
+            )
+            return c.execute(
+                f"SELECT {_BUDGET_COLUMNS} FROM budgets WHERE tenant = ? AND id = ?",
+                (tenant, budget_id),
+            ).fetchone()
+
+        row = await self._run(lambda c: _transaction(c, lambda: revoke(c)))
+        return None if row is None else _budget_from_row(row)
+
     async def extend_key(
         self, tenant: str, key_id: str, now: int, new_expires_at: int
     ) -> KeyRecord | None:
@@ -603,13 +678,19 @@ class SQLiteStore:
         )
         return int(row[0])
 
+    async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
+        """Admit a free request of a braked key, in one write transaction (``AdmitOp``)."""
+        return await self._run(lambda c: _transaction(c, lambda: _admit(c, key_id, now)))
+
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
     ) -> tuple[ReserveResult, SpendState]:
         """Set money aside for a request if the cap allows, in one conditional statement.
 
         With ``reservation.idem_hash``, a request this key already sent (since
-        ``replay_after``) and that was not refused is a replay: nothing is reserved.
+        ``replay_after``) and that was not refused is a replay: nothing is reserved. With a
+        budget or brakes, every check runs before anything is written, all in one write
+        transaction (SQLite has one writer at a time).
         """
         self._spend.clear()  # written behind the batches' back
         return await self._run(
@@ -684,6 +765,7 @@ class SQLiteStore:
                 "state <> 'pending' AND finished_at < :bound",
             ),
             ("spend", "day", utc_day(before), "day < :bound AND reserved = 0"),
+            ("budget_spend", "day", utc_day(before), "day < :bound AND reserved = 0"),
         ):
             deleted: int = 0
             after: int | None = 0
@@ -695,7 +777,8 @@ class SQLiteStore:
             counts.append(deleted)
         if counts[2]:
             self._spend.clear()  # written behind the batches' back
-        return PruneResult(*counts)
+        audit, reservations, spend, budget_spend = counts
+        return PruneResult(audit, reservations, spend + budget_spend)
 
 
 def _checkpoint(conn: sqlite3.Connection, wal: str, frames_before: int) -> int:

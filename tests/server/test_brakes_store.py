@@ -1,0 +1,281 @@
+"""Brakes in the store, on both stores, with a fake clock: rate limits (a sliding log), use
+counts and run budgets, each one atomic step with the reservation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+
+import attrs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keybrake.server.stores.base import (
+    AdmitOp,
+    BudgetInactive,
+    BudgetRecord,
+    KeyRecord,
+    LedgerOp,
+    Reservation,
+    ReserveOp,
+    ReserveResult,
+    Settlement,
+    Store,
+)
+from keybrake.server.stores.sqlite.store import SQLiteStore
+
+DAY = "2026-11-27"
+NOW = 1_000_000_000
+SECOND = 1_000_000
+_ids = itertools.count()
+
+
+def braked_key(
+    *,
+    rate_limit: str | None = None,
+    max_requests: int | None = None,
+    budget_id: str | None = None,
+    cap: int = 10**12,
+    tenant: str = "default",
+) -> KeyRecord:
+    key_id = f"vk_{uuid.uuid4().hex[:12]}"
+    return KeyRecord(
+        id=key_id,
+        tenant=tenant,
+        token_hash=f"hash-{key_id}",
+        vendor="stripe",
+        label="brakes",
+        allowed_endpoints=("/v1/**",),
+        cap_micros=cap,
+        created_at=NOW,
+        expires_at=NOW + 10**12,
+        max_expires_at=NOW + 10**12,
+        rate_limit=rate_limit,
+        max_requests=max_requests,
+        budget_id=budget_id,
+    )
+
+
+def reservation(key: KeyRecord, amount: int = 1) -> Reservation:
+    return Reservation(
+        id=f"rsv_{next(_ids):012d}",
+        key_id=key.id,
+        day=DAY,
+        amount=amount,
+        budget_id=key.budget_id,
+        braked=key.braked,
+    )
+
+
+@attrs.frozen
+class Arrival:
+    at: int  # micros after NOW
+    priced: bool
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    limit=st.integers(1, 5),
+    unit=st.sampled_from(["s", "m"]),
+    gaps=st.lists(
+        st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(1, 3)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+async def test_no_window_ever_sees_more_than_the_rate_and_none_is_refused_needlessly(
+    store: Store, limit: int, unit: str, gaps: list[tuple[int, bool, int]]
+) -> None:
+    """For random arrival times (free and priced requests, in batches on SQLite): at most N
+    admitted in any window of the rate's length, and a refusal only when admitting would
+    break that (exactness); ``Retry-After`` is when the oldest request leaves the window."""
+    window = UNITS[unit] * SECOND
+    # Gaps are scaled to the window, so that windows overlap, fill up and drain.
+    scale = window // 100_000
+    key = braked_key(rate_limit=f"{limit}/{unit}")
+    await store.insert_key(key)
+    admitted: list[int] = []
+    now = NOW
+    arrivals: list[list[Arrival]] = []
+    for gap, priced, batch in gaps:
+        now += gap * scale
+        arrivals.append([Arrival(now, priced)] * batch)
+    for group in arrivals:
+        ops: list[LedgerOp] = [
+            ReserveOp(reservation(key), a.at) if a.priced else AdmitOp(key.id, a.at) for a in group
+        ]
+        if isinstance(store, SQLiteStore) and len(ops) > 1:
+            results = store.apply_ledger_ops(ops)  # one group commit, checked in order
+        else:
+            results = []
+            for op in ops:
+                if isinstance(op, ReserveOp):
+                    results.append(await store.reserve(op.reservation, op.now))
+                else:
+                    assert isinstance(op, AdmitOp)
+                    results.append(await store.admit(op.key_id, op.now))
+        for arrival, (result, state) in zip(group, results, strict=True):
+            in_window = [t for t in admitted if t > arrival.at - window]
+            if len(in_window) < limit:
+                expected = ReserveResult.RESERVED if arrival.priced else ReserveResult.ADMITTED
+                assert result is expected
+                admitted.append(arrival.at)
+            else:
+                assert result is ReserveResult.RATE_LIMITED
+                assert state.retry_after == min(in_window) + window - arrival.at
+    for t in admitted:
+        assert len([u for u in admitted if t - window < u <= t]) <= limit
+    info = await store.get_key(key.tenant, key.id)
+    assert info is not None
+    assert info.requests_used == len(admitted)
+
+
+async def test_gcra_like_bursts_are_refused(store: Store) -> None:
+    """N at once, then one more a 1/N of the window later: a token bucket would let it
+    through; a sliding window of the contract must not."""
+    key = braked_key(rate_limit="4/s")
+    await store.insert_key(key)
+    for _ in range(4):
+        assert (await store.admit(key.id, NOW))[0] is ReserveResult.ADMITTED
+    result, state = await store.admit(key.id, NOW + SECOND // 4)
+    assert result is ReserveResult.RATE_LIMITED
+    assert state.retry_after == SECOND - SECOND // 4
+    assert (await store.admit(key.id, NOW + SECOND))[0] is ReserveResult.ADMITTED
+
+
+async def test_a_refusal_for_the_rate_or_the_cap_counts_no_use(store: Store) -> None:
+    key = braked_key(rate_limit="2/m", max_requests=3, cap=5)
+    await store.insert_key(key)
+    assert (await store.reserve(reservation(key, 5), NOW))[0] is ReserveResult.RESERVED
+    assert (await store.reserve(reservation(key, 1), NOW))[0] is ReserveResult.CAP_EXHAUSTED
+    assert (await store.admit(key.id, NOW))[0] is ReserveResult.ADMITTED
+    assert (await store.admit(key.id, NOW))[0] is ReserveResult.RATE_LIMITED
+    info = await store.get_key(key.tenant, key.id)
+    assert info is not None
+    assert info.requests_used == 2
+    # A minute on, the third use is the last.
+    assert (await store.admit(key.id, NOW + 60 * SECOND))[0] is ReserveResult.ADMITTED
+    assert (await store.admit(key.id, NOW + 120 * SECOND))[0] is ReserveResult.USES_EXHAUSTED
+    result, _ = await store.reserve(reservation(key, 0), NOW + 120 * SECOND)
+    assert result is ReserveResult.USES_EXHAUSTED
+
+
+async def test_max_requests_holds_exactly_under_concurrency(store: Store) -> None:
+    key = braked_key(max_requests=7)
+    await store.insert_key(key)
+    results = await asyncio.gather(
+        *(
+            store.reserve(reservation(key), NOW) if i % 2 else store.admit(key.id, NOW)
+            for i in range(30)
+        )
+    )
+    outcomes = [result for result, _ in results]
+    assert outcomes.count(ReserveResult.USES_EXHAUSTED) == 23
+    info = await store.get_key(key.tenant, key.id)
+    assert info is not None
+    assert info.requests_used == 7
+
+
+def budget(cap: int, *, tenant: str = "default", expires_at: int = NOW + 10**12) -> BudgetRecord:
+    return BudgetRecord(
+        id=f"bud_{uuid.uuid4().hex[:12]}",
+        tenant=tenant,
+        label="run",
+        cap_micros=cap,
+        created_at=NOW,
+        expires_at=expires_at,
+    )
+
+
+async def test_a_budget_caps_its_keys_together(store: Store) -> None:
+    run = budget(10)
+    await store.insert_budget(run)
+    a, b = braked_key(budget_id=run.id, cap=8), braked_key(budget_id=run.id, cap=8)
+    await store.insert_key(a)
+    await store.insert_key(b)
+    ra, rb = reservation(a, 6), reservation(b, 4)
+    assert (await store.reserve(ra, NOW))[0] is ReserveResult.RESERVED
+    assert (await store.reserve(rb, NOW))[0] is ReserveResult.RESERVED
+    result, state = await store.reserve(reservation(b, 1), NOW)
+    assert result is ReserveResult.BUDGET_EXHAUSTED
+    assert (state.budget_cap, state.budget_spent) == (10, 10)
+    # The refusal left nothing behind on the key.
+    assert (await store.spend(b.id, DAY)).reserved == 4
+    # Settling below the bound and releasing give the rest back to the budget.
+    assert await store.settle(ra.id, Settlement(5), NOW)
+    assert await store.release(rb.id, NOW)
+    spend = await store.budget_spend(run.id, DAY)
+    assert (spend.spent, spend.reserved) == (5, 0)
+    # The key's own cap still holds within the budget.
+    assert (await store.reserve(reservation(a, 4), NOW))[0] is ReserveResult.CAP_EXHAUSTED
+    assert (await store.reserve(reservation(a, 3), NOW))[0] is ReserveResult.RESERVED
+
+
+async def test_a_budget_holds_exactly_under_concurrency(store: Store) -> None:
+    run = budget(25)
+    await store.insert_budget(run)
+    keys = [braked_key(budget_id=run.id, cap=100, max_requests=1000) for _ in range(2)]
+    keys.append(braked_key(budget_id=run.id, cap=100))
+    for key in keys:
+        await store.insert_key(key)
+    results = await asyncio.gather(
+        *(store.reserve(reservation(keys[i % 3], 1), NOW) for i in range(60))
+    )
+    outcomes = [result for result, _ in results]
+    assert outcomes.count(ReserveResult.RESERVED) == 25
+    assert outcomes.count(ReserveResult.BUDGET_EXHAUSTED) == 35
+    spend = await store.budget_spend(run.id, DAY)
+    assert (spend.spent, spend.reserved) == (0, 25)
+
+
+async def test_revoking_a_budget_revokes_its_keys(store: Store) -> None:
+    run, other = budget(10), budget(10)
+    await store.insert_budget(run)
+    await store.insert_budget(other)
+    mine, theirs = braked_key(budget_id=run.id), braked_key(budget_id=other.id)
+    await store.insert_key(mine)
+    await store.insert_key(theirs)
+    revoked = await store.revoke_budget("default", run.id, NOW + 5)
+    assert revoked is not None
+    assert revoked.revoked_at == NOW + 5
+    key = await store.get_key_by_token_hash(mine.token_hash)
+    assert key is not None
+    assert key.revoked_at == NOW + 5
+    untouched = await store.get_key_by_token_hash(theirs.token_hash)
+    assert untouched is not None
+    assert untouched.revoked_at is None
+    assert await store.revoke_budget("other", other.id, NOW) is None  # not that tenant's
+    try:
+        await store.insert_key(braked_key(budget_id=run.id))
+    except BudgetInactive:
+        pass
+    else:
+        raise AssertionError("a key was issued into a revoked budget")
+
+
+async def test_a_budgets_old_days_are_pruned_once_nothing_is_reserved(store: Store) -> None:
+    run = budget(10)
+    await store.insert_budget(run)
+    key = braked_key(budget_id=run.id)
+    await store.insert_key(key)
+    old, pending = reservation(key, 3), reservation(key, 2)
+    for r in (old, pending):
+        assert (await store.reserve(attrs.evolve(r, day="2026-01-01"), NOW))[0] is (
+            ReserveResult.RESERVED
+        )
+    await store.settle(old.id, Settlement(3), NOW)
+    before = 1_800_000_000 * SECOND  # January 2027: 2026-01-01 is long gone
+    await store.prune(before)
+    assert (await store.budget_spend(run.id, "2026-01-01")).reserved == 2  # still in flight
+    await store.release(pending.id, NOW)
+    result = await store.prune(before)
+    assert result.spend_rows == 2  # the key's day and the budget's
+    assert (await store.budget_spend(run.id, "2026-01-01")).spent == 0  # no row any more
