@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from keybrake import _client
 from keybrake._config import ClientConfig
 from keybrake._key_spec import Cap, Duration, KeySpec
-from keybrake._models import AuditRecord, IssuedKey, KeyInfo, Lease, Revocation, UsageRecord
+from keybrake._models import (
+    AuditRecord,
+    BudgetInfo,
+    IssuedKey,
+    KeyInfo,
+    Lease,
+    Revocation,
+    UsageRecord,
+)
 from keybrake._portal import forked_away, get_portal
 from keybrake._retry import RetryPolicy
 
@@ -187,3 +195,32 @@ class Keybrake:
     def revoke_key(self, key_id: str) -> Revocation:
         """Revoke a key; takes effect on the proxy's very next request. Idempotent."""
         return get_portal().call(self.core().revoke_key(key_id))
+
+    def revoke_keys(
+        self,
+        *,
+        label_prefix: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        vendor: str | None = None,
+        all: bool = False,
+    ) -> list[str]:
+        """Revoke every active key of the tenant matching all the filters given; their ids.
+        See [`keybrake.Keybrake.revoke_keys`][keybrake.Keybrake.revoke_keys]."""
+        return get_portal().call(
+            self.core().revoke_keys(
+                label_prefix=label_prefix, metadata=metadata, vendor=vendor, all=all
+            )
+        )
+
+    def create_budget(self, *, cap: Cap, ttl: Duration, label: str | None = None) -> BudgetInfo:
+        """Make a run budget; prefer [`keybrake.sync.Budget`][keybrake.sync.Budget], which
+        revokes it on exit."""
+        return get_portal().call(self.core().create_budget(cap=cap, ttl=ttl, label=label))
+
+    def get_budget(self, budget_id: str) -> BudgetInfo:
+        """A budget and what it spent today."""
+        return get_portal().call(self.core().get_budget(budget_id))
+
+    def revoke_budget(self, budget_id: str) -> Revocation:
+        """Revoke a budget and every key drawing from it. Idempotent."""
+        return get_portal().call(self.core().revoke_budget(budget_id))

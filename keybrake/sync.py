@@ -24,11 +24,11 @@ from decimal import Decimal
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from keybrake import _vault_key
+from keybrake import _budget, _vault_key
 from keybrake._blocking import Blocking
 from keybrake._errors import ConfigurationError, KeybrakeError
-from keybrake._key_spec import Cap, Duration, KeySpec
-from keybrake._models import IssuedKey
+from keybrake._key_spec import Cap, Duration, KeySpec, cap_string, duration_seconds
+from keybrake._models import BudgetInfo, IssuedKey
 from keybrake._portal import Portal, get_portal
 from keybrake._sync_client import Keybrake
 from keybrake.vendors import Vendor, get_vendor
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from keybrake.vendors.stripe.blocking import BlockingStripeClient
     from keybrake.vendors.twilio.blocking import BlockingTwilioClient
 
-__all__ = ["Keybrake", "VaultKey"]
+__all__ = ["Budget", "Keybrake", "VaultKey"]
 
 C = TypeVar("C")
 
@@ -83,6 +83,11 @@ class VaultKey:
             is created and closed here.
         metadata: string pairs stored with the key.
         stripe_account: Stripe keys only: the connected account every request acts on.
+        rate_limit: at most N forwarded requests in any window: ``"10/s"``, ``"100/m"``,
+            ``"1000/h"``.
+        max_requests: at most so many forwarded requests over the key's life.
+        budget: a run budget the key draws from too: an open
+            [`keybrake.sync.Budget`][keybrake.sync.Budget] or its id.
         on_lost: called with the error when keepalive finds the key revoked or expired; it
             runs on keybrake's loop thread, where it must not block or call keybrake.sync.
         cancel_on_loss: only ``False`` here: blocking code can't be cancelled; a lost key
@@ -108,6 +113,9 @@ class VaultKey:
         client: Keybrake | None = None,
         metadata: Mapping[str, str] | None = None,
         stripe_account: str | None = None,
+        rate_limit: str | None = None,
+        max_requests: int | None = None,
+        budget: object = None,
         on_lost: Callable[[KeybrakeError], object] | None = None,
         cancel_on_loss: bool = False,
         token: str | None = None,
@@ -124,6 +132,9 @@ class VaultKey:
             max_lifetime=max_lifetime,
             metadata=metadata,
             stripe_account=stripe_account,
+            rate_limit=rate_limit,
+            max_requests=max_requests,
+            budget=budget,
         )
         self._setup(
             spec,
@@ -400,6 +411,138 @@ class VaultKey:
     def close(self) -> None:
         """Stop keepalive and revoke the key; what ``with`` does on exit. Closing twice is a
         no-op, and so is closing in a forked child a key its parent opened."""
+        if self._core is None or self._pid != os.getpid():
+            return
+        portal = self._portal
+        assert portal is not None
+        portal.open_keys.pop(self, None)
+        portal.call(self._aclose())
+
+    async def _aclose(self) -> None:
+        assert self._core is not None
+        try:
+            await self._core.aclose()
+        finally:
+            if self._owns_client:
+                await self._client._aclose()
+
+
+class Budget:
+    """A run budget for one block of blocking code: made on enter, revoked with its keys on
+    exit.
+
+    ```python
+    with Budget(cap=100, ttl="30m", label="run-42") as run, \\
+         VaultKey("stripe", ["/v1/payment_intents"], cap=80, ttl="5m", budget=run) as vk:
+        vk.stripe.payment_intents.create(amount=2000, currency="usd")
+    ```
+
+    The same budget as [`keybrake.Budget`][keybrake.Budget], with the same arguments and
+    guarantees: leaving the block, however it ends (``KeyboardInterrupt`` included), revokes
+    the budget and every key drawing from it, bounded by ``REVOKE_TIMEOUT``.
+
+    Args:
+        cap: the shared daily cap in USD: ``100``, ``"12.50"`` or ``Decimal("12.50")``.
+        ttl: how long the run may last: ``"30m"``, ``"2h"``, seconds or a ``timedelta``.
+        label: a name for the budget.
+        client: a [`keybrake.sync.Keybrake`][keybrake.sync.Keybrake] to share (pass the same
+            one to the keys); otherwise one is created and closed here.
+        token: the master token for the client created here.
+        api_url: the issuance API's URL, for the client created here.
+        proxy_url: the proxy's URL, for the client created here.
+
+    Raises:
+        ConfigurationError: a bad argument (checked here) or no master token (on enter).
+    """
+
+    def __init__(
+        self,
+        *,
+        cap: Cap,
+        ttl: Duration,
+        label: str | None = None,
+        client: Keybrake | None = None,
+        token: str | None = None,
+        api_url: str | None = None,
+        proxy_url: str | None = None,
+    ) -> None:
+        if client is not None and not isinstance(client, Keybrake):
+            raise TypeError(
+                f"client must be a keybrake.sync.Keybrake, not {type(client).__module__}."
+                f"{type(client).__qualname__}"
+            )
+        # Checked now, as keybrake.Budget checks them; the core is made on entry.
+        self.cap = Decimal(cap_string(cap))
+        self.ttl = timedelta(seconds=duration_seconds(ttl, "ttl"))
+        self.label = label or ""
+        self._owns_client = client is None
+        self._client = client or Keybrake(token, api_url=api_url, proxy_url=proxy_url)
+        self._core: _budget.Budget | None = None
+        self._portal: Portal | None = None
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        issued = None if self._core is None else self._core._issued
+        return f"<keybrake.sync.Budget id={None if issued is None else issued.id!r}>"
+
+    def _require_core(self) -> _budget.Budget:
+        if self._core is None:
+            raise ConfigurationError("the budget is not made yet; use 'with'")
+        return self._core
+
+    @property
+    def id(self) -> str:
+        """The budget's id (``bud_...``); what ``VaultKey(..., budget=...)`` sends."""
+        return self._require_core().id
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the budget, and every key drawing from it, ends."""
+        return self._require_core().expires_at
+
+    @property
+    def info(self) -> BudgetInfo:
+        """What the issuance API answered when the budget was made."""
+        return self._require_core().info
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Make the budget: what ``with`` does on entry.
+
+        Raises:
+            ConfigurationError: no master token, or the budget was opened before.
+            IssuanceError: the API refused.
+            KeybrakeUnavailable: the API could not be reached within the retry policy.
+        """
+        if self._core is not None:
+            raise ConfigurationError("a Budget can be entered only once")
+        portal = self._portal = get_portal()
+        self._pid = os.getpid()
+        core = self._core = _budget.Budget(
+            cap=self.cap, ttl=self.ttl, label=self.label, client=self._client.core()
+        )
+        try:
+            portal.call(core.__aenter__())
+        except BaseException:
+            if self._owns_client:
+                self._client.close()
+            raise
+        portal.open_keys[self] = self._aclose
+
+    def close(self) -> None:
+        """Revoke the budget and its keys; what ``with`` does on exit. Closing twice is a
+        no-op, and so is closing in a forked child a budget its parent opened."""
         if self._core is None or self._pid != os.getpid():
             return
         portal = self._portal
