@@ -197,6 +197,7 @@ class AuditRecord:
         upstream_ms: how long the vendor took to answer; ``None`` if it was not asked or
             did not answer.
         vendor_request_id: the vendor's ``Request-Id`` or ``Twilio-Request-Id``.
+        budget: the run budget (``bud_...``) the entry's key draws from, if any.
         raw: the JSON entry as received (left out of ``repr()`` and ``==``).
     """
 
@@ -213,6 +214,7 @@ class AuditRecord:
     settled_usd: Decimal
     upstream_ms: float | None = None
     vendor_request_id: str | None = None
+    budget: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
     @classmethod
@@ -232,6 +234,7 @@ class AuditRecord:
             settled_usd=Decimal(str(data["settled_usd"])),
             upstream_ms=None if upstream_ms is None else float(upstream_ms),
             vendor_request_id=data.get("vendor_request_id"),
+            budget=data.get("budget"),
             raw=dict(data),
         )
 

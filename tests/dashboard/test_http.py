@@ -428,3 +428,15 @@ async def test_a_run_behind_thousands_of_newer_keys_is_still_found_and_revoked(
     )
     assert status == 303
     assert [await dash.status(key.id) for key in run] == ["revoked"] * 3
+
+
+async def test_a_key_shows_the_budget_it_draws_from(
+    dash: DashboardServer, operator: Operator
+) -> None:
+    await operator.sign_in()
+    async with dash.client() as kb:
+        budget = await kb.create_budget(cap=5, ttl="10m", label="run-9")
+    key = await dash.issue("run-9-refunds", budget=budget.id)
+    page = await operator.page("/dashboard")
+    assert key.id in page
+    assert f"Draws from budget <code>{budget.id}</code>" in page

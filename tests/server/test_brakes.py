@@ -303,6 +303,15 @@ async def test_the_sdk_raises_budget_exhausted(proxy: Proxy, recorder: Recorder)
     assert exhausted.value.budget == run.id
     assert str(exhausted.value.budget_daily_usd_cap) == "0.02"
     assert len(recorder.requests) == 1
+    # The audit log names the budget each request drew from.
+    async with proxy.client() as kb:
+        for _ in range(100):
+            entries = [entry async for entry in kb.audit(key_id=vk.id)]
+            if len(entries) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert sorted(e.decision for e in entries) == ["allowed", "budget_exhausted"]
+    assert {e.budget for e in entries} == {run.id}
 
 
 class Boom(Exception):

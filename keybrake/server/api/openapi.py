@@ -344,6 +344,11 @@ _SCHEMAS: dict[str, Any] = {
             "settled_usd": _DECIMAL,
             "upstream_ms": {"type": "number", "nullable": True},
             "vendor_request_id": {"type": "string", "nullable": True},
+            "budget": {
+                "type": "string",
+                "nullable": True,
+                "description": "The run budget (`bud_...`) the entry's key draws from",
+            },
         },
     },
     "Usage": {

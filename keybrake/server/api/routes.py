@@ -600,7 +600,8 @@ async def refresh_key(request: web.Request) -> web.Response:
     )
 
 
-def audit_json(entry: AuditEntry) -> dict[str, Any]:
+def audit_json(entry: AuditEntry, *, budget: str | None = None) -> dict[str, Any]:
+    """An audit entry's public view; ``budget`` is its key's run budget, if any."""
     return {
         "id": entry.id,
         "object": "audit_entry",
@@ -616,6 +617,7 @@ def audit_json(entry: AuditEntry) -> dict[str, Any]:
         "settled_usd": format_usd(entry.settled),
         "upstream_ms": entry.upstream_ms,
         "vendor_request_id": entry.vendor_request_id,
+        "budget": budget,
     }
 
 
@@ -632,10 +634,19 @@ async def list_audit(request: web.Request) -> web.Response:
         limit=limit + 1,
         starting_after=None if after is None else int(after),
     )
+    # Each entry names its key's run budget, read from the key (a key's budget never
+    # changes), so the audit log shows which budget a request drew from.
+    budgets: dict[str, str | None] = {}
+    for key_id in {e.key_id for e in entries[:limit] if e.key_id is not None}:
+        key = await _store(request).get_key(tenant, key_id)
+        budgets[key_id] = None if key is None else key.budget_id
     return web.json_response(
         {
             "object": "list",
-            "data": [audit_json(e) for e in entries[:limit]],
+            "data": [
+                audit_json(e, budget=budgets.get(e.key_id) if e.key_id else None)
+                for e in entries[:limit]
+            ],
             "has_more": len(entries) > limit,
         }
     )

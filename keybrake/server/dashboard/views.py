@@ -206,6 +206,13 @@ def _audit(key_id: str, entries: list[AuditEntry]) -> Markup:
     )
 
 
+def _budget(budget_id: str | None) -> Markup:
+    """The run budget a key draws from, if any."""
+    if budget_id is None:
+        return Markup("")
+    return render('<p class="budget">Draws from budget <code>{id}</code></p>', id=budget_id)
+
+
 #: Metadata pairs shown under a key at most.
 MAX_METADATA_SHOWN = 20
 
@@ -253,7 +260,7 @@ def _key_rows(view: KeyView, *, csrf_token: str, filters: Filters, now: int) -> 
         user=clip(user, 64),
         run=clip(run, 64),
         action=action,
-        metadata=_metadata(key.metadata),
+        metadata=Markup(_budget(key.budget_id) + _metadata(key.metadata)),
         audit=_audit(key.id, view.audit),
     )
 
