@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from keybrake import _budget, _vault_key
+from keybrake import _client as _async_client
 from keybrake._blocking import Blocking
 from keybrake._errors import ConfigurationError, KeybrakeError
 from keybrake._key_spec import Cap, Duration, KeySpec, cap_string, duration_seconds
@@ -56,7 +57,76 @@ class RunOptions(_vault_key.BaseRunOptions, total=False):
     client: Keybrake | None
 
 
-class VaultKey:
+class _Core(Protocol):
+    """What the blocking faces run on the loop: an async key or budget."""
+
+    async def __aenter__(self) -> Any: ...
+    async def aclose(self) -> None: ...
+
+
+CoreT = TypeVar("CoreT", bound=_Core)
+
+
+class _Opened(Generic[CoreT]):
+    """Entering and leaving an async core (a key, a budget) from blocking code, on the
+    process's loop thread; a core left open at exit is closed then, and one opened before a
+    fork belongs to the parent."""
+
+    _kind: ClassVar[str]
+    _core: CoreT | None
+    _portal: Portal | None
+    _pid: int
+    _owns_client: bool
+    _client: Keybrake
+
+    def _make_core(self, kb: _async_client.Keybrake) -> CoreT:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _open(self) -> None:
+        if self._core is not None:
+            raise ConfigurationError(f"a {self._kind} can be entered only once")
+        portal = self._portal = get_portal()
+        kb = self._client.core()
+        self._pid = os.getpid()
+        core = self._core = self._make_core(kb)
+        try:
+            portal.call(core.__aenter__())
+        except BaseException:
+            if self._owns_client:
+                self._client.close()
+            raise
+        portal.open_keys[self] = self._aclose
+
+    def _close(self) -> None:
+        if self._core is None or self._pid != os.getpid():
+            return
+        portal = self._portal
+        assert portal is not None
+        portal.open_keys.pop(self, None)
+        portal.call(self._aclose())
+
+    async def _aclose(self) -> None:
+        assert self._core is not None
+        try:
+            await self._core.aclose()
+        finally:
+            if self._owns_client:
+                await self._client._aclose()
+
+
+class VaultKey(_Opened[_vault_key.VaultKey]):
     """A vault key for one block of blocking code: issued on enter, kept alive, revoked on
     exit.
 
@@ -99,6 +169,8 @@ class VaultKey:
     Raises:
         ConfigurationError: a bad argument (checked here) or no master token (on enter).
     """
+
+    _kind = "VaultKey"
 
     def __init__(
         self,
@@ -369,18 +441,6 @@ class VaultKey:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def open(self) -> None:
         """Issue the key and start keepalive: what ``with`` does on entry.
 
@@ -392,42 +452,18 @@ class VaultKey:
             IssuanceError: the API refused.
             KeybrakeUnavailable: the API could not be reached within the retry policy.
         """
-        if self._core is not None:
-            raise ConfigurationError("a VaultKey can be entered only once")
-        portal = self._portal = get_portal()
-        kb = self._client.core()
-        self._pid = os.getpid()
-        core = self._core = _vault_key.VaultKey.from_spec(
-            self.spec, client=kb, on_lost=self.on_lost
-        )
-        try:
-            portal.call(core.__aenter__())
-        except BaseException:
-            if self._owns_client:
-                self._client.close()
-            raise
-        portal.open_keys[self] = self._aclose
+        self._open()
 
     def close(self) -> None:
         """Stop keepalive and revoke the key; what ``with`` does on exit. Closing twice is a
         no-op, and so is closing in a forked child a key its parent opened."""
-        if self._core is None or self._pid != os.getpid():
-            return
-        portal = self._portal
-        assert portal is not None
-        portal.open_keys.pop(self, None)
-        portal.call(self._aclose())
+        self._close()
 
-    async def _aclose(self) -> None:
-        assert self._core is not None
-        try:
-            await self._core.aclose()
-        finally:
-            if self._owns_client:
-                await self._client._aclose()
+    def _make_core(self, kb: _async_client.Keybrake) -> _vault_key.VaultKey:
+        return _vault_key.VaultKey.from_spec(self.spec, client=kb, on_lost=self.on_lost)
 
 
-class Budget:
+class Budget(_Opened[_budget.Budget]):
     """A run budget for one block of blocking code: made on enter, revoked with its keys on
     exit.
 
@@ -454,6 +490,8 @@ class Budget:
     Raises:
         ConfigurationError: a bad argument (checked here) or no master token (on enter).
     """
+
+    _kind = "Budget"
 
     def __init__(
         self,
@@ -505,18 +543,6 @@ class Budget:
         """What the issuance API answered when the budget was made."""
         return self._require_core().info
 
-    def __enter__(self) -> Self:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def open(self) -> None:
         """Make the budget: what ``with`` does on entry.
 
@@ -525,35 +551,12 @@ class Budget:
             IssuanceError: the API refused.
             KeybrakeUnavailable: the API could not be reached within the retry policy.
         """
-        if self._core is not None:
-            raise ConfigurationError("a Budget can be entered only once")
-        portal = self._portal = get_portal()
-        self._pid = os.getpid()
-        core = self._core = _budget.Budget(
-            cap=self.cap, ttl=self.ttl, label=self.label, client=self._client.core()
-        )
-        try:
-            portal.call(core.__aenter__())
-        except BaseException:
-            if self._owns_client:
-                self._client.close()
-            raise
-        portal.open_keys[self] = self._aclose
+        self._open()
 
     def close(self) -> None:
         """Revoke the budget and its keys; what ``with`` does on exit. Closing twice is a
         no-op, and so is closing in a forked child a budget its parent opened."""
-        if self._core is None or self._pid != os.getpid():
-            return
-        portal = self._portal
-        assert portal is not None
-        portal.open_keys.pop(self, None)
-        portal.call(self._aclose())
+        self._close()
 
-    async def _aclose(self) -> None:
-        assert self._core is not None
-        try:
-            await self._core.aclose()
-        finally:
-            if self._owns_client:
-                await self._client._aclose()
+    def _make_core(self, kb: _async_client.Keybrake) -> _budget.Budget:
+        return _budget.Budget(cap=self.cap, ttl=self.ttl, label=self.label, client=kb)
