@@ -523,6 +523,7 @@ class SQLiteStore:
     async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
         def revoke(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND id = ? AND revoked_at IS NULL",
                 (now, tenant, key_id),
@@ -567,6 +568,7 @@ class SQLiteStore:
 
         def revoke(c: sqlite3.Connection) -> list[Any]:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             return c.execute(sql, params).fetchall()
 
         rows = await self._run(revoke)
@@ -613,6 +615,7 @@ class SQLiteStore:
 
         def revoke(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE budgets SET revoked_at = ? WHERE tenant = ? AND id = ?"
                 " AND revoked_at IS NULL",
@@ -641,6 +644,7 @@ class SQLiteStore:
 
         def extend(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE keys SET expires_at = min(?, max_expires_at)"
                 " WHERE tenant = ? AND id = ? AND revoked_at IS NULL AND expires_at > ?",
