@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 
 from keybrake.server import running_server
@@ -26,10 +27,10 @@ async def any_proxy(
 ) -> AsyncIterator[Proxy]:
     """A keybrake server in front of the recorder, on SQLite or on PostgreSQL."""
     async with contextlib.AsyncExitStack() as stack:
-        database: dict[str, object] = {}
+        config = make_config(tmp_path / "kb.db", recorder.url, upstream_timeout=1.0)
         if request.param == "postgres":
-            database["database_url"] = await stack.enter_async_context(migrated_schema())
-        config = make_config(tmp_path / "kb.db", recorder.url, upstream_timeout=1.0, **database)
+            database_url = await stack.enter_async_context(migrated_schema())
+            config = attrs.evolve(config, database_url=database_url)
         url = await stack.enter_async_context(running_server(config))
         assert config.admin_token is not None
         yield Proxy(url, config.admin_token)
