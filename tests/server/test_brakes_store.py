@@ -1,4 +1,4 @@
-"""Brakes in the store, on both stores, with a fake clock: rate limits (a sliding log), use
+"""Brakes in the store, on both stores, with a fake clock: rate limits (a ring of the last N), use
 counts and run budgets, each one atomic step with the reservation."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from pathlib import Path
 
 import attrs
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +24,7 @@ from keybrake.server.stores.base import (
     Settlement,
     Store,
 )
+from keybrake.server.stores.postgres.store import PostgresStore
 from keybrake.server.stores.sqlite.store import SQLiteStore
 
 DAY = "2026-11-27"
@@ -279,3 +281,63 @@ async def test_a_budgets_old_days_are_pruned_once_nothing_is_reserved(store: Sto
     result = await store.prune(before)
     assert result.spend_rows == 2  # the key's day and the budget's
     assert (await store.budget_spend(run.id, "2026-01-01")).spent == 0  # no row any more
+
+
+async def test_a_full_keys_refusal_reads_one_slot_whatever_its_rate(tmp_path: Path) -> None:
+    """A key of 10,000/h that has used its hour is refused in as many SQLite operations as
+    one of 10/h: the check reads the slot of the N-th latest request, never the N rows (a
+    flooded key's refusals run on the event loop thread)."""
+    store = SQLiteStore(tmp_path / "kb.db")
+    await store.open()
+    try:
+        operations = {}
+        for limit in (10, 10_000):
+            key = braked_key(rate_limit=f"{limit}/h")
+            await store.insert_key(key)
+            filled = store.apply_ledger_ops([AdmitOp(key.id, NOW + i) for i in range(limit)])
+            assert {result for result, _ in filled} == {ReserveResult.ADMITTED}
+            conn = store._conn
+            assert conn is not None
+            counted = [0]
+
+            def count(counted: list[int] = counted) -> int:
+                counted[0] += 1
+                return 0
+
+            conn.set_progress_handler(count, 1)
+            try:
+                result, state = await store.admit(key.id, NOW + SECOND)
+            finally:
+                conn.set_progress_handler(None, 1)
+            assert result is ReserveResult.RATE_LIMITED
+            assert state.retry_after == 3600 * SECOND - SECOND
+            operations[limit] = counted[0]
+        assert operations[10_000] <= operations[10] + 50, operations
+    finally:
+        await store.close()
+
+
+async def _hits_rows(store: Store, key_id: str) -> int:
+    if isinstance(store, SQLiteStore):
+        conn = store._conn
+        assert conn is not None
+        return int(
+            conn.execute("SELECT count(*) FROM key_hits WHERE key_id = ?", (key_id,)).fetchone()[0]
+        )
+    assert isinstance(store, PostgresStore)
+    rows: int = await store._run(
+        lambda c: c.fetchval("SELECT count(*) FROM key_hits WHERE key_id = $1", key_id)
+    )
+    return rows
+
+
+async def test_a_key_keeps_at_most_its_rates_number_of_hits(store: Store) -> None:
+    """3/s over 20 seconds of steady use: the ring holds 3 rows, never one per request."""
+    key = braked_key(rate_limit="3/s")
+    await store.insert_key(key)
+    admitted = 0
+    for tick in range(80):
+        result, _ = await store.admit(key.id, NOW + tick * SECOND // 4)
+        admitted += result is ReserveResult.ADMITTED
+    assert admitted == 60  # 3 of each 4 ticks of a second
+    assert await _hits_rows(store, key.id) == 3
