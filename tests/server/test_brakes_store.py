@@ -221,6 +221,49 @@ async def test_a_budget_caps_its_keys_together(store: Store) -> None:
     assert (await store.reserve(reservation(a, 3), NOW))[0] is ReserveResult.RESERVED
 
 
+async def test_a_request_past_both_caps_is_refused_for_the_keys(store: Store) -> None:
+    """Both stores give the same answer: the key's cap is checked first, then the budget's."""
+    run = budget(5)
+    await store.insert_budget(run)
+    key = braked_key(budget_id=run.id, cap=5)
+    await store.insert_key(key)
+    result, state = await store.reserve(reservation(key, 6), NOW)
+    assert result is ReserveResult.CAP_EXHAUSTED
+    assert (state.spent, state.reserved) == (0, 0)
+    assert (await store.budget_spend(run.id, DAY)).reserved == 0
+
+
+async def test_a_key_revoked_or_expired_since_it_was_read_reserves_and_admits_nothing(
+    store: Store,
+) -> None:
+    """The proxy reads a key's status before the body and the pricing look-ups; the atomic
+    step that counts the request checks it again."""
+    run = budget(100)
+    await store.insert_budget(run)
+    keys = [
+        braked_key(),
+        braked_key(max_requests=5),
+        braked_key(rate_limit="5/s"),
+        braked_key(budget_id=run.id),
+    ]
+    for key in keys:
+        await store.insert_key(key)
+    await store.revoke_budget("default", run.id, NOW)
+    for key in keys[:3]:
+        assert await store.revoke_key("default", key.id, NOW) is not None
+    for key in keys:
+        assert (await store.reserve(reservation(key), NOW))[0] is ReserveResult.KEY_REVOKED
+        if key.braked:
+            assert (await store.admit(key.id, NOW))[0] is ReserveResult.KEY_REVOKED
+        assert (await store.spend(key.id, DAY)).reserved == 0
+    later = NOW + 10**12
+    fresh = [braked_key(), braked_key(max_requests=5)]
+    for key in fresh:
+        await store.insert_key(key)
+        assert (await store.reserve(reservation(key), later))[0] is ReserveResult.KEY_EXPIRED
+    assert (await store.admit(fresh[1].id, later))[0] is ReserveResult.KEY_EXPIRED
+
+
 async def test_a_budget_holds_exactly_under_concurrency(store: Store) -> None:
     run = budget(25)
     await store.insert_budget(run)
