@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keybrake.server.stores.base import (
+    PRUNE_CHUNK,
     AdmitOp,
     BudgetInactive,
     BudgetRecord,
@@ -384,3 +385,23 @@ async def test_a_key_keeps_at_most_its_rates_number_of_hits(store: Store) -> Non
         admitted += result is ReserveResult.ADMITTED
     assert admitted == 60  # 3 of each 4 ticks of a second
     assert await _hits_rows(store, key.id) == 3
+
+
+async def test_the_hits_of_keys_long_revoked_or_expired_are_pruned(store: Store) -> None:
+    revoked = braked_key(rate_limit="3/s")
+    expired = attrs.evolve(braked_key(rate_limit="3/s"), expires_at=NOW + 10 * SECOND)
+    live = braked_key(rate_limit="3/s")
+    # More hits than a prune chunk: deleted over several chunks.
+    big = attrs.evolve(braked_key(rate_limit=f"{PRUNE_CHUNK + 5}/h"), expires_at=NOW + SECOND)
+    for key in (revoked, expired, live, big):
+        await store.insert_key(key)
+        for _ in range(3):
+            assert (await store.admit(key.id, NOW))[0] is ReserveResult.ADMITTED
+    if isinstance(store, SQLiteStore):
+        store.apply_ledger_ops([AdmitOp(big.id, NOW)] * PRUNE_CHUNK)
+    else:
+        await asyncio.gather(*(store.admit(big.id, NOW) for _ in range(PRUNE_CHUNK)))
+    assert await _hits_rows(store, big.id) == PRUNE_CHUNK + 3
+    await store.revoke_key("default", revoked.id, NOW + SECOND)
+    await store.prune(NOW + 20 * SECOND)
+    assert [await _hits_rows(store, k.id) for k in (revoked, expired, live, big)] == [0, 0, 3, 0]

@@ -540,7 +540,8 @@ class Store(Protocol):
     async def prune(self, before: int) -> PruneResult:
         """Delete what is older than ``before`` (epoch microseconds): audit entries, finished
         (settled or released) reservations, and spend rows of the UTC days before
-        ``before``'s on which no money is still reserved. Pending reservations and keys stay.
+        ``before``'s on which no money is still reserved, and the rate-limit hits of keys
+        revoked or expired before ``before``. Pending reservations and keys stay.
         In short transactions: the store serves requests meanwhile.
         """
         ...

@@ -950,6 +950,12 @@ class PostgresStore:
         spend += await self._prune_where(
             "budget_spend", "day < $1 AND reserved = 0", utc_day(before)
         )
+        # The rate-limit hits of keys long revoked or expired: they can never be read again.
+        await self._prune_where(
+            "key_hits",
+            "key_id IN (SELECT id FROM keys WHERE coalesce(revoked_at, expires_at) < $1)",
+            before,
+        )
         return PruneResult(audit, reservations, spend)
 
     async def _prune_audit(self, before: int) -> int:

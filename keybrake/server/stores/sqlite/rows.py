@@ -69,6 +69,30 @@ def _prune_chunk(
     return deleted, upto if more else None
 
 
+def _prune_hits_chunk(before: int, c: sqlite3.Connection) -> int | None:
+    """Delete up to :data:`PRUNE_CHUNK` rate-limit hits of one key revoked or expired before
+    ``before`` (they can never be read again).
+
+    Returns:
+        How many were deleted, or None when no such key has any left.
+    """
+    row = c.execute(
+        "SELECT id FROM keys INDEXED BY keys_with_hits WHERE last_hit_at IS NOT NULL"
+        " AND coalesce(revoked_at, expires_at) < ? LIMIT 1",
+        (before,),
+    ).fetchone()
+    if row is None:
+        return None
+    deleted = c.execute(
+        "DELETE FROM key_hits WHERE key_id = :k"
+        " AND slot IN (SELECT slot FROM key_hits WHERE key_id = :k LIMIT :n)",
+        {"k": row[0], "n": PRUNE_CHUNK},
+    ).rowcount
+    if deleted < PRUNE_CHUNK:  # the key's last: it leaves the index
+        c.execute("UPDATE keys SET last_hit_at = NULL WHERE id = ?", (row[0],))
+    return deleted
+
+
 def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
     c.execute("BEGIN IMMEDIATE")
     result = body()

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
 CREATE INDEX IF NOT EXISTS keys_budget ON keys (budget_id) WHERE budget_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keys_with_hits ON keys (id) WHERE last_hit_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS key_hits (
     key_id TEXT NOT NULL,
     slot INTEGER NOT NULL,

@@ -64,6 +64,7 @@ from keybrake.server.stores.sqlite.rows import (
     _insert_audit,
     _key_from_row,
     _prune_chunk,
+    _prune_hits_chunk,
     _reserve,
     _resolve_pending,
     _spend_state,
@@ -779,6 +780,9 @@ class SQLiteStore:
                 deleted += n
                 await asyncio.sleep(0)  # requests go first
             counts.append(deleted)
+        hits = functools.partial(_in_transaction, functools.partial(_prune_hits_chunk, before))
+        while self._run_now(hits) is not None:  # hits of keys long revoked or expired
+            await asyncio.sleep(0)  # requests go first
         if counts[2]:
             self._spend.clear()  # written behind the batches' back
         audit, reservations, spend, budget_spend = counts
