@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from pathlib import Path
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +29,7 @@ from keybrake.server.stores.base import (
 )
 from keybrake.server.stores.postgres.store import PostgresStore
 from keybrake.server.stores.sqlite.store import SQLiteStore
+from tests.pg import migrated_schema
 
 DAY = "2026-11-27"
 NOW = 1_000_000_000
@@ -405,3 +408,28 @@ async def test_the_hits_of_keys_long_revoked_or_expired_are_pruned(store: Store)
     await store.revoke_key("default", revoked.id, NOW + SECOND)
     await store.prune(NOW + 20 * SECOND)
     assert [await _hits_rows(store, k.id) for k in (revoked, expired, live, big)] == [0, 0, 3, 0]
+
+
+@pytest.mark.postgres
+async def test_a_replica_whose_clock_runs_ahead_does_not_double_the_rate() -> None:
+    """Two replicas, one an hour and a bit ahead: a key of 2/h used up on the first is
+    refused on the second too, since both time rate limits by the database's clock."""
+    now = time.time_ns() // 1000
+    key = attrs.evolve(
+        braked_key(rate_limit="2/h"), expires_at=now + 10**10, max_expires_at=now + 10**10
+    )
+    async with migrated_schema() as url:
+        replicas = [PostgresStore(url), PostgresStore(url)]
+        for replica in replicas:
+            await replica.open()
+        try:
+            on_time, ahead = replicas
+            await on_time.insert_key(key)
+            for _ in range(2):
+                assert (await on_time.admit(key.id, now))[0] is ReserveResult.ADMITTED
+            result, state = await ahead.admit(key.id, now + 3601 * SECOND)
+            assert result is ReserveResult.RATE_LIMITED
+            assert 3500 * SECOND < state.retry_after <= 3600 * SECOND
+        finally:
+            for replica in replicas:
+                await replica.close()

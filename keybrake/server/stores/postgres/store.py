@@ -145,11 +145,22 @@ class PostgresStore:
 
     ``schema`` (optional) puts keybrake's tables in their own schema (its ``search_path``);
     ``pool_size`` sets the connections of this replica's pool.
+
+    Rate limits are timed by the database's clock, which every replica shares (a replica
+    whose clock runs ahead would otherwise see its key's window as already past);
+    ``database_clock=False`` times them by the ``now`` each call passes instead (tests with a
+    fake clock).
     """
 
     def __init__(
-        self, url: str, *, serving: bool = False, upstream_timeout: float | None = None
+        self,
+        url: str,
+        *,
+        serving: bool = False,
+        upstream_timeout: float | None = None,
+        database_clock: bool = True,
     ) -> None:
+        self.database_clock = database_clock
         self._dsn, self.schema, self.pool_size, self.lease_seconds = _split_url(url)
         self._pool: asyncpg.Pool | None = None
         #: This replica, as the owner of the reservations it makes.
@@ -647,7 +658,7 @@ class PostgresStore:
         (``FOR UPDATE``), so admissions of one key take turns across every replica."""
 
         async def admit(c: Any) -> tuple[ReserveResult, SpendState]:
-            checked = await _check_brakes(c, key_id, now)
+            checked = await _check_brakes(c, key_id, now, self.database_clock)
             if not isinstance(checked, _Admitted):
                 return checked
             await _count_use(c, checked)
@@ -665,7 +676,7 @@ class PostgresStore:
         async def steps(c: Any) -> tuple[ReserveResult, SpendState]:
             admitted = None
             if r.braked:
-                checked = await _check_brakes(c, r.key_id, now)
+                checked = await _check_brakes(c, r.key_id, now, self.database_clock)
                 if not isinstance(checked, _Admitted):
                     return checked
                 admitted = checked
@@ -985,6 +996,10 @@ class PostgresStore:
                 return deleted
 
 
+#: The database's clock in epoch microseconds (the time of the call, not of the transaction).
+_DATABASE_NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
+
+
 @attrs.frozen
 class _Admitted:
     """A request that passed its key's brakes, to count once it is forwarded."""
@@ -1006,11 +1021,15 @@ def _key_inactive(row: Any, now: int) -> tuple[ReserveResult, SpendState] | None
 
 
 async def _check_brakes(
-    c: Any, key_id: str, now: int
+    c: Any, key_id: str, now: int, database_clock: bool
 ) -> _Admitted | tuple[ReserveResult, SpendState]:
     """The key's status, its use count, then its rate limit (a ring of its last N hits: see
     ``AdmitOp``), holding the key's row until the transaction ends: one read of the key's
     row and at most one of its ring, whatever N.
+
+    With ``database_clock``, the rate limit is timed by the database's clock, read once
+    the key's row is held (``clock_timestamp()``: the time now, not the transaction's
+    start), so every replica logs on one clock.
 
     Returns:
         What to count once the request is admitted, or a refusal.
@@ -1031,6 +1050,8 @@ async def _check_brakes(
         return _Admitted(key_id)
     limit, seconds = parse_rate(row["rate_limit"])
     window = seconds * 1_000_000
+    if database_clock:
+        now = int(await c.fetchval(_DATABASE_NOW))
     last = row["last_hit_at"]
     at = now if last is None else max(now, int(last))  # the ring never goes backwards
     slot = int(row["rate_hits"]) % limit

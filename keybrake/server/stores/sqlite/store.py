@@ -781,7 +781,9 @@ class SQLiteStore:
                 await asyncio.sleep(0)  # requests go first
             counts.append(deleted)
         hits = functools.partial(_in_transaction, functools.partial(_prune_hits_chunk, before))
-        while self._run_now(hits) is not None:  # hits of keys long revoked or expired
+        more = True
+        while more:  # the rate-limit hits of keys long revoked or expired
+            more = self._run_now(hits) is not None
             await asyncio.sleep(0)  # requests go first
         if counts[2]:
             self._spend.clear()  # written behind the batches' back
