@@ -14,7 +14,10 @@ in the metrics, not written to the audit log: a flood of them costs no disk.
 Brakes (CONTRACT §3): a priced request is admitted (the key's use count and rate limit) and
 reserved against the key's cap and its run budget's in one atomic step of the store; a free
 request of a key with a rate limit or a use count is admitted in one step of its own, and a
-free request of any other key touches no store at all. Refusals are final answers (429
+free request of any other key touches no store but to look its key up again once its body
+has come (a key revoked meanwhile sends nothing; the store's steps check that too). A braked
+key's request whose price needs a look-up at the vendor is admitted before the look-up
+goes, and stays counted whatever pricing then says. Refusals are final answers (429
 ``uses_exhausted``, ``rate_limited`` with ``Retry-After``, ``budget_exhausted``,
 ``cap_exhausted``) and leave nothing counted. An admitted request stays counted even if the
 vendor can't be reached: a loop retrying against a vendor that is down still uses up its
