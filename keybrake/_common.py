@@ -57,7 +57,7 @@ def parse_duration(value: str | int | timedelta) -> timedelta:
     return result
 
 
-_RATE = re.compile(r"^([1-9][0-9]{0,5})/(s|m|h)$")
+_RATE = re.compile(r"([1-9][0-9]{0,5})/(s|m|h)")  # matched whole: "1/s\n" is not one
 #: Most requests a rate limit may allow per window.
 MAX_RATE = 100_000
 
@@ -72,7 +72,7 @@ def parse_rate(value: str) -> tuple[int, int]:
     Raises:
         ValueError: not such a rate, or N outside 1 to :data:`MAX_RATE`.
     """
-    match = _RATE.match(value) if isinstance(value, str) else None
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
     if match is None or int(match[1]) > MAX_RATE:
         raise ValueError(
             f"not a rate limit: {value!r} (use e.g. '10/s', '100/m' or '1000/h',"

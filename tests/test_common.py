@@ -15,6 +15,7 @@ from keybrake._common import (
     format_usd,
     normalise_path,
     parse_duration,
+    parse_rate,
     parse_time,
     to_micros,
 )
@@ -176,3 +177,18 @@ def test_every_spelling_of_a_path_gives_the_same_segments(
     assert normalise_path(path) == segments
     pattern = EndpointPattern.parse("/" + "/".join(segments))
     assert pattern.matches("GET", normalise_path(path))
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"), [("1/s", (1, 1)), ("100/m", (100, 60)), ("100000/h", (100_000, 3600))]
+)
+def test_parse_rate(value: str, parsed: tuple[int, int]) -> None:
+    assert parse_rate(value) == parsed
+
+
+@pytest.mark.parametrize(
+    "value", ["1/s\n", " 1/s", "1/s ", "0/s", "01/s", "100001/h", "1/d", "1/S", "1 /s", ""]
+)
+def test_parse_rate_refuses_anything_else(value: str) -> None:
+    with pytest.raises(ValueError, match="not a rate limit"):
+        parse_rate(value)

@@ -60,8 +60,9 @@ def key(key_id: str, created_at: int) -> KeyRecord:
         allowed_endpoints=("/v1/**",),
         cap_micros=100_000_000,
         created_at=created_at,
-        expires_at=created_at + DAY,
-        max_expires_at=created_at + DAY,
+        # Active at every reservation ``fill`` makes with it (reserving checks).
+        expires_at=created_at + 3 * DAY,
+        max_expires_at=created_at + 3 * DAY,
     )
 
 

@@ -1,17 +1,21 @@
-"""Brakes in the store, on both stores, with a fake clock: rate limits (a sliding log), use
+"""Brakes in the store, on both stores, with a fake clock: rate limits (a ring of the last N), use
 counts and run budgets, each one atomic step with the reservation."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
+from pathlib import Path
 
 import attrs
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keybrake.server.stores.base import (
+    PRUNE_CHUNK,
     AdmitOp,
     BudgetInactive,
     BudgetRecord,
@@ -23,7 +27,9 @@ from keybrake.server.stores.base import (
     Settlement,
     Store,
 )
+from keybrake.server.stores.postgres.store import PostgresStore
 from keybrake.server.stores.sqlite.store import SQLiteStore
+from tests.pg import migrated_schema
 
 DAY = "2026-11-27"
 NOW = 1_000_000_000
@@ -219,6 +225,49 @@ async def test_a_budget_caps_its_keys_together(store: Store) -> None:
     assert (await store.reserve(reservation(a, 3), NOW))[0] is ReserveResult.RESERVED
 
 
+async def test_a_request_past_both_caps_is_refused_for_the_keys(store: Store) -> None:
+    """Both stores give the same answer: the key's cap is checked first, then the budget's."""
+    run = budget(5)
+    await store.insert_budget(run)
+    key = braked_key(budget_id=run.id, cap=5)
+    await store.insert_key(key)
+    result, state = await store.reserve(reservation(key, 6), NOW)
+    assert result is ReserveResult.CAP_EXHAUSTED
+    assert (state.spent, state.reserved) == (0, 0)
+    assert (await store.budget_spend(run.id, DAY)).reserved == 0
+
+
+async def test_a_key_revoked_or_expired_since_it_was_read_reserves_and_admits_nothing(
+    store: Store,
+) -> None:
+    """The proxy reads a key's status before the body and the pricing look-ups; the atomic
+    step that counts the request checks it again."""
+    run = budget(100)
+    await store.insert_budget(run)
+    keys = [
+        braked_key(),
+        braked_key(max_requests=5),
+        braked_key(rate_limit="5/s"),
+        braked_key(budget_id=run.id),
+    ]
+    for key in keys:
+        await store.insert_key(key)
+    await store.revoke_budget("default", run.id, NOW)
+    for key in keys[:3]:
+        assert await store.revoke_key("default", key.id, NOW) is not None
+    for key in keys:
+        assert (await store.reserve(reservation(key), NOW))[0] is ReserveResult.KEY_REVOKED
+        if key.braked:
+            assert (await store.admit(key.id, NOW))[0] is ReserveResult.KEY_REVOKED
+        assert (await store.spend(key.id, DAY)).reserved == 0
+    later = NOW + 10**12
+    fresh = [braked_key(), braked_key(max_requests=5)]
+    for key in fresh:
+        await store.insert_key(key)
+        assert (await store.reserve(reservation(key), later))[0] is ReserveResult.KEY_EXPIRED
+    assert (await store.admit(fresh[1].id, later))[0] is ReserveResult.KEY_EXPIRED
+
+
 async def test_a_budget_holds_exactly_under_concurrency(store: Store) -> None:
     run = budget(25)
     await store.insert_budget(run)
@@ -279,3 +328,108 @@ async def test_a_budgets_old_days_are_pruned_once_nothing_is_reserved(store: Sto
     result = await store.prune(before)
     assert result.spend_rows == 2  # the key's day and the budget's
     assert (await store.budget_spend(run.id, "2026-01-01")).spent == 0  # no row any more
+
+
+async def test_a_full_keys_refusal_reads_one_slot_whatever_its_rate(tmp_path: Path) -> None:
+    """A key of 10,000/h that has used its hour is refused in as many SQLite operations as
+    one of 10/h: the check reads the slot of the N-th latest request, never the N rows (a
+    flooded key's refusals run on the event loop thread)."""
+    store = SQLiteStore(tmp_path / "kb.db")
+    await store.open()
+    try:
+        operations = {}
+        for limit in (10, 10_000):
+            key = braked_key(rate_limit=f"{limit}/h")
+            await store.insert_key(key)
+            filled = store.apply_ledger_ops([AdmitOp(key.id, NOW + i) for i in range(limit)])
+            assert {result for result, _ in filled} == {ReserveResult.ADMITTED}
+            conn = store._conn
+            assert conn is not None
+            counted = [0]
+
+            def count(counted: list[int] = counted) -> int:
+                counted[0] += 1
+                return 0
+
+            conn.set_progress_handler(count, 1)
+            try:
+                result, state = await store.admit(key.id, NOW + SECOND)
+            finally:
+                conn.set_progress_handler(None, 1)
+            assert result is ReserveResult.RATE_LIMITED
+            assert state.retry_after == 3600 * SECOND - SECOND
+            operations[limit] = counted[0]
+        assert operations[10_000] <= operations[10] + 50, operations
+    finally:
+        await store.close()
+
+
+async def _hits_rows(store: Store, key_id: str) -> int:
+    if isinstance(store, SQLiteStore):
+        conn = store._conn
+        assert conn is not None
+        return int(
+            conn.execute("SELECT count(*) FROM key_hits WHERE key_id = ?", (key_id,)).fetchone()[0]
+        )
+    assert isinstance(store, PostgresStore)
+    rows: int = await store._run(
+        lambda c: c.fetchval("SELECT count(*) FROM key_hits WHERE key_id = $1", key_id)
+    )
+    return rows
+
+
+async def test_a_key_keeps_at_most_its_rates_number_of_hits(store: Store) -> None:
+    """3/s over 20 seconds of steady use: the ring holds 3 rows, never one per request."""
+    key = braked_key(rate_limit="3/s")
+    await store.insert_key(key)
+    admitted = 0
+    for tick in range(80):
+        result, _ = await store.admit(key.id, NOW + tick * SECOND // 4)
+        admitted += result is ReserveResult.ADMITTED
+    assert admitted == 60  # 3 of each 4 ticks of a second
+    assert await _hits_rows(store, key.id) == 3
+
+
+async def test_the_hits_of_keys_long_revoked_or_expired_are_pruned(store: Store) -> None:
+    revoked = braked_key(rate_limit="3/s")
+    expired = attrs.evolve(braked_key(rate_limit="3/s"), expires_at=NOW + 10 * SECOND)
+    live = braked_key(rate_limit="3/s")
+    # More hits than a prune chunk: deleted over several chunks.
+    big = attrs.evolve(braked_key(rate_limit=f"{PRUNE_CHUNK + 5}/h"), expires_at=NOW + SECOND)
+    for key in (revoked, expired, live, big):
+        await store.insert_key(key)
+        for _ in range(3):
+            assert (await store.admit(key.id, NOW))[0] is ReserveResult.ADMITTED
+    if isinstance(store, SQLiteStore):
+        store.apply_ledger_ops([AdmitOp(big.id, NOW)] * PRUNE_CHUNK)
+    else:
+        await asyncio.gather(*(store.admit(big.id, NOW) for _ in range(PRUNE_CHUNK)))
+    assert await _hits_rows(store, big.id) == PRUNE_CHUNK + 3
+    await store.revoke_key("default", revoked.id, NOW + SECOND)
+    await store.prune(NOW + 20 * SECOND)
+    assert [await _hits_rows(store, k.id) for k in (revoked, expired, live, big)] == [0, 0, 3, 0]
+
+
+@pytest.mark.postgres
+async def test_a_replica_whose_clock_runs_ahead_does_not_double_the_rate() -> None:
+    """Two replicas, one an hour and a bit ahead: a key of 2/h used up on the first is
+    refused on the second too, since both time rate limits by the database's clock."""
+    now = time.time_ns() // 1000
+    key = attrs.evolve(
+        braked_key(rate_limit="2/h"), expires_at=now + 10**10, max_expires_at=now + 10**10
+    )
+    async with migrated_schema() as url:
+        replicas = [PostgresStore(url), PostgresStore(url)]
+        for replica in replicas:
+            await replica.open()
+        try:
+            on_time, ahead = replicas
+            await on_time.insert_key(key)
+            for _ in range(2):
+                assert (await on_time.admit(key.id, now))[0] is ReserveResult.ADMITTED
+            result, state = await ahead.admit(key.id, now + 3601 * SECOND)
+            assert result is ReserveResult.RATE_LIMITED
+            assert 3500 * SECOND < state.retry_after <= 3600 * SECOND
+        finally:
+            for replica in replicas:
+                await replica.close()

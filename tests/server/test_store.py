@@ -268,8 +268,8 @@ async def test_a_sqlite_database_of_the_previous_schema_is_upgraded_in_place(
             allowed_endpoints=("/v1/**",),
             cap_micros=1,
             created_at=1,
-            expires_at=2,
-            max_expires_at=2,
+            expires_at=10,  # active at the times below: admission checks it
+            max_expires_at=10,
             stripe_account="acct_1",
             rate_limit="1/h",
             max_requests=5,

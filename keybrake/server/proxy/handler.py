@@ -14,7 +14,10 @@ in the metrics, not written to the audit log: a flood of them costs no disk.
 Brakes (CONTRACT §3): a priced request is admitted (the key's use count and rate limit) and
 reserved against the key's cap and its run budget's in one atomic step of the store; a free
 request of a key with a rate limit or a use count is admitted in one step of its own, and a
-free request of any other key touches no store at all. Refusals are final answers (429
+free request of any other key touches no store but to look its key up again once its body
+has come (a key revoked meanwhile sends nothing; the store's steps check that too). A braked
+key's request whose price needs a look-up at the vendor is admitted before the look-up
+goes, and stays counted whatever pricing then says. Refusals are final answers (429
 ``uses_exhausted``, ``rate_limited`` with ``Retry-After``, ``budget_exhausted``,
 ``cap_exhausted``) and leave nothing counted. An admitted request stays counted even if the
 vendor can't be reached: a loop retrying against a vendor that is down still uses up its
@@ -33,7 +36,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -132,6 +135,42 @@ class _Decided:
     #: Headers for the vendor, its credential and the key's account included.
     headers: list[tuple[str, str]]
     idempotency_key: str | None
+
+
+class _AdmitOnLookup:
+    """A braked key's admission, made before the pricer's first look-up at the vendor.
+
+    A look-up is a request to the vendor with the real credential: a key past its brakes
+    makes none, and a request that needed one counts as a use even if pricing then refuses
+    it (the reservation that follows doesn't admit it again).
+    """
+
+    def __init__(
+        self,
+        handler: ProxyHandler,
+        facts: _Facts,
+        key: KeyRecord,
+        lookup: Callable[[str], Awaitable[Mapping[str, Any] | None]],
+    ) -> None:
+        self._handler, self._facts, self._key, self._lookup = handler, facts, key, lookup
+        self._lock = asyncio.Lock()
+        self.admitted = False
+
+    async def lookup(self, path: str) -> Mapping[str, Any] | None:
+        """Admit the request (once), then look up.
+
+        Raises:
+            _Refused: a brake refused the request; nothing was looked up.
+        """
+        async with self._lock:
+            if not self.admitted:
+                handler, key = self._handler, self._key
+                result, spend = await handler._app[LEDGER].admit(key.id, now_micros())
+                refused = handler._braked(self._facts, key, result, spend, 0)
+                if refused is not None:
+                    raise _Refused(refused)
+                self.admitted = True
+        return await self._lookup(path)
 
 
 class ProxyHandler:
@@ -278,11 +317,9 @@ class ProxyHandler:
         if key is None:
             raise refuse(401, "invalid_key", "no such vault key")
         facts.key = key
-        status = key.status(now_micros())
-        if status == "revoked":
-            raise refuse(401, "key_revoked", f"vault key {key.id} was revoked")
-        if status == "expired":
-            raise refuse(401, "key_expired", f"vault key {key.id} has expired")
+        inactive = self._inactive(facts, key)
+        if inactive is not None:
+            raise _Refused(inactive)
         if key.vendor != vendor.name:
             raise refuse(
                 403, "vendor_mismatch", f"vault key {key.id} is for {key.vendor}, not {vendor.name}"
@@ -347,6 +384,15 @@ class ProxyHandler:
             idempotency_key=headers.get("Idempotency-Key"),
         )
 
+    def _inactive(self, facts: _Facts, key: KeyRecord) -> Answer | None:
+        """The refusal of a revoked or expired key, if it is one."""
+        status = key.status(now_micros())
+        if status == "revoked":
+            return self._refuse(facts, 401, "key_revoked", f"vault key {key.id} was revoked")
+        if status == "expired":
+            return self._refuse(facts, 401, "key_expired", f"vault key {key.id} has expired")
+        return None
+
     @staticmethod
     def _account_headers(
         vendor: ProxiedVendor,
@@ -374,18 +420,25 @@ class ProxyHandler:
         vendor, key, vendor_request = decided.vendor, decided.key, decided.request
         lookup_headers = [(k, v) for k, v in decided.headers if k in vendor.plugin.lookup_headers]
         ledger = app[LEDGER]
+        lookup: Callable[[str], Awaitable[Mapping[str, Any] | None]]
+        lookup = functools.partial(_lookup, app[FORWARDER], vendor, lookup_headers)
+        admission = _AdmitOnLookup(self, facts, key, lookup) if key.braked else None
         try:
             quote = await vendor.pricer.quote(
                 vendor_request,
-                functools.partial(_lookup, app[FORWARDER], vendor, lookup_headers),
+                lookup if admission is None else admission.lookup,
                 functools.partial(ledger.counted, key.id),
             )
+        except _Refused as braked_refusal:
+            return braked_refusal.answer
         except PricingRefusal as refusal:
             return self._refuse(facts, refusal.status, refusal.code, refusal.message)
         except _UpstreamDown:
             return self._refuse(
                 facts, 502, "upstream_unavailable", f"can't reach {vendor.name} to price this"
             )
+        # Already admitted (the price needed a look-up): the reservation doesn't admit again.
+        braked = key.braked and not (admission is not None and admission.admitted)
         # What goes out: the pricer may rewrite the path or body to make its bound hold.
         segments = quote.segments if quote.segments is not None else vendor_request.segments
         path = "/" + "/".join(segments)
@@ -411,7 +464,7 @@ class ProxyHandler:
                 amount=quote.micros,
                 idem_hash=idem_hash,
                 budget_id=key.budget_id,
-                braked=key.braked,
+                braked=braked,
             )
             result, spend = await ledger.reserve(
                 reservation, now, replay_after=now - IDEMPOTENCY_WINDOW_MICROS
@@ -434,9 +487,17 @@ class ProxyHandler:
                 reservation = None  # the vendor replays its first answer; counted once
             else:
                 facts.reserved = quote.micros
-        elif key.braked:
+        elif braked:
             result, spend = await ledger.admit(key.id, now_micros())
             refused = self._braked(facts, key, result, spend, 0)
+            if refused is not None:
+                return refused
+        elif not key.braked:
+            # A free request of a key without brakes touches no ledger: look the key up
+            # again now that its body has come (a serving SQLite store answers from its
+            # cache, which a revocation clears), so a key revoked meanwhile sends nothing.
+            fresh = await app[STORE].get_key_by_token_hash(key.token_hash)
+            refused = self._inactive(facts, fresh if fresh is not None else key)
             if refused is not None:
                 return refused
 
@@ -447,7 +508,12 @@ class ProxyHandler:
     def _braked(
         self, facts: _Facts, key: KeyRecord, result: ReserveResult, spend: SpendState, micros: int
     ) -> Answer | None:
-        """The answer to a request refused by a brake other than the key's cap, if it was."""
+        """The answer to a request refused by a brake other than the key's cap, or because
+        its key was revoked or expired since it was looked up, if it was."""
+        if result is ReserveResult.KEY_REVOKED:
+            return self._refuse(facts, 401, "key_revoked", f"vault key {key.id} was revoked")
+        if result is ReserveResult.KEY_EXPIRED:
+            return self._refuse(facts, 401, "key_expired", f"vault key {key.id} has expired")
         if result is ReserveResult.USES_EXHAUSTED:
             return self._refuse(
                 facts,

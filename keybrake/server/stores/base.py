@@ -178,6 +178,10 @@ class ReserveResult(enum.Enum):
     RATE_LIMITED = "rate_limited"
     USES_EXHAUSTED = "uses_exhausted"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    #: The key was revoked (alone or with its budget) since the proxy looked it up.
+    KEY_REVOKED = "key_revoked"
+    #: The key expired since the proxy looked it up.
+    KEY_EXPIRED = "key_expired"
 
 
 @attrs.frozen
@@ -204,11 +208,15 @@ class AdmitOp:
     """Admit a free request of a braked key: check its use count and its rate limit and,
     if both allow it, count it, in one step; gives ``(ReserveResult, SpendState)``.
 
-    Admission is exact: a key with ``rate_limit`` N per window W has its forwarded requests
-    logged (``key_hits``), and a request is admitted at time t only while fewer than N logged
-    requests fall in ``(t - W, t]`` (a sliding log). Log times never go backwards for a key
-    (a request asked for with an earlier clock is logged at the latest time already logged),
-    so no window of length W ever holds more than N.
+    Admission is exact: a key with ``rate_limit`` N per window W keeps the times of its last
+    N forwarded requests in a ring of N slots (``key_hits``; the k-th request takes slot
+    k mod N), and a request is admitted at time t only while fewer than N of them fall in
+    ``(t - W, t]`` (a sliding window), that is while the slot it would take is empty or holds
+    a time at or before t - W. Logged times never go backwards for a key (a request asked
+    for with an earlier clock is logged at the latest time already logged, ``last_hit_at``),
+    so that slot always holds the N-th latest admission, and no window of length W ever
+    holds more than N. Each check reads one slot, whatever N. A key revoked or expired
+    since it was looked up is refused (``KEY_REVOKED``, ``KEY_EXPIRED``).
     """
 
     key_id: str
@@ -532,7 +540,8 @@ class Store(Protocol):
     async def prune(self, before: int) -> PruneResult:
         """Delete what is older than ``before`` (epoch microseconds): audit entries, finished
         (settled or released) reservations, and spend rows of the UTC days before
-        ``before``'s on which no money is still reserved. Pending reservations and keys stay.
+        ``before``'s on which no money is still reserved, and the rate-limit hits of keys
+        revoked or expired before ``before``. Pending reservations and keys stay.
         In short transactions: the store serves requests meanwhile.
         """
         ...

@@ -69,17 +69,20 @@ def _audit(row: Any) -> AuditEntry:
     )
 
 
-# Reserve: a replay of an idempotency key reserves nothing; otherwise create the day's spend
-# row or add to it, only while spent + reserved + amount stays within the cap, and record the
-# reservation, all in one statement.
+# Reserve: a key revoked or expired since the proxy looked it up reserves nothing (the key's
+# status comes back to tell which); a replay of an idempotency key reserves nothing;
+# otherwise create the day's spend row or add to it, only while spent + reserved + amount
+# stays within the cap, and record the reservation, all in one statement.
 _RESERVE = """
 WITH earlier AS (
     SELECT 1 FROM reservations
     WHERE $5::text IS NOT NULL AND key_id = $1 AND idem_hash = $5
       AND state = 'settled' AND created_at >= $6
     LIMIT 1
+), k AS (
+    SELECT cap_micros, revoked_at, expires_at FROM keys WHERE id = $1
 ), cap AS (
-    SELECT cap_micros FROM keys WHERE id = $1
+    SELECT cap_micros FROM k WHERE revoked_at IS NULL AND expires_at > $7
 ), up AS (
     INSERT INTO spend AS s (key_id, day, spent, reserved)
     SELECT $1, $2, 0, $3 FROM cap WHERE $3 <= cap_micros AND NOT EXISTS (SELECT 1 FROM earlier)
@@ -92,7 +95,9 @@ WITH earlier AS (
     SELECT $4, $1, $2, $3, 'pending', $5, $7, $8, $9 FROM up
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM earlier) AS replay,
+SELECT EXISTS (SELECT 1 FROM earlier) AND EXISTS (SELECT 1 FROM cap) AS replay,
+       (SELECT revoked_at FROM k) AS revoked_at,
+       (SELECT expires_at FROM k) AS expires_at,
        (SELECT spent FROM up) AS spent,
        (SELECT reserved FROM up) AS reserved,
        (SELECT count(*) FROM recorded) AS recorded

@@ -145,11 +145,22 @@ class PostgresStore:
 
     ``schema`` (optional) puts keybrake's tables in their own schema (its ``search_path``);
     ``pool_size`` sets the connections of this replica's pool.
+
+    Rate limits are timed by the database's clock, which every replica shares (a replica
+    whose clock runs ahead would otherwise see its key's window as already past);
+    ``database_clock=False`` times them by the ``now`` each call passes instead (tests with a
+    fake clock).
     """
 
     def __init__(
-        self, url: str, *, serving: bool = False, upstream_timeout: float | None = None
+        self,
+        url: str,
+        *,
+        serving: bool = False,
+        upstream_timeout: float | None = None,
+        database_clock: bool = True,
     ) -> None:
+        self.database_clock = database_clock
         self._dsn, self.schema, self.pool_size, self.lease_seconds = _split_url(url)
         self._pool: asyncpg.Pool | None = None
         #: This replica, as the owner of the reservations it makes.
@@ -647,7 +658,7 @@ class PostgresStore:
         (``FOR UPDATE``), so admissions of one key take turns across every replica."""
 
         async def admit(c: Any) -> tuple[ReserveResult, SpendState]:
-            checked = await _check_brakes(c, key_id, now)
+            checked = await _check_brakes(c, key_id, now, self.database_clock)
             if not isinstance(checked, _Admitted):
                 return checked
             await _count_use(c, checked)
@@ -665,10 +676,17 @@ class PostgresStore:
         async def steps(c: Any) -> tuple[ReserveResult, SpendState]:
             admitted = None
             if r.braked:
-                checked = await _check_brakes(c, r.key_id, now)
+                checked = await _check_brakes(c, r.key_id, now, self.database_clock)
                 if not isinstance(checked, _Admitted):
                     return checked
                 admitted = checked
+            else:
+                key_row = await c.fetchrow(
+                    "SELECT revoked_at, expires_at FROM keys WHERE id = $1", r.key_id
+                )
+                inactive = None if key_row is None else _key_inactive(key_row, now)
+                if inactive is not None:
+                    return inactive
             if r.idem_hash is not None:
                 await c.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1::text || ':' || $2::text))",
@@ -766,6 +784,10 @@ class PostgresStore:
                 return await c.fetchrow(_RESERVE, *args)
 
             row = await self._run(serialised, transaction=True)
+        if row["expires_at"] is not None:
+            inactive = _key_inactive(row, now)
+            if inactive is not None:
+                return inactive
         if row["replay"]:
             return ReserveResult.REPLAY, await self.spend(r.key_id, r.day)
         if row["spent"] is None:
@@ -939,6 +961,12 @@ class PostgresStore:
         spend += await self._prune_where(
             "budget_spend", "day < $1 AND reserved = 0", utc_day(before)
         )
+        # The rate-limit hits of keys long revoked or expired: they can never be read again.
+        await self._prune_where(
+            "key_hits",
+            "key_id IN (SELECT id FROM keys WHERE coalesce(revoked_at, expires_at) < $1)",
+            before,
+        )
         return PruneResult(audit, reservations, spend)
 
     async def _prune_audit(self, before: int) -> int:
@@ -968,53 +996,89 @@ class PostgresStore:
                 return deleted
 
 
+#: The database's clock in epoch microseconds (the time of the call, not of the transaction).
+_DATABASE_NOW = "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
+
+
 @attrs.frozen
 class _Admitted:
     """A request that passed its key's brakes, to count once it is forwarded."""
 
     key_id: str
-    #: Where the request goes in the key's log (None: the key has no rate limit).
-    at: int | None
+    #: When the request goes in the key's ring of hits (None: the key has no rate limit).
+    at: int | None = None
+    #: The slot of the ring it takes.
+    slot: int = 0
+
+
+def _key_inactive(row: Any, now: int) -> tuple[ReserveResult, SpendState] | None:
+    """The refusal of a request whose key was revoked or expired since it was looked up."""
+    if row["revoked_at"] is not None:
+        return ReserveResult.KEY_REVOKED, SpendState(0, 0)
+    if now >= row["expires_at"]:
+        return ReserveResult.KEY_EXPIRED, SpendState(0, 0)
+    return None
 
 
 async def _check_brakes(
-    c: Any, key_id: str, now: int
+    c: Any, key_id: str, now: int, database_clock: bool
 ) -> _Admitted | tuple[ReserveResult, SpendState]:
-    """The key's use count, then its rate limit (a sliding log: see ``AdmitOp``), holding the
-    key's row until the transaction ends.
+    """The key's status, its use count, then its rate limit (a ring of its last N hits: see
+    ``AdmitOp``), holding the key's row until the transaction ends: one read of the key's
+    row and at most one of its ring, whatever N.
+
+    With ``database_clock``, the rate limit is timed by the database's clock, read once
+    the key's row is held (``clock_timestamp()``: the time now, not the transaction's
+    start), so every replica logs on one clock.
 
     Returns:
         What to count once the request is admitted, or a refusal.
     """
     row = await c.fetchrow(
-        "SELECT rate_limit, max_requests, requests_used FROM keys WHERE id = $1 FOR UPDATE",
+        "SELECT rate_limit, max_requests, requests_used, rate_hits, last_hit_at, revoked_at,"
+        " expires_at FROM keys WHERE id = $1 FOR UPDATE",
         key_id,
     )
     if row is None:
-        return _Admitted(key_id, None)
+        return _Admitted(key_id)
+    inactive = _key_inactive(row, now)
+    if inactive is not None:
+        return inactive
     if row["max_requests"] is not None and row["requests_used"] >= row["max_requests"]:
         return ReserveResult.USES_EXHAUSTED, SpendState(0, 0)
     if row["rate_limit"] is None:
-        return _Admitted(key_id, None)
+        return _Admitted(key_id)
     limit, seconds = parse_rate(row["rate_limit"])
     window = seconds * 1_000_000
-    latest = await c.fetchval("SELECT max(at) FROM key_hits WHERE key_id = $1", key_id)
-    at = now if latest is None else max(now, int(latest))  # the log never goes backwards
-    await c.execute("DELETE FROM key_hits WHERE key_id = $1 AND at <= $2", key_id, at - window)
-    hits = await c.fetchrow(
-        "SELECT count(*) AS n, min(at) AS oldest FROM key_hits WHERE key_id = $1", key_id
-    )
-    if hits["n"] >= limit:
-        retry = int(hits["oldest"]) + window - now
-        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=retry)
-    return _Admitted(key_id, at)
+    if database_clock:
+        now = int(await c.fetchval(_DATABASE_NOW))
+    last = row["last_hit_at"]
+    at = now if last is None else max(now, int(last))  # the ring never goes backwards
+    slot = int(row["rate_hits"]) % limit
+    held = await c.fetchval("SELECT at FROM key_hits WHERE key_id = $1 AND slot = $2", key_id, slot)
+    if held is not None and held > at - window:  # the N-th latest hit is in the window
+        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=held + window - now)
+    return _Admitted(key_id, at, slot)
 
 
 async def _count_use(c: Any, admitted: _Admitted) -> None:
     key_id = admitted.key_id
-    await c.execute("UPDATE keys SET requests_used = requests_used + 1 WHERE id = $1", key_id)
-    if admitted.at is not None:
-        await c.execute("INSERT INTO key_hits (key_id, at) VALUES ($1, $2)", key_id, admitted.at)
+    if admitted.at is None:
+        await c.execute("UPDATE keys SET requests_used = requests_used + 1 WHERE id = $1", key_id)
+        return
+    await c.execute(
+        "UPDATE keys SET requests_used = requests_used + 1, rate_hits = rate_hits + 1,"
+        " last_hit_at = $2 WHERE id = $1",
+        key_id,
+        admitted.at,
+    )
+    await c.execute(
+        "INSERT INTO key_hits (key_id, slot, at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (key_id, slot) DO UPDATE SET at = EXCLUDED.at",
+        key_id,
+        admitted.slot,
+        admitted.at,
+    )
 
 
 async def _prune_audit_chunk(c: Any, *, after: int, before: int) -> tuple[int, int | None]:

@@ -69,6 +69,30 @@ def _prune_chunk(
     return deleted, upto if more else None
 
 
+def _prune_hits_chunk(before: int, c: sqlite3.Connection) -> int | None:
+    """Delete up to :data:`PRUNE_CHUNK` rate-limit hits of one key revoked or expired before
+    ``before`` (they can never be read again).
+
+    Returns:
+        How many were deleted, or None when no such key has any left.
+    """
+    row = c.execute(
+        "SELECT id FROM keys INDEXED BY keys_with_hits WHERE last_hit_at IS NOT NULL"
+        " AND coalesce(revoked_at, expires_at) < ? LIMIT 1",
+        (before,),
+    ).fetchone()
+    if row is None:
+        return None
+    deleted = c.execute(
+        "DELETE FROM key_hits WHERE key_id = :k"
+        " AND slot IN (SELECT slot FROM key_hits WHERE key_id = :k LIMIT :n)",
+        {"k": row[0], "n": PRUNE_CHUNK},
+    ).rowcount
+    if deleted < PRUNE_CHUNK:  # the key's last: it leaves the index
+        c.execute("UPDATE keys SET last_hit_at = NULL WHERE id = ?", (row[0],))
+    return deleted
+
+
 def _transaction(c: sqlite3.Connection, body: Callable[[], T]) -> T:
     c.execute("BEGIN IMMEDIATE")
     result = body()
@@ -93,6 +117,9 @@ class _SpendRow:
     reserved: int
     cap: int | None  # None: there is no such key
     exists: bool  # the row is in the table (else the batch inserts it)
+    # The key's status (a revocation or an extension clears the serving store's cache).
+    revoked_at: int | None = None
+    expires_at: int = 0
 
 
 class _Batch:
@@ -145,16 +172,22 @@ class _Batch:
         known = self.spend.get((key_id, day))
         if known is None:
             row = self.c.execute(
-                "SELECT k.cap_micros, s.spent, s.reserved FROM keys k"
+                "SELECT k.cap_micros, s.spent, s.reserved, k.revoked_at, k.expires_at FROM keys k"
                 " LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? WHERE k.id = ?",
                 (day, key_id),
             ).fetchone()
             if row is None:
                 known = _SpendRow(0, 0, None, exists=False)
-            elif row[1] is None:
-                known = _SpendRow(0, 0, int(row[0]), exists=False)
             else:
-                known = _SpendRow(int(row[1]), int(row[2]), int(row[0]), exists=True)
+                exists = row[1] is not None
+                known = _SpendRow(
+                    int(row[1]) if exists else 0,
+                    int(row[2]) if exists else 0,
+                    int(row[0]),
+                    exists=exists,
+                    revoked_at=row[3],
+                    expires_at=int(row[4]),
+                )
             unwritten = self.deltas.get((key_id, day))
             if unwritten is not None:  # settlements of this row not written out yet
                 known.spent += unwritten[0]
@@ -164,6 +197,10 @@ class _Batch:
 
     def reserve(self, r: Reservation, now: int) -> tuple[ReserveResult, SpendState]:
         state = self.state(r.key_id, r.day)
+        if state.cap is not None:
+            inactive = _key_inactive(state.revoked_at, state.expires_at, now)
+            if inactive is not None:
+                return inactive
         if state.cap is None or state.spent + state.reserved + r.amount > state.cap:
             return ReserveResult.CAP_EXHAUSTED, SpendState(state.spent, state.reserved)
         state.reserved += r.amount
@@ -221,45 +258,82 @@ class _Admitted:
     """A request that passed its key's brakes, to count once it is forwarded."""
 
     key_id: str
-    #: Where the request goes in the key's log (None: the key has no rate limit).
-    at: int | None
+    #: When the request goes in the key's ring of hits (None: the key has no rate limit).
+    at: int | None = None
+    #: The slot of the ring it takes.
+    slot: int = 0
+
+
+def _key_inactive(
+    revoked_at: int | None, expires_at: int, now: int
+) -> tuple[ReserveResult, SpendState] | None:
+    """The refusal of a request whose key was revoked or expired since it was looked up."""
+    if revoked_at is not None:
+        return ReserveResult.KEY_REVOKED, SpendState(0, 0)
+    if now >= expires_at:
+        return ReserveResult.KEY_EXPIRED, SpendState(0, 0)
+    return None
+
+
+def _check_key(
+    c: sqlite3.Connection, key_id: str, now: int
+) -> tuple[ReserveResult, SpendState] | None:
+    row = c.execute("SELECT revoked_at, expires_at FROM keys WHERE id = ?", (key_id,)).fetchone()
+    return None if row is None else _key_inactive(row[0], int(row[1]), now)
 
 
 def _check_brakes(
     c: sqlite3.Connection, key_id: str, now: int
 ) -> _Admitted | tuple[ReserveResult, SpendState]:
-    """The key's use count, then its rate limit (a sliding log: see ``AdmitOp``).
+    """The key's status, its use count, then its rate limit (a ring of its last N hits: see
+    ``AdmitOp``): one read of the key's row and at most one of its ring, whatever N.
 
     Runs inside the write transaction (``BEGIN IMMEDIATE``), so nothing else writes between
     this check and the count.
     """
     row = c.execute(
-        "SELECT rate_limit, max_requests, requests_used FROM keys WHERE id = ?", (key_id,)
+        "SELECT rate_limit, max_requests, requests_used, rate_hits, last_hit_at, revoked_at,"
+        " expires_at FROM keys WHERE id = ?",
+        (key_id,),
     ).fetchone()
     if row is None:
-        return _Admitted(key_id, None)  # no such key: the reservation refuses it
-    rate, max_requests, used = row
+        return _Admitted(key_id)  # no such key: the reservation refuses it
+    rate, max_requests, used, hits, last, revoked_at, expires_at = row
+    inactive = _key_inactive(revoked_at, int(expires_at), now)
+    if inactive is not None:
+        return inactive
     if max_requests is not None and used >= max_requests:
         return ReserveResult.USES_EXHAUSTED, SpendState(0, 0)
     if rate is None:
-        return _Admitted(key_id, None)
+        return _Admitted(key_id)
     limit, seconds = parse_rate(rate)
     window = seconds * 1_000_000
-    latest = c.execute("SELECT max(at) FROM key_hits WHERE key_id = ?", (key_id,)).fetchone()[0]
-    at = now if latest is None else max(now, int(latest))  # the log never goes backwards
-    c.execute("DELETE FROM key_hits WHERE key_id = ? AND at <= ?", (key_id, at - window))
-    count, oldest = c.execute(
-        "SELECT count(*), min(at) FROM key_hits WHERE key_id = ?", (key_id,)
+    at = now if last is None else max(now, int(last))  # the ring never goes backwards
+    slot = int(hits) % limit
+    held = c.execute(
+        "SELECT at FROM key_hits WHERE key_id = ? AND slot = ?", (key_id, slot)
     ).fetchone()
-    if count >= limit:
-        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=oldest + window - now)
-    return _Admitted(key_id, at)
+    if held is not None and held[0] > at - window:  # the N-th latest hit is in the window
+        return ReserveResult.RATE_LIMITED, SpendState(0, 0, retry_after=held[0] + window - now)
+    return _Admitted(key_id, at, slot)
 
 
 def _count_use(c: sqlite3.Connection, admitted: _Admitted) -> None:
-    c.execute("UPDATE keys SET requests_used = requests_used + 1 WHERE id = ?", (admitted.key_id,))
-    if admitted.at is not None:
-        c.execute("INSERT INTO key_hits (key_id, at) VALUES (?, ?)", (admitted.key_id, admitted.at))
+    if admitted.at is None:
+        c.execute(
+            "UPDATE keys SET requests_used = requests_used + 1 WHERE id = ?", (admitted.key_id,)
+        )
+        return
+    c.execute(
+        "UPDATE keys SET requests_used = requests_used + 1, rate_hits = rate_hits + 1,"
+        " last_hit_at = ? WHERE id = ?",
+        (admitted.at, admitted.key_id),
+    )
+    c.execute(
+        "INSERT INTO key_hits (key_id, slot, at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key_id, slot) DO UPDATE SET at = excluded.at",
+        (admitted.key_id, admitted.slot, admitted.at),
+    )
 
 
 def _admit(c: sqlite3.Connection, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
@@ -283,6 +357,10 @@ def _reserve(
         if isinstance(checked, tuple):
             return checked
         admitted = checked
+    else:
+        inactive = _check_key(c, r.key_id, now)
+        if inactive is not None:
+            return inactive
     if r.idem_hash is not None:
         # Only a request already counted makes a replay free: one still in flight may yet be
         # refused (and released), and the vendor answers a concurrent repeat with an error.
@@ -296,6 +374,15 @@ def _reserve(
                 _count_use(c, admitted)  # forwarded all the same: the vendor replays
             return ReserveResult.REPLAY, _spend_state(c, r.key_id, r.day)
     if r.budget_id is not None:
+        # The key's cap first, then the budget's (the order PostgreSQL checks them in): a
+        # request past both is refused for the key's.
+        key_cap, key_used = c.execute(
+            "SELECT k.cap_micros, coalesce(s.spent + s.reserved, 0) FROM keys k"
+            " LEFT JOIN spend s ON s.key_id = k.id AND s.day = ? WHERE k.id = ?",
+            (r.day, r.key_id),
+        ).fetchone() or (0, 0)
+        if key_used + r.amount > key_cap:
+            return ReserveResult.CAP_EXHAUSTED, _spend_state(c, r.key_id, r.day)
         cap, used = c.execute(
             "SELECT b.cap_micros, coalesce(s.spent + s.reserved, 0) FROM budgets b"
             " LEFT JOIN budget_spend s ON s.budget_id = b.id AND s.day = ? WHERE b.id = ?",

@@ -46,15 +46,19 @@ CREATE TABLE IF NOT EXISTS keys (
     rate_limit TEXT,
     max_requests INTEGER,
     requests_used INTEGER NOT NULL DEFAULT 0,
-    budget_id TEXT
+    budget_id TEXT,
+    rate_hits INTEGER NOT NULL DEFAULT 0,
+    last_hit_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS keys_tenant ON keys (tenant, id);
 CREATE INDEX IF NOT EXISTS keys_budget ON keys (budget_id) WHERE budget_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keys_with_hits ON keys (id) WHERE last_hit_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS key_hits (
     key_id TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS key_hits_key ON key_hits (key_id, at);
+    slot INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, slot)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS budgets (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -127,6 +131,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE keys ADD COLUMN max_requests INTEGER",
         "ALTER TABLE keys ADD COLUMN requests_used INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE keys ADD COLUMN budget_id TEXT",
+        "ALTER TABLE keys ADD COLUMN rate_hits INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE keys ADD COLUMN last_hit_at INTEGER",
         "ALTER TABLE reservations ADD COLUMN budget_id TEXT",
     ),
 }

@@ -64,6 +64,7 @@ from keybrake.server.stores.sqlite.rows import (
     _insert_audit,
     _key_from_row,
     _prune_chunk,
+    _prune_hits_chunk,
     _reserve,
     _resolve_pending,
     _spend_state,
@@ -523,6 +524,7 @@ class SQLiteStore:
     async def revoke_key(self, tenant: str, key_id: str, now: int) -> KeyRecord | None:
         def revoke(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE keys SET revoked_at = ? WHERE tenant = ? AND id = ? AND revoked_at IS NULL",
                 (now, tenant, key_id),
@@ -567,6 +569,7 @@ class SQLiteStore:
 
         def revoke(c: sqlite3.Connection) -> list[Any]:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             return c.execute(sql, params).fetchall()
 
         rows = await self._run(revoke)
@@ -613,6 +616,7 @@ class SQLiteStore:
 
         def revoke(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE budgets SET revoked_at = ? WHERE tenant = ? AND id = ?"
                 " AND revoked_at IS NULL",
@@ -641,6 +645,7 @@ class SQLiteStore:
 
         def extend(c: sqlite3.Connection) -> Any:
             self._keys_by_hash.clear()
+            self._spend.clear()  # it holds each key's status too
             c.execute(
                 "UPDATE keys SET expires_at = min(?, max_expires_at)"
                 " WHERE tenant = ? AND id = ? AND revoked_at IS NULL AND expires_at > ?",
@@ -775,6 +780,11 @@ class SQLiteStore:
                 deleted += n
                 await asyncio.sleep(0)  # requests go first
             counts.append(deleted)
+        hits = functools.partial(_in_transaction, functools.partial(_prune_hits_chunk, before))
+        more = True
+        while more:  # the rate-limit hits of keys long revoked or expired
+            more = self._run_now(hits) is not None
+            await asyncio.sleep(0)  # requests go first
         if counts[2]:
             self._spend.clear()  # written behind the batches' back
         audit, reservations, spend, budget_spend = counts

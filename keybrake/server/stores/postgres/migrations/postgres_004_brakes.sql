@@ -1,17 +1,21 @@
--- Brakes for loops. A key may have a rate limit ("N/s", "N/m", "N/h": a sliding log of its
--- forwarded requests in key_hits, pruned per key as it goes), a use count (max_requests,
+-- Brakes for loops. A key may have a rate limit ("N/s", "N/m", "N/h": the times of its last
+-- N forwarded requests in key_hits, a ring of N slots; rate_hits counts them, last_hit_at is
+-- the latest), a use count (max_requests,
 -- requests_used) and a run budget: a daily cap shared by every key drawing from it.
 ALTER TABLE keys
     ADD COLUMN rate_limit TEXT,
     ADD COLUMN max_requests BIGINT,
     ADD COLUMN requests_used BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN budget_id TEXT;
+    ADD COLUMN budget_id TEXT,
+    ADD COLUMN rate_hits BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN last_hit_at BIGINT;
 CREATE INDEX keys_budget ON keys (budget_id) WHERE budget_id IS NOT NULL;
 CREATE TABLE key_hits (
     key_id TEXT NOT NULL,
-    at BIGINT NOT NULL
+    slot BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (key_id, slot)
 );
-CREATE INDEX key_hits_key ON key_hits (key_id, at);
 CREATE TABLE budgets (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
