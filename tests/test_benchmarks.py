@@ -34,3 +34,13 @@ def test_proxy_overhead_prints_its_table() -> None:
 def test_vault_key_roundtrip_prints_its_figures() -> None:
     out = run("vault_key_roundtrip.py", "--n", "30")
     assert "ratio" in out.lower()
+
+
+def test_proxy_wrk_prints_its_table_and_goals() -> None:
+    out = run("proxy_wrk.py", "--duration", "1", "--rounds", "1", "--warmup", "0")
+    rows = [line.split() for line in out.splitlines()]
+    paths = {(row[0], row[1]) for row in rows if len(row) == 7}
+    assert {("1", "direct"), ("1", "bare"), ("1", "keybrake"), ("32", "keybrake")} <= paths
+    assert "added p50 kb/bare" in out
+    assert "goal: throughput kb/bare at 32 connections" in out
+    assert "goal: added p50 kb/bare at 1 connection" in out
