@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.pg import PG_URL
+from tests.services import require
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -57,3 +62,16 @@ def test_store_size_prints_its_figures_and_goal() -> None:
     stores = {line.split()[0] for line in out.splitlines() if line.split()[:1]}
     assert {"empty", "full"} <= stores
     assert "goal: p50 full/empty" in out
+
+
+@pytest.mark.postgres
+def test_hot_key_replicas_prints_its_figures_and_goal() -> None:
+    require("postgres")
+    out = run(
+        "hot_key_replicas.py",
+        *("--database", PG_URL, "--replicas", "2", "--keys", "4"),
+        *("--connections", "4", "--duration", "1", "--rounds", "1"),
+    )
+    assert "one hot key" in out
+    assert "spread over 4 keys" in out
+    assert "goal: throughput hot/spread" in out
