@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -26,6 +27,11 @@ def _serve(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # That format names no source line, thread or process, so no record looks them up (the
+    # logging HOWTO's "Optimization"): at --log-level info every proxy request logs a line,
+    # and this takes about a fifth of its cost.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     from keybrake.server.proxy.vendors import PricingFileError
     from keybrake.server.stores.base import StoreUnavailable
     from keybrake.vendors import VendorLoadError
@@ -67,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         stop = _stop_on_signals()
         async with running_server(config, host=args.host, port=args.port, app=app):
+            _tune_gc()
             print(
                 f"keybrake serving on http://{args.host}:{args.port} ({_store_name(config)})",
                 flush=True,
@@ -93,6 +100,31 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.set_event_loop(None)
         loop.close()
     return 0
+
+
+#: The cyclic garbage collector's youngest-generation threshold while serving: CPython
+#: 3.13's default (700 before).
+GC_THRESHOLD = 2000
+
+
+def _tune_gc() -> None:
+    """Set the garbage collector up for serving, once the server has started.
+
+    What exists by then (modules, the application, the vendors) lives as long as the
+    process: frozen, full collections no longer walk it. A proxy request under load leaves a
+    few dozen objects in the youngest generation, so at the threshold of 700 the collector
+    ran every couple of dozen requests; at :data:`GC_THRESHOLD` it runs about a third as
+    often, each run still well under a millisecond. Under wrk at 32 connections this cut the
+    collector's time per proxy request from about 28 to 8 microseconds (``gc.callbacks``)
+    and the instructions per request by about 1.5 % (callgrind); see the Performance page.
+    Only ``keybrake serve``, which owns its process, does this: an application embedding
+    the server keeps its own settings.
+    """
+    gc.collect()
+    gc.freeze()
+    youngest, older, oldest = gc.get_threshold()
+    if youngest:  # 0: the collector was switched off, and stays off
+        gc.set_threshold(max(GC_THRESHOLD, youngest), older, oldest)
 
 
 def _stop_on_signals() -> asyncio.Event:

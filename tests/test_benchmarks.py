@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.pg import PG_URL
+from tests.services import require
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -33,4 +38,40 @@ def test_proxy_overhead_prints_its_table() -> None:
 
 def test_vault_key_roundtrip_prints_its_figures() -> None:
     out = run("vault_key_roundtrip.py", "--n", "30")
-    assert "ratio" in out.lower()
+    assert "GET /healthz (baseline)" in out
+    assert "async with VaultKey (issue+revoke)" in out
+    assert "goal: async with VaultKey p50" in out
+
+
+def test_proxy_wrk_prints_its_table_and_goals() -> None:
+    out = run("proxy_wrk.py", "--duration", "1", "--rounds", "1", "--warmup", "0")
+    rows = [line.split() for line in out.splitlines()]
+    paths = {(row[0], row[1]) for row in rows if len(row) == 7}
+    assert {("1", "direct"), ("1", "bare"), ("1", "keybrake"), ("32", "keybrake")} <= paths
+    assert "added p50 kb/bare" in out
+    assert "goal: throughput kb/bare at 32 connections" in out
+    assert "goal: added p50 kb/bare at 1 connection" in out
+
+
+def test_store_size_prints_its_figures_and_goal() -> None:
+    out = run(
+        "store_size.py",
+        *("--keys", "1000", "--audit-rows", "5000", "--duration", "1", "--rounds", "1"),
+    )
+    assert "full store: 1,000 keys and 5,000 audit entries" in out
+    stores = {line.split()[0] for line in out.splitlines() if line.split()[:1]}
+    assert {"empty", "full"} <= stores
+    assert "goal: p50 full/empty" in out
+
+
+@pytest.mark.postgres
+def test_hot_key_replicas_prints_its_figures_and_goal() -> None:
+    require("postgres")
+    out = run(
+        "hot_key_replicas.py",
+        *("--database", PG_URL, "--replicas", "2", "--keys", "4"),
+        *("--connections", "4", "--duration", "1", "--rounds", "1"),
+    )
+    assert "one hot key" in out
+    assert "spread over 4 keys" in out
+    assert "goal: throughput hot/spread" in out

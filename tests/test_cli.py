@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+from keybrake.cli import GC_THRESHOLD, _tune_gc
 
 
 def free_port() -> int:
@@ -148,3 +151,18 @@ def test_serve_refuses_a_database_of_another_schema_version(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "schema version 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_freezes_what_it_started_with_and_collects_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        _tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
+        assert gc.get_freeze_count() > 0
+        gc.set_threshold(0, 10, 10)  # switched off by the operator: it stays off
+        _tune_gc()
+        assert gc.get_threshold() == (0, 10, 10)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

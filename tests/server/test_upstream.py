@@ -277,6 +277,16 @@ async def test_an_answer_larger_than_the_limit_is_refused(
         vendor.answers.append([answer(bomb, headers=b"Content-Encoding: gzip\r\n")])
         with pytest.raises(UpstreamBroken, match="larger"):
             await post(forwarder, vendor)
+        # A small Content-Length beside chunked framing bounds nothing.
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (101, b"x" * 101)
+        vendor.answers.append(
+            [
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n" + chunked
+            ]
+        )
+        with pytest.raises(UpstreamBroken):
+            await post(forwarder, vendor)
 
 
 def test_origin_of_a_base_url() -> None:
