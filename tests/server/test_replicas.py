@@ -72,7 +72,11 @@ def replicas(
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(timeout=15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # a replica that ignores SIGTERM must not outlive the test
+                proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
 
