@@ -6,18 +6,27 @@ This module imports neither side, so either can use it without pulling in the ot
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
 import attrs
 
 __all__ = [
+    "MAX_LABEL",
+    "MAX_METADATA",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_NAME",
+    "MAX_METADATA_VALUE",
     "MAX_RATE",
     "MICROS_PER_USD",
     "EndpointPattern",
     "UnsafePathError",
     "format_time",
     "format_usd",
+    "label_problem",
+    "metadata_problem",
     "normalise_path",
     "parse_duration",
     "parse_rate",
@@ -26,6 +35,61 @@ __all__ = [
 ]
 
 MICROS_PER_USD = 1_000_000
+
+#: What a key's label and metadata may be, checked alike by the SDK (where a key is
+#: defined) and the server (where it is issued): an operator reads them on the dashboard
+#: and in ``keybrake keys``, and an agent may choose them.
+MAX_LABEL = 200
+MAX_METADATA = 50
+MAX_METADATA_NAME = 64
+MAX_METADATA_VALUE = 512
+#: All of a key's metadata together, in UTF-8 bytes.
+MAX_METADATA_BYTES = 8 * 1024
+#: Characters no label or metadata may hold: controls, format characters (zero-width
+#: spaces, bidi overrides: a label that reads as another's), surrogates, line separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _shown_text(value: str) -> bool:
+    """Text that reads as what it is: no control, format or separator character."""
+    return value.isprintable() or not any(
+        unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in value
+    )
+
+
+def label_problem(label: object) -> str | None:
+    """What is wrong with a key's label (``None``: nothing)."""
+    if not isinstance(label, str) or len(label) > MAX_LABEL:
+        return f"label must be a string of at most {MAX_LABEL} characters"
+    if not _shown_text(label):
+        return (
+            "label may not hold control, format or line-separator characters (a label must"
+            " read as what it is)"
+        )
+    return None
+
+
+def metadata_problem(metadata: object) -> str | None:
+    """What is wrong with a key's metadata (``None``: nothing)."""
+    if (
+        not isinstance(metadata, Mapping)
+        or len(metadata) > MAX_METADATA
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        return f"metadata must map at most {MAX_METADATA} strings to strings"
+    for name, value in metadata.items():
+        if not 0 < len(name) <= MAX_METADATA_NAME or len(value) > MAX_METADATA_VALUE:
+            return (
+                f"metadata names are 1 to {MAX_METADATA_NAME} characters and values at most"
+                f" {MAX_METADATA_VALUE}"
+            )
+        if not (_shown_text(name) and _shown_text(value)):
+            return "metadata may not hold control, format or line-separator characters"
+    if sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items()) > MAX_METADATA_BYTES:
+        return f"metadata may hold at most {MAX_METADATA_BYTES} bytes in all"
+    return None
+
+
 #: Largest daily cap we accept: a billion dollars is a typo, not a policy.
 MAX_USD = Decimal("1000000000")
 

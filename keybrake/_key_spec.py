@@ -15,7 +15,14 @@ from typing import Any
 
 import attrs
 
-from keybrake._common import EndpointPattern, parse_duration, parse_rate, to_micros
+from keybrake._common import (
+    EndpointPattern,
+    label_problem,
+    metadata_problem,
+    parse_duration,
+    parse_rate,
+    to_micros,
+)
 from keybrake._errors import ConfigurationError
 from keybrake.vendors import get_vendor
 
@@ -85,18 +92,29 @@ def _max_lifetime(value: Duration | None) -> timedelta | None:
 
 
 def _metadata(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Metadata the issuance API will take (what the server checks, checked here first).
+
+    Raises:
+        ConfigurationError: anything else.
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ConfigurationError(f"metadata must map strings to strings, not {value!r}")
+    problem = metadata_problem(value)
+    if problem is not None:
+        raise ConfigurationError(problem)
     return dict(value)
 
 
 def _check_label(instance: KeySpec, attribute: Any, value: str | None) -> None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"label must be a string, not {value!r}")
+    problem = None if value is None else label_problem(value)
+    if problem is not None:
+        raise ConfigurationError(problem)
 
 
 def _check_keepalive(instance: KeySpec, attribute: Any, value: bool) -> None:

@@ -153,3 +153,21 @@ async def test_issue_key_takes_a_spec_or_its_fields_not_both(kb: Keybrake) -> No
 def test_brakes_are_kept_as_given() -> None:
     spec = KeySpec(**GOOD, rate_limit="10/m", max_requests=100, budget="bud_1")
     assert (spec.rate_limit, spec.max_requests, spec.budget) == ("10/m", 100, "bud_1")
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"label": "run\u200b-42"}, "label may not hold"),
+        ({"label": "x" * 201}, "at most 200"),
+        ({"metadata": {"user": "a\u202eb"}}, "metadata may not hold"),
+        ({"metadata": {"k" * 65: "v"}}, "names are 1 to 64"),
+        ({"metadata": {"k": "v" * 513}}, "values at most 512"),
+        ({"metadata": {f"k{n}": "v" * 500 for n in range(20)}}, "8192 bytes"),
+    ],
+)
+def test_labels_and_metadata_the_server_refuses_fail_where_the_key_is_defined(
+    options: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        KeySpec("stripe", ["/v1/refunds"], cap=1, ttl="1m", **options)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from keybrake._common import MAX_LABEL
 from keybrake._errors import KeybrakeError
 from keybrake._key_spec import KeySpec
 from keybrake._vault_key import RunOptions, VaultKey
@@ -27,7 +28,6 @@ DEFAULT_LABEL_HEADERS: tuple[str, ...] = ("X-User-Id", "X-Agent-Run-Id")
 #: The ``code`` of the 503 answer when a request's vault key can't be issued.
 UNAVAILABLE_CODE = "vault_key_unavailable"
 
-MAX_LABEL = 200  # what the issuance API accepts
 MAX_VALUE = 64  # of one header value, in a label or in metadata
 
 

@@ -7,7 +7,6 @@ import hmac
 import json
 import logging
 import secrets
-import unicodedata
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,9 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from keybrake._common import (
+    MAX_LABEL,
+    MAX_METADATA,
     EndpointPattern,
     format_time,
     format_usd,
+    label_problem,
+    metadata_problem,
     parse_duration,
     parse_rate,
     to_micros,
@@ -70,16 +73,6 @@ __all__ = [
 log = logging.getLogger("keybrake.server")
 
 MAX_ENDPOINTS = 100
-MAX_LABEL = 200
-MAX_METADATA = 50
-#: Longest metadata name and value, and all of a key's metadata together (UTF-8 bytes): the
-#: dashboard and `keybrake keys` show them, and an agent chooses them.
-MAX_METADATA_NAME = 64
-MAX_METADATA_VALUE = 512
-MAX_METADATA_BYTES = 8 * 1024
-#: Characters no label or metadata may hold: controls, format characters (zero-width
-#: spaces, bidi overrides: a label that reads as another's), surrogates, line separators.
-_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 #: Longest ``expires_in`` or ``max_lifetime`` a key may ask for.
 MAX_LIFETIME = timedelta(days=30)
 TOKEN_PREFIX = "vault_key_"
@@ -178,56 +171,21 @@ def _duration(data: dict[str, Any], name: str) -> timedelta:
     return result
 
 
-def _shown_text(value: str) -> bool:
-    """Text that reads as what it is: no control, format or separator character."""
-    return value.isprintable() or not any(
-        unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in value
-    )
-
-
 def _check_metadata(metadata: Any) -> None:
     """Raises:
-    BadRequest: not at most :data:`MAX_METADATA` short strings to short strings.
+    BadRequest: not what :func:`~keybrake._common.metadata_problem` accepts.
     """
-    if (
-        not isinstance(metadata, dict)
-        or len(metadata) > MAX_METADATA
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise BadRequest(
-            f"'metadata' must map at most {MAX_METADATA} strings to strings", param="metadata"
-        )
-    for name, value in metadata.items():
-        if not 0 < len(name) <= MAX_METADATA_NAME or len(value) > MAX_METADATA_VALUE:
-            raise BadRequest(
-                f"'metadata' names are 1 to {MAX_METADATA_NAME} characters and values at most"
-                f" {MAX_METADATA_VALUE}",
-                param="metadata",
-            )
-        if not (_shown_text(name) and _shown_text(value)):
-            raise BadRequest(
-                "'metadata' may not hold control, format or line-separator characters",
-                param="metadata",
-            )
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-    if size > MAX_METADATA_BYTES:
-        raise BadRequest(
-            f"'metadata' may hold at most {MAX_METADATA_BYTES} bytes in all", param="metadata"
-        )
+    problem = metadata_problem(metadata)
+    if problem is not None:
+        raise BadRequest(f"'metadata': {problem}", param="metadata")
 
 
 def _label(data: dict[str, Any]) -> str:
     label = data.get("label", "")
-    if not isinstance(label, str) or len(label) > MAX_LABEL:
-        raise BadRequest(
-            f"'label' must be a string of at most {MAX_LABEL} characters", param="label"
-        )
-    if not _shown_text(label):
-        raise BadRequest(
-            "'label' may not hold control, format or line-separator characters (a label must"
-            " read as what it is)",
-            param="label",
-        )
+    problem = label_problem(label)
+    if problem is not None:
+        raise BadRequest(f"'label': {problem}", param="label")
+    assert isinstance(label, str)
     return label
 
 
