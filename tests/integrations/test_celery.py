@@ -9,6 +9,7 @@ with localstripe as Stripe.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import socket
 import time
@@ -143,9 +144,14 @@ def worker(
     finally:
         # Celery's Redis backend gives its client a pool of its own, which closing the
         # client leaves open: its result listener and pool are closed here, or their sockets
-        # are left to the garbage collector (a ResourceWarning in a later test).
+        # are left to the garbage collector (a ResourceWarning in a later test). A result
+        # object unsubscribes when it is collected, reconnecting if it must, and results live
+        # in reference cycles: collect them while the listener is open, then leave the
+        # listener nothing to reconnect with, for any result that outlives the worker.
+        gc.collect()
         backend: Any = client.backend
         backend.result_consumer.stop()
+        backend.result_consumer._pubsub = None
         backend.client.close()
         backend.client.connection_pool.disconnect()
         client.close()
