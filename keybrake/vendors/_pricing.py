@@ -28,6 +28,7 @@ from keybrake._common import EndpointPattern
 
 __all__ = [
     "FREE",
+    "MAX_JSON_DEPTH",
     "Counted",
     "Lookup",
     "Outcome",
@@ -40,6 +41,7 @@ __all__ = [
     "nothing_counted",
     "parse_form",
     "parse_json",
+    "read_strict_json",
     "usd_to_micros",
 ]
 
@@ -157,34 +159,84 @@ def parse_json(request: VendorRequest) -> Any:
 
     Raises:
         PricingRefusal: 400 ``bad_request`` for a body that is not strict UTF-8 JSON sent as
-            ``application/json``, or that repeats a key in an object.
+            ``application/json`` (see :func:`read_strict_json`).
     """
     if not request.body:
         return None
     if request.content_type.partition(";")[0].strip().lower() != "application/json":
         raise PricingRefusal(400, "bad_request", "request body must be sent as application/json")
     try:
-        return json.loads(
-            request.body.decode("utf-8"),
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constant,
-        )
+        return read_strict_json(request.body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise PricingRefusal(400, "bad_request", f"request body is not valid JSON: {exc}") from None
 
 
+#: Deepest nesting of a JSON body (a deeper one is refused, never recursed into).
+MAX_JSON_DEPTH = 32
+#: Keys a JavaScript upstream may take for its objects' own machinery.
+_PROTOTYPE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
+
+
+def read_strict_json(text: str) -> Any:
+    """JSON with one reading only: the proxy reads a body with it before pricing, and the
+    pricers read what the proxy re-encoded from that reading.
+
+    Raises:
+        ValueError: not JSON; an object that repeats a key (a reader may keep either) or
+            holds ``__proto__``, ``constructor`` or ``prototype`` (a JavaScript upstream
+            may read them as its objects' machinery); ``NaN`` or ``Infinity``; a number out
+            of a float's range; nesting deeper than :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
+    except RecursionError:
+        raise ValueError("it nests too deep") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"it nests deeper than {MAX_JSON_DEPTH}")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys are all different (a repeat could be read either way)."""
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
             raise ValueError(f"key {name!r} is repeated")
+        if name in _PROTOTYPE_KEYS:
+            raise ValueError(f"key {name!r} is not accepted")
         out[name] = value
     return out
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is out of range")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests, without recursing past :data:`MAX_JSON_DEPTH`."""
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        if deepest > MAX_JSON_DEPTH:
+            break
+        level = [
+            child
+            for item in level
+            if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return deepest
 
 
 def _split_form(text: str) -> list[tuple[str, str]]:

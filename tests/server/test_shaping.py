@@ -15,6 +15,7 @@ from keybrake.server.proxy.shaping import (
     fingerprint,
     forwarded_headers,
 )
+from keybrake.vendors import PricingRefusal, VendorRequest, parse_json
 from keybrake.vendors.stripe import VENDOR as STRIPE
 
 RULES = HeaderRules.for_vendor(STRIPE)
@@ -154,3 +155,23 @@ def test_json_read_two_ways_is_refused(content_type: str, body: bytes) -> None:
 def test_keys_a_javascript_reader_takes_for_its_machinery_are_refused(body: bytes) -> None:
     with pytest.raises(BadRequest):
         canonical_json(JSON, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"to": "a@x.io", "to": "b@x.io"}',
+        b'{"n": NaN}',
+        b'{"n": 1e400}',
+        b"[" * 40 + b"]" * 40,
+        b"[" * 100_000,
+        b'{"headers": {"__proto__": "x"}}',
+    ],
+)
+def test_pricers_read_json_as_strictly_as_the_proxy(body: bytes) -> None:
+    # A pricer called on a body the proxy didn't shape (a plugin's own tests, a tool) reads
+    # it with the same rules: one reading, never a second, laxer one.
+    request = VendorRequest("POST", ("emails",), "", JSON, body)
+    with pytest.raises(PricingRefusal) as refused:
+        parse_json(request)
+    assert refused.value.code == "bad_request"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import attrs
 
 from keybrake.vendors import Vendor
+from keybrake.vendors._pricing import read_strict_json
 
 __all__ = [
     "FORM",
@@ -64,8 +64,6 @@ _JSON_START = frozenset('{["')
 # ``items[0][price]``, ``expand[]``). ``amount]`` or ``[amount]`` is refused: a lenient
 # reader may take either for ``amount``.
 _NAME = re.compile(r"[^\[\]\s]+(?:\[[^\[\]]*\])*")
-#: Deepest nesting of a JSON body (a deeper one is refused, never recursed into).
-MAX_JSON_DEPTH = 32
 
 
 @attrs.frozen
@@ -159,55 +157,13 @@ def _media_type(content_type: str, expected: str) -> None:
             raise BadRequest(f"a body is {expected} with no parameter but charset=utf-8")
 
 
-#: Keys a JavaScript upstream may take for its objects' own machinery.
-_PROTOTYPE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise BadRequest(f"the JSON body repeats the key {name!r}")
-        if name in _PROTOTYPE_KEYS:
-            raise BadRequest(f"the JSON body holds the key {name!r}, which is not accepted")
-        out[name] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"the JSON body holds {name}, which is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise BadRequest("the JSON body holds a number out of range")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """How deep ``value`` nests, without recursing past :data:`MAX_JSON_DEPTH`."""
-    deepest, level = 0, [value]
-    while level:
-        deepest += 1
-        if deepest > MAX_JSON_DEPTH:
-            break
-        level = [
-            child
-            for item in level
-            if isinstance(item, (dict, list))
-            for child in (item.values() if isinstance(item, dict) else item)
-        ]
-    return deepest
-
-
 def canonical_json(content_type: str, body: bytes) -> bytes:
     """A JSON body re-encoded from its one reading (``b""`` for no body).
 
     Raises:
         BadRequest: another content type or charset, not strict UTF-8, not JSON, an object
             that repeats a key, ``NaN`` or ``Infinity``, a number out of range, or nesting
-            deeper than :data:`MAX_JSON_DEPTH`.
+            deeper than 32 (see :func:`keybrake.vendors._pricing.read_strict_json`).
     """
     if not body:
         return b""
@@ -217,18 +173,9 @@ def canonical_json(content_type: str, body: bytes) -> bytes:
     except UnicodeDecodeError:
         raise BadRequest("the request body is not valid UTF-8") from None
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constant,
-            parse_float=_finite,
-        )
-    except RecursionError:
-        raise BadRequest("the JSON body nests too deep") from None
+        value = read_strict_json(text)
     except ValueError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise BadRequest(f"the JSON body nests deeper than {MAX_JSON_DEPTH}")
     return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
