@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -23,6 +24,7 @@ from keybrake.server.ledger.audit import AuditLog
 from keybrake.server.ledger.ledger import Ledger
 from keybrake.server.stores.base import (
     AuditEntry,
+    BudgetRecord,
     CorrectPriceOp,
     FinishOp,
     KeyRecord,
@@ -332,7 +334,9 @@ async def test_unknown_tokens_are_never_cached(store: CountingStore) -> None:
 # -- a batch does what the operations one by one would -------------------------------------
 
 
-KEYS = ("vk_a", "vk_b", "vk_missing")
+KEYS = ("vk_a", "vk_b", "vk_c", "vk_missing")
+#: vk_c draws from this budget too (its reservations and settlements move its rows).
+BUDGET = "bud_run"
 DAYS = ("2026-11-26", "2026-11-27")
 
 
@@ -346,12 +350,14 @@ def op_sequences(draw: st.DrawFn) -> list[LedgerOp]:
             rid = f"rsv_{n:03d}"
             ids.append(rid)
             idem = draw(st.sampled_from([None, None, None, "idem_1", "idem_2"]))
+            key_id = draw(st.sampled_from(KEYS))
             r = Reservation(
                 rid,
-                draw(st.sampled_from(KEYS)),
+                key_id,
                 draw(st.sampled_from(DAYS)),
                 draw(st.sampled_from([0, 1, 2, 3, 5])) * DOLLAR,
                 idem,
+                budget_id=BUDGET if key_id == "vk_c" else None,
             )
             ops.append(ReserveOp(r, 1_000 + n, draw(st.sampled_from([0, 1_005]))))
         elif kind == "finish":
@@ -376,6 +382,11 @@ async def _fresh_store(*, serving: bool = False) -> SQLiteStore:
     await store.open()
     await store.insert_key(key_record("vk_a", cap=6 * DOLLAR))
     await store.insert_key(key_record("vk_b", cap=3 * DOLLAR))
+    now = now_micros()
+    await store.insert_budget(
+        BudgetRecord(BUDGET, "default", "run", 4 * DOLLAR, now, now + 3_600_000_000)
+    )
+    await store.insert_key(attrs.evolve(key_record("vk_c", cap=3 * DOLLAR), budget_id=BUDGET))
     return store
 
 
@@ -384,7 +395,8 @@ async def _tables(store: SQLiteStore) -> tuple[list[Any], list[Any]]:
     assert conn is not None
     spend = conn.execute("SELECT * FROM spend ORDER BY key_id, day").fetchall()
     reservations = conn.execute("SELECT * FROM reservations ORDER BY id").fetchall()
-    return spend, reservations
+    budgets = conn.execute("SELECT * FROM budget_spend ORDER BY budget_id, day").fetchall()
+    return spend, reservations + budgets
 
 
 async def _one_by_one(store: SQLiteStore, op: LedgerOp) -> Any:

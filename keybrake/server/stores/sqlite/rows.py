@@ -30,6 +30,10 @@ from keybrake.server.stores.base import (
 
 T = TypeVar("T")
 
+#: Most settlements and releases finished by one statement (six parameters each; SQLite
+#: takes up to 32,766 parameters in a statement).
+FINISH_CHUNK = 500
+
 
 def _in_transaction(body: Callable[[sqlite3.Connection], T], c: sqlite3.Connection) -> T:
     return _transaction(c, lambda: body(c))
@@ -144,7 +148,21 @@ class _Batch:
         self.new: dict[str, tuple[Any, ...]] = {}
 
     def apply(self, ops: Sequence[LedgerOp]) -> list[Any]:
-        results = [self.one(op) for op in ops]
+        results: list[Any] = []
+        finishing: list[FinishOp] = []  # consecutive settlements and releases, settled as one
+        for op in ops:
+            if isinstance(op, FinishOp) and len(finishing) < FINISH_CHUNK:
+                finishing.append(op)
+                continue
+            if finishing:
+                results += self.finish_many(finishing)
+                finishing = []
+            if isinstance(op, FinishOp):
+                finishing.append(op)
+            else:
+                results.append(self.one(op))
+        if finishing:
+            results += self.finish_many(finishing)
         self.write_out()
         return results
 
@@ -208,11 +226,28 @@ class _Batch:
         self.new[r.id] = (r.id, r.key_id, r.day, r.amount, now)
         return ReserveResult.RESERVED, SpendState(state.spent, state.reserved)
 
+    def finish_many(self, ops: list[FinishOp]) -> list[bool]:
+        """Finish ``ops`` in order, with one statement when they are several different
+        reservations (what a busy server's batch mostly holds)."""
+        if any(op.reservation_id in self.new for op in ops):
+            self.write_out()
+        if len(ops) == 1 or len({op.reservation_id for op in ops}) < len(ops):
+            return [self.finish(op) for op in ops]  # one reservation twice: the first wins
+        finished = _mark_many_finished(self.c, ops)
+        for moved in finished.values():
+            self._move(*moved)
+        return [op.reservation_id in finished for op in ops]
+
     def finish(self, op: FinishOp) -> bool:
         finished = _mark_finished(self.c, op.reservation_id, op.settlement, op.now)
         if finished is None:
             return False
-        key_id, day, amount, actual = finished
+        self._move(*finished)
+        return True
+
+    def _move(self, key_id: str, day: str, amount: int, actual: int) -> None:
+        """A finished reservation's effect on its key's spend row: ``amount`` no longer
+        reserved, ``actual`` spent."""
         delta = self.deltas.setdefault((key_id, day), [0, 0])
         delta[0] += actual
         delta[1] -= amount
@@ -220,7 +255,6 @@ class _Batch:
         if state is not None:
             state.spent += actual
             state.reserved -= amount
-        return True
 
     def write_out(self) -> None:
         c = self.c
@@ -453,6 +487,55 @@ def _mark_finished(
             (int(row[2]), 0 if s is None else s.actual, row[3], row[1]),
         )
     return str(row[0]), str(row[1]), int(row[2]), 0 if s is None else s.actual
+
+
+def _mark_many_finished(
+    c: sqlite3.Connection, ops: Sequence[FinishOp]
+) -> dict[str, tuple[str, str, int, int]]:
+    """:func:`_mark_finished` for several different reservations in one statement.
+
+    Returns:
+        For each reservation that was pending (and is now finished), by id: ``(key id, day,
+        reserved amount, settled amount)`` for the spend row to move.
+    """
+    params: list[Any] = []
+    for op in ops:
+        s = op.settlement
+        if s is None:  # a release: nothing settled, the estimate's details left as they are
+            params += (op.reservation_id, None, None, None, None, op.now)
+        else:
+            params += (
+                op.reservation_id, s.actual, int(s.final), s.vendor_request_id, s.object_id, op.now
+            )  # fmt: skip
+    rows = c.execute(
+        "UPDATE reservations SET"
+        " state = CASE WHEN v.column2 IS NULL THEN 'released' ELSE 'settled' END,"
+        " settled_amount = coalesce(v.column2, 0),"
+        " final = CASE WHEN v.column2 IS NULL THEN reservations.final ELSE v.column3 END,"
+        " vendor_request_id = CASE WHEN v.column2 IS NULL"
+        "   THEN reservations.vendor_request_id ELSE v.column4 END,"
+        " object_id = CASE WHEN v.column2 IS NULL THEN reservations.object_id ELSE v.column5 END,"
+        " finished_at = v.column6"
+        f" FROM (VALUES {', '.join(['(?, ?, ?, ?, ?, ?)'] * len(ops))}) AS v"
+        " WHERE reservations.id = v.column1 AND reservations.state = 'pending'"
+        " RETURNING id, key_id, day, amount, budget_id, settled_amount",
+        params,
+    ).fetchall()
+    budgets: dict[tuple[str, str], list[int]] = {}
+    finished: dict[str, tuple[str, str, int, int]] = {}
+    for reservation_id, key_id, day, amount, budget_id, actual in rows:
+        finished[str(reservation_id)] = (str(key_id), str(day), int(amount), int(actual))
+        if budget_id is not None:
+            moved = budgets.setdefault((str(budget_id), str(day)), [0, 0])
+            moved[0] += int(amount)
+            moved[1] += int(actual)
+    for (budget_id, day), (amount, actual) in budgets.items():
+        c.execute(
+            "UPDATE budget_spend SET reserved = reserved - ?, spent = spent + ?"
+            " WHERE budget_id = ? AND day = ?",
+            (amount, actual, budget_id, day),
+        )
+    return finished
 
 
 def _finish(c: sqlite3.Connection, reservation_id: str, s: Settlement | None, now: int) -> bool:
