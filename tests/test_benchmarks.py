@@ -43,7 +43,9 @@ def test_vault_key_roundtrip_prints_its_figures() -> None:
     assert "goal: async with VaultKey p50" in out
 
 
+@pytest.mark.tools
 def test_proxy_wrk_prints_its_table_and_goals() -> None:
+    require("tools")
     out = run("proxy_wrk.py", "--duration", "1", "--rounds", "1", "--warmup", "0")
     rows = [line.split() for line in out.splitlines()]
     paths = {(row[0], row[1]) for row in rows if len(row) == 7}
@@ -53,7 +55,9 @@ def test_proxy_wrk_prints_its_table_and_goals() -> None:
     assert "goal: added p50 kb/bare at 1 connection" in out
 
 
+@pytest.mark.tools
 def test_store_size_prints_its_figures_and_goal() -> None:
+    require("tools")
     out = run(
         "store_size.py",
         *("--keys", "1000", "--audit-rows", "5000", "--duration", "1", "--rounds", "1"),
@@ -65,8 +69,10 @@ def test_store_size_prints_its_figures_and_goal() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.tools
 def test_hot_key_replicas_prints_its_figures_and_goal() -> None:
     require("postgres")
+    require("tools")
     out = run(
         "hot_key_replicas.py",
         *("--database", PG_URL, "--replicas", "2", "--keys", "4"),
@@ -75,3 +81,15 @@ def test_hot_key_replicas_prints_its_figures_and_goal() -> None:
     assert "one hot key" in out
     assert "spread over 4 keys" in out
     assert "goal: throughput hot/spread" in out
+
+
+@pytest.mark.tools
+def test_proxy_instructions_prints_its_counts() -> None:
+    require("tools")
+    out = run("proxy_instructions.py", "--duration", "2", "--warmup", "0", "--connections", "32")
+    [row] = [line.split() for line in out.splitlines() if line.split()[:1] == ["32"]]
+    bare, keybrake, ratio = map(float, row[1:])
+    assert bare > 0
+    assert keybrake > 0
+    assert ratio == pytest.approx(keybrake / bare, abs=0.01)
+    assert "throughput kb/bare the CPU allows at 32 connections" in out
