@@ -23,31 +23,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from proxy_overhead import BODY, free_port
+from proxy_overhead import BODY, free_port, wait_for
 from proxy_wrk import OVERHEAD, PATH, issue_key, keybrake_env, upstream_serving, wrk
 
 #: Seconds a proxy under callgrind may take to start answering.
 START_TIMEOUT = 240.0
-
-
-def wait_slowly(url: str) -> None:
-    """Wait for a server that valgrind slows fifty-fold."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=10).close()
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not come up under callgrind")
 
 
 @contextlib.contextmanager
@@ -142,7 +126,7 @@ def main(duration: int, warmup: int, connections: list[int]) -> None:
         bare_out = folder / "bare.callgrind"
         bare_args = [str(OVERHEAD), "--role", "bare", "--port", str(bare_port), "--url", upstream]
         with under_callgrind([*bare_args, "--loop", "uvloop"], bare_out) as bare:
-            wait_slowly(f"http://127.0.0.1:{bare_port}/stripe/")
+            wait_for(f"http://127.0.0.1:{bare_port}/stripe/", timeout=START_TIMEOUT, attempt=10)
             for conns in connections:
                 figures["bare", conns] = per_request(
                     bare, bare_out, f"http://127.0.0.1:{bare_port}/stripe{PATH}", "x",
@@ -157,7 +141,7 @@ def main(duration: int, warmup: int, connections: list[int]) -> None:
         ]  # fmt: skip
         with under_callgrind(kb_args, kb_out, env=keybrake_env(upstream)) as keybrake:
             url = f"http://127.0.0.1:{kb_port}"
-            wait_slowly(f"{url}/healthz")
+            wait_for(f"{url}/healthz", timeout=START_TIMEOUT, attempt=10)
             token = issue_key(url)
             for conns in connections:
                 figures["keybrake", conns] = per_request(

@@ -187,14 +187,15 @@ def process(*args: str, env: dict[str, str] | None = None) -> Iterator[subproces
         proc.wait(timeout=10)
 
 
-def wait_for(url: str) -> None:
+def wait_for(url: str, *, timeout: float = 30.0, attempt: float = 1.0) -> None:
+    """Wait until ``url`` answers at all, for ``timeout`` seconds, ``attempt`` per try."""
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=1)
+            urllib.request.urlopen(url, timeout=attempt).close()
             return
         except urllib.error.HTTPError:
             return
