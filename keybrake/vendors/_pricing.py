@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
@@ -175,6 +176,10 @@ def parse_json(request: VendorRequest) -> Any:
 MAX_JSON_DEPTH = 32
 #: Keys a JavaScript upstream may take for its objects' own machinery.
 _PROTOTYPE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
+#: Largest integer a JavaScript upstream reads exactly (``Number.MAX_SAFE_INTEGER``).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: A ``\u`` escape of a UTF-16 surrogate, the one way a lone surrogate gets into a string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 def read_strict_json(text: str) -> Any:
@@ -185,7 +190,10 @@ def read_strict_json(text: str) -> Any:
         ValueError: not JSON; an object that repeats a key (a reader may keep either) or
             holds ``__proto__``, ``constructor`` or ``prototype`` (a JavaScript upstream
             may read them as its objects' machinery); ``NaN`` or ``Infinity``; a number out
-            of a float's range; nesting deeper than :data:`MAX_JSON_DEPTH`.
+            of a float's range, or an integer a JavaScript upstream can't read exactly
+            (beyond :data:`MAX_SAFE_INTEGER`); a string with a lone UTF-16 surrogate (two
+            such keys differ here and may be one key to an upstream that replaces them);
+            nesting deeper than :data:`MAX_JSON_DEPTH`.
     """
     try:
         value = json.loads(
@@ -193,11 +201,19 @@ def read_strict_json(text: str) -> Any:
             object_pairs_hook=_unique_keys,
             parse_constant=_no_constant,
             parse_float=_finite,
+            parse_int=_safe_int,
         )
     except RecursionError:
         raise ValueError("it nests too deep") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"it nests deeper than {MAX_JSON_DEPTH}")
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # Paired surrogates (an emoji written as two escapes) are one character once read;
+        # a lone one is left in the string, and can't be written as UTF-8.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate") from None
     return value
 
 
@@ -205,7 +221,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
-            raise ValueError(f"key {name!r} is repeated")
+            raise ValueError(f"key {name[:40]!r} is repeated")
         if name in _PROTOTYPE_KEYS:
             raise ValueError(f"key {name!r} is not accepted")
         out[name] = value
@@ -220,6 +236,13 @@ def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("a number is out of range")
+    return value
+
+
+def _safe_int(text: str) -> int:
+    # Checked by length before it is converted: a long run of digits costs quadratic time.
+    if len(text) > 17 or abs(value := int(text)) > MAX_SAFE_INTEGER:
+        raise ValueError("an integer is beyond what every JSON reader reads exactly")
     return value
 
 

@@ -128,6 +128,11 @@ def test_a_json_body_is_re_encoded_from_its_one_reading() -> None:
         (JSON, b'{"n": NaN}'),
         (JSON, b'{"n": -Infinity}'),
         (JSON, b'{"n": 1e400}'),  # a float reader sees infinity
+        (JSON, b'{"n": 1' + b"0" * 400 + b"}"),  # exact here, Infinity to JavaScript
+        (JSON, b'{"n": 9007199254740993}'),  # 2**53 + 1: JavaScript reads 2**53
+        (JSON, b'{"n": ' + b"9" * 100_000 + b"}"),  # quadratic to convert: refused by length
+        (JSON, b'{"\\ud800": 1, "\\udfff": 2}'),  # two keys here, maybe one upstream
+        (JSON, b'{"to": "a@x.io\\udc00"}'),
         (JSON, b'{"to": "a@x.io"'),
         (JSON, b'{"to": "\xff"}'),
         (JSON, b"[" * 40 + b"]" * 40),
@@ -166,6 +171,8 @@ def test_keys_a_javascript_reader_takes_for_its_machinery_are_refused(body: byte
         b"[" * 40 + b"]" * 40,
         b"[" * 100_000,
         b'{"headers": {"__proto__": "x"}}',
+        b'{"n": 9007199254740993}',
+        b'["\\ud800"]',
     ],
 )
 def test_pricers_read_json_as_strictly_as_the_proxy(body: bytes) -> None:
@@ -175,3 +182,10 @@ def test_pricers_read_json_as_strictly_as_the_proxy(body: bytes) -> None:
     with pytest.raises(PricingRefusal) as refused:
         parse_json(request)
     assert refused.value.code == "bad_request"
+
+
+def test_json_that_every_reader_reads_alike_is_kept() -> None:
+    body = b'{"n": 9007199254740991, "m": -9007199254740991, "s": "\\ud83d\\ude00"}'
+    assert canonical_json(JSON, body) == (
+        b'{"n":9007199254740991,"m":-9007199254740991,"s":"\\ud83d\\ude00"}'
+    )
