@@ -267,6 +267,31 @@ async def test_a_body_that_never_arrives_is_a_408(
     assert recorder.requests == []
 
 
+async def test_a_client_gone_before_its_body_arrived_is_audited_as_such(
+    proxy: Proxy, recorder: Recorder
+) -> None:
+    key = await proxy.issue()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key['token']}\r\nContent-Type: {FORM}\r\n"
+        "Content-Length: 100\r\n\r\namount=1".encode()
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the head is read, the key found, the body awaited
+    writer.close()
+    await writer.wait_closed()
+    async with proxy.client() as kb:
+        for _ in range(100):
+            entries = [entry async for entry in kb.audit()]
+            if entries:
+                break
+            await asyncio.sleep(0.05)
+    assert [(entry.decision, entry.status) for entry in entries] == [("client_closed", 499)]
+    assert recorder.requests == []
+
+
 async def test_audit_rows_keep_a_short_path(proxy: Proxy, recorder: Recorder) -> None:
     key = await proxy.issue()
     long_path = "/stripe/v1/" + "a" * 1900

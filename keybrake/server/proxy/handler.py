@@ -233,6 +233,8 @@ class ProxyHandler:
                     facts, 413, "body_too_large", "request body is larger than the server accepts"
                 )
             except (aiohttp.ClientPayloadError, ConnectionResetError):
+                if facts.decision == "error":  # nothing was decided, so nothing forwarded
+                    facts.decision, facts.status = "client_closed", 499
                 raise  # the client went away while sending: nobody to answer
             except Exception:
                 log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
