@@ -22,6 +22,16 @@ request at a time once per request, not twice. A crash between the answer and th
 leaves the reservation pending at its bound: counted too much, never too little.
 :meth:`Ledger.flush` writes the queue now; the API calls it before reading spend, so what
 it shows includes every request answered so far.
+
+With a store shared by replicas (PostgreSQL), the ledger **coalesces** the reservations of
+a hot key instead: while one reservation of a key (and day) is at the store, the plain ones
+(only the key's cap at stake) asked for meanwhile wait, and go together in one statement and
+one commit as soon as it is back (:meth:`CoalescingStore.reserve_many`). Their sum is checked
+against the cap by the same conditional update as one reservation's, all or none; when it
+doesn't fit, they are reserved one by one, in the order they were asked for, so the cap
+holds exactly and every request that fits gets in. So a replica keeps at most one
+reservation statement per key at the store, whatever its load, and the key's spend row is
+locked once per batch rather than once per request.
 """
 
 from __future__ import annotations
@@ -69,13 +79,29 @@ class BatchingStore(Protocol):
     def apply_ledger_ops(self, ops: Sequence[LedgerOp]) -> list[Any]: ...
 
 
+@runtime_checkable
+class CoalescingStore(Protocol):
+    """A store that reserves several plain reservations of one key in one step."""
+
+    async def reserve_many(
+        self, reservations: Sequence[Reservation], now: int
+    ) -> tuple[ReserveResult, SpendState] | None: ...
+
+
 _Queued = tuple[LedgerOp, "asyncio.Future[Any] | None"]
+_Waiting = tuple[Reservation, int, "asyncio.Future[tuple[ReserveResult, SpendState]]"]
 
 
 class Ledger:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._batching: BatchingStore | None = store if isinstance(store, BatchingStore) else None
+        self._coalescing: CoalescingStore | None = (
+            store if self._batching is None and isinstance(store, CoalescingStore) else None
+        )
+        #: Per key and day with a reservation at the store: the plain ones waiting for it.
+        self._lanes: dict[tuple[str, str], list[_Waiting]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -108,6 +134,9 @@ class Ledger:
         self._task = asyncio.create_task(self._retry_forever(), name="keybrake-ledger-retry")
 
     async def close(self) -> None:
+        for drain in list(self._drains):
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -132,6 +161,16 @@ class Ledger:
         """
         if self._batching is not None:
             return await self._reserve_batched(reservation, now, replay_after)
+        if self._coalescing is not None and reservation.plain:
+            lane = self._lanes.get((reservation.key_id, reservation.day))
+            if lane is not None:
+                return await self._reserve_with_lane(lane, reservation, now)
+            return await self._reserve_opening_lane(reservation, now, replay_after)
+        return await self._reserve_alone(reservation, now, replay_after)
+
+    async def _reserve_alone(
+        self, reservation: Reservation, now: int, replay_after: int
+    ) -> tuple[ReserveResult, SpendState]:
         task = asyncio.ensure_future(
             self._store.reserve(reservation, now, replay_after=replay_after)
         )
@@ -151,6 +190,99 @@ class Ledger:
             # release of a reservation that doesn't exist changes nothing).
             self._owe(reservation.id, None)
             raise
+
+    async def _reserve_opening_lane(
+        self, reservation: Reservation, now: int, replay_after: int
+    ) -> tuple[ReserveResult, SpendState]:
+        """Reserve alone, while the key's plain reservations asked for meanwhile queue up;
+        then hand them to a task of their own that reserves them together."""
+        lane_key = (reservation.key_id, reservation.day)
+        lane: list[_Waiting] = []
+        self._lanes[lane_key] = lane
+        try:
+            return await self._reserve_alone(reservation, now, replay_after)
+        finally:
+            if lane:
+                drain = asyncio.create_task(self._drain(lane_key, lane))
+                self._drains.add(drain)
+                drain.add_done_callback(self._drains.discard)
+            else:
+                del self._lanes[lane_key]
+
+    async def _reserve_with_lane(
+        self, lane: list[_Waiting], reservation: Reservation, now: int
+    ) -> tuple[ReserveResult, SpendState]:
+        done: asyncio.Future[tuple[ReserveResult, SpendState]]
+        done = asyncio.get_running_loop().create_future()
+        lane.append((reservation, now, done))
+        # Cancelled while waiting: the lane skips it; while its batch is at the store: the
+        # batch releases it if it was reserved (see _deliver).
+        return await done
+
+    async def _drain(self, lane_key: tuple[str, str], lane: list[_Waiting]) -> None:
+        """Reserve the lane's waiting reservations, a batch at a time, until none wait."""
+        batch: list[_Waiting] = []
+        try:
+            while batch := [w for w in lane if not w[2].cancelled()]:
+                lane.clear()
+                await self._reserve_together(batch)
+        except BaseException:
+            # Whatever stopped the drain (a shutdown, a bug), no waiter waits forever, and a
+            # reservation the store may have written is released as soon as it can be.
+            log.exception("reserving a batch of %s failed", lane_key[0])
+            for r, _, done in batch:
+                if not done.done():
+                    self._owe(r.id, None)
+                    done.set_exception(StoreUnavailable("the ledger could not reserve"))
+            raise
+        finally:
+            del self._lanes[lane_key]
+            for _, _, done in lane:  # not taken yet: nothing was written for them
+                if not done.done():
+                    done.set_exception(StoreUnavailable("the ledger could not reserve"))
+
+    async def _reserve_together(self, batch: list[_Waiting]) -> None:
+        store = self._coalescing
+        assert store is not None
+        outcome: tuple[ReserveResult, SpendState] | None = None
+        if len(batch) > 1:
+            reservations = [r for r, _, _ in batch]
+            try:
+                outcome = await store.reserve_many(reservations, max(n for _, n, _ in batch))
+            except StoreUnavailable as exc:
+                for r, _, done in batch:
+                    self._owe(r.id, None)  # it may have been committed before the failure
+                    if not done.done():
+                        done.set_exception(StoreUnavailable(str(exc)))
+                return
+        if outcome is not None:
+            for r, _, done in batch:
+                await self._deliver(r, done, outcome)
+            return
+        # One alone, or a sum that doesn't fit: one by one, each against the cap in turn.
+        for r, now, done in batch:
+            if done.cancelled():
+                continue
+            try:
+                result = await self._store.reserve(r, now)
+            except StoreUnavailable as exc:
+                self._owe(r.id, None)
+                if not done.done():
+                    done.set_exception(StoreUnavailable(str(exc)))
+                continue
+            await self._deliver(r, done, result)
+
+    async def _deliver(
+        self,
+        reservation: Reservation,
+        done: asyncio.Future[tuple[ReserveResult, SpendState]],
+        result: tuple[ReserveResult, SpendState],
+    ) -> None:
+        """Give a waiter its result; a waiter gone meanwhile gives back what it reserved."""
+        if not done.done():
+            done.set_result(result)
+        elif result[0] is ReserveResult.RESERVED:
+            await self._apply(reservation.id, None)
 
     async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
         """Admit a free request of a key with brakes (a rate limit, a use count): checked and

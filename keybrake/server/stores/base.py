@@ -164,6 +164,12 @@ class Reservation:
     #: (see :class:`AdmitOp`).
     braked: bool = False
 
+    @property
+    def plain(self) -> bool:
+        """Whether only the key's cap is at stake: no idempotency key, no budget, no
+        brakes (what stores may reserve several of at once)."""
+        return self.idem_hash is None and self.budget_id is None and not self.braked
+
 
 class ReserveResult(enum.Enum):
     """What reserving (or admitting) gave; every result but ``RESERVED``, ``REPLAY`` and

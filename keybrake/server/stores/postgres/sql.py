@@ -102,6 +102,36 @@ SELECT EXISTS (SELECT 1 FROM earlier) AND EXISTS (SELECT 1 FROM cap) AS replay,
        (SELECT reserved FROM up) AS reserved,
        (SELECT count(*) FROM recorded) AS recorded
 """
+# Several plain reservations of one key and day (no idempotency key, no budget, no
+# brakes), all or none: their sum is added to the spend row by the same conditional upsert
+# as one reservation's, so the cap holds exactly; if the sum doesn't fit, nothing is written
+# and the caller reserves them one by one. $3 and $4: amounts and ids, in the same order.
+_RESERVE_MANY = """
+WITH k AS (
+    SELECT cap_micros, revoked_at, expires_at FROM keys WHERE id = $1
+), cap AS (
+    SELECT cap_micros FROM k WHERE revoked_at IS NULL AND expires_at > $5
+), total AS (
+    SELECT sum(a)::bigint AS amount FROM unnest($3::bigint[]) AS a
+), up AS (
+    INSERT INTO spend AS s (key_id, day, spent, reserved)
+    SELECT $1, $2, 0, total.amount FROM cap, total WHERE total.amount <= cap.cap_micros
+    ON CONFLICT (key_id, day) DO UPDATE SET reserved = s.reserved + EXCLUDED.reserved
+    WHERE s.spent + s.reserved + EXCLUDED.reserved <= (SELECT cap_micros FROM cap)
+    RETURNING s.spent, s.reserved
+), recorded AS (
+    INSERT INTO reservations
+        (id, key_id, day, amount, state, idem_hash, created_at, owner, lease_until)
+    SELECT r.id, $1, $2, r.amount, 'pending', NULL, $5, $6, $7
+    FROM unnest($4::text[], $3::bigint[]) AS r (id, amount), up
+    RETURNING 1
+)
+SELECT (SELECT revoked_at FROM k) AS revoked_at,
+       (SELECT expires_at FROM k) AS expires_at,
+       (SELECT spent FROM up) AS spent,
+       (SELECT reserved FROM up) AS reserved,
+       (SELECT count(*) FROM recorded) AS recorded
+"""
 # Pending reservations whose lease lapsed (or that never had one: made before leases), as
 # many as fit a batch, skipping any a concurrent sweep holds: counted at their bounds.
 _RESOLVE_ABANDONED = """

@@ -26,7 +26,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -63,6 +63,7 @@ from keybrake.server.stores.postgres.sql import (
     _RESERVE,
     _RESERVE_BUDGET,
     _RESERVE_KEY,
+    _RESERVE_MANY,
     _RESOLVE_ABANDONED,
     _SETTLE,
     _STATUS_FILTERS,
@@ -792,6 +793,35 @@ class PostgresStore:
             return ReserveResult.REPLAY, await self.spend(r.key_id, r.day)
         if row["spent"] is None:
             return ReserveResult.CAP_EXHAUSTED, await self.spend(r.key_id, r.day)
+        return ReserveResult.RESERVED, SpendState(int(row["spent"]), int(row["reserved"]))
+
+    async def reserve_many(
+        self, reservations: Sequence[Reservation], now: int
+    ) -> tuple[ReserveResult, SpendState] | None:
+        """Reserve several plain reservations of one key and day (see
+        :attr:`Reservation.plain`) in one statement and one commit, all or none.
+
+        Returns:
+            ``(RESERVED, the spend row after)`` if all were reserved; the refusal of a key
+            revoked or expired meanwhile; None if their sum doesn't fit under the cap, and
+            nothing was written (reserve them one by one to find which fit).
+        """
+        first = reservations[0]
+        if not all(
+            r.plain and (r.key_id, r.day) == (first.key_id, first.day) for r in reservations
+        ):
+            raise ValueError("reserve_many takes plain reservations of one key and day")
+        lease = now + int(self.lease_seconds * 1_000_000)
+        amounts = [r.amount for r in reservations]
+        ids = [r.id for r in reservations]
+        args = (first.key_id, first.day, amounts, ids, now, self.replica, lease)
+        row = await self._run(lambda c: c.fetchrow(_RESERVE_MANY, *args))
+        if row["expires_at"] is not None:
+            inactive = _key_inactive(row, now)
+            if inactive is not None:
+                return inactive
+        if row["spent"] is None:
+            return None
         return ReserveResult.RESERVED, SpendState(int(row["spent"]), int(row["reserved"]))
 
     async def _finish(self, sql: str, *args: Any) -> bool:

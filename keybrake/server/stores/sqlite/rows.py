@@ -172,7 +172,7 @@ class _Batch:
             if op.reservation_id in self.new:
                 self.write_out()
             return self.finish(op)
-        if isinstance(op, ReserveOp) and _plain(op.reservation):
+        if isinstance(op, ReserveOp) and op.reservation.plain:
             return self.reserve(op.reservation, op.now)
         if isinstance(op, AuditOp):
             return _insert_audit(c, op.entries)  # its own table: nothing pending to write
@@ -280,11 +280,6 @@ class _Batch:
                     (spent, reserved, key_id, day),
                 )
         self.deltas.clear()
-
-
-def _plain(r: Reservation) -> bool:
-    """Whether a reservation is only the key's cap (the batch's fast path)."""
-    return r.idem_hash is None and r.budget_id is None and not r.braked
 
 
 @attrs.frozen
