@@ -29,6 +29,8 @@ class CountingStore(PostgresStore):
         super().__init__(url)
         self.statements = 0
         self.batch_sizes: list[int] = []
+        #: A task to cancel just before a batch's results are handed out.
+        self.victim: asyncio.Task[object] | None = None
 
     async def reserve(
         self, reservation: Reservation, now: int, *, replay_after: int = 0
@@ -41,7 +43,11 @@ class CountingStore(PostgresStore):
     ) -> tuple[ReserveResult, SpendState] | None:
         self.statements += 1
         self.batch_sizes.append(len(reservations))
-        return await super().reserve_many(reservations, now)
+        outcome = await super().reserve_many(reservations, now)
+        if self.victim is not None:
+            # Cancelled in the turn its result is set: a timeout firing, a client gone.
+            asyncio.get_running_loop().call_soon(self.victim.cancel)
+        return outcome
 
 
 def key_record(cap: int) -> KeyRecord:
@@ -182,6 +188,58 @@ async def test_a_waiter_cancelled_meanwhile_keeps_nothing_reserved(url: str) -> 
         await ledger.close()  # lets the batch give back what the cancelled ones reserved
         spend = await store.spend(key.id, utc_day(now_micros()))
         assert spend == SpendState(0, (1 + len(kept)) * DOLLAR)
+    finally:
+        await ledger.close()
+        await store.close()
+
+
+async def test_a_waiter_cancelled_as_its_result_comes_gives_its_reservation_back(
+    url: str,
+) -> None:
+    store = await opened(url)
+    ledger = Ledger(store)
+    try:
+        key = key_record(cap=100 * DOLLAR)
+        await store.insert_key(key)
+        first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+        await asyncio.sleep(0)
+        waiting = [
+            asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+            for _ in range(3)
+        ]
+        store.victim = waiting[1]
+        await first
+        done = await asyncio.gather(*waiting, return_exceptions=True)
+        assert isinstance(done[1], asyncio.CancelledError)
+        await ledger.close()
+        assert await store.spend(key.id, utc_day(now_micros())) == SpendState(0, 3 * DOLLAR)
+    finally:
+        await ledger.close()
+        await store.close()
+
+
+async def test_a_key_at_its_cap_refuses_a_batch_in_three_reservation_statements(url: str) -> None:
+    store = await opened(url)
+    ledger = Ledger(store)
+    try:
+        key = key_record(cap=DOLLAR)
+        await store.insert_key(key)
+        results = await asyncio.gather(
+            *(ledger.reserve(reservation(key), now_micros(), replay_after=0) for _ in range(30))
+        )
+        outcomes = [result for result, _ in results]
+        assert outcomes.count(ReserveResult.RESERVED) == 1
+        # The first alone; the other 29 together (too much); then one of them alone, which
+        # is refused, and the other 28 refused with it, being no smaller.
+        assert store.statements == 3
+        # A smaller amount still gets its own try, in the same batch.
+        more = await asyncio.gather(
+            ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
+            ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
+            ledger.reserve(reservation(key, DOLLAR // 2), now_micros(), replay_after=0),
+        )
+        assert [result for result, _ in more] == [ReserveResult.CAP_EXHAUSTED] * 3
+        assert store.statements == 3 + 1 + 1 + 1 + 1  # alone, together, one, the smaller one
     finally:
         await ledger.close()
         await store.close()

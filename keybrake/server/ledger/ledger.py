@@ -134,9 +134,10 @@ class Ledger:
         self._task = asyncio.create_task(self._retry_forever(), name="keybrake-ledger-retry")
 
     async def close(self) -> None:
-        for drain in list(self._drains):
-            with contextlib.suppress(asyncio.CancelledError):
-                await drain
+        # Batches still reserving, and releases of reservations whose requests went away
+        # (a batch may start another release while it is awaited).
+        while self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -215,9 +216,26 @@ class Ledger:
         done: asyncio.Future[tuple[ReserveResult, SpendState]]
         done = asyncio.get_running_loop().create_future()
         lane.append((reservation, now, done))
-        # Cancelled while waiting: the lane skips it; while its batch is at the store: the
-        # batch releases it if it was reserved (see _deliver).
-        return await done
+        try:
+            return await done
+        except asyncio.CancelledError:
+            # Cancelled while waiting: the lane skips it; while its batch is at the store:
+            # the batch gives it back. After its result came: give it back here.
+            if (
+                done.done()
+                and not done.cancelled()
+                and done.exception() is None
+                and done.result()[0] is ReserveResult.RESERVED
+            ):
+                self._release_later(reservation.id)
+            raise
+
+    def _release_later(self, reservation_id: str) -> None:
+        """Release a reservation whose request is gone, in a task of its own (awaited by
+        :meth:`close`), so that the caller's cancellation can't stop it."""
+        task = asyncio.ensure_future(self._apply(reservation_id, None))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def _drain(self, lane_key: tuple[str, str], lane: list[_Waiting]) -> None:
         """Reserve the lane's waiting reservations, a batch at a time, until none wait."""
@@ -226,10 +244,11 @@ class Ledger:
             while batch := [w for w in lane if not w[2].cancelled()]:
                 lane.clear()
                 await self._reserve_together(batch)
-        except BaseException:
+        except BaseException as exc:
             # Whatever stopped the drain (a shutdown, a bug), no waiter waits forever, and a
             # reservation the store may have written is released as soon as it can be.
-            log.exception("reserving a batch of %s failed", lane_key[0])
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("reserving a batch of %s failed", lane_key[0])
             for r, _, done in batch:
                 if not done.done():
                     self._owe(r.id, None)
@@ -257,11 +276,18 @@ class Ledger:
                 return
         if outcome is not None:
             for r, _, done in batch:
-                await self._deliver(r, done, outcome)
+                self._deliver(r, done, outcome)
             return
         # One alone, or a sum that doesn't fit: one by one, each against the cap in turn.
+        # Once an amount didn't fit, a larger one wouldn't have either: it is refused with
+        # the same reading of the spend row, without a statement of its own (a key stuck at
+        # its cap costs a batch three statements, not two per request).
+        refused: tuple[int, tuple[ReserveResult, SpendState]] | None = None
         for r, now, done in batch:
             if done.cancelled():
+                continue
+            if refused is not None and r.amount >= refused[0]:
+                self._deliver(r, done, refused[1])
                 continue
             try:
                 result = await self._store.reserve(r, now)
@@ -270,9 +296,13 @@ class Ledger:
                 if not done.done():
                     done.set_exception(StoreUnavailable(str(exc)))
                 continue
-            await self._deliver(r, done, result)
+            if result[0] is ReserveResult.CAP_EXHAUSTED and (
+                refused is None or r.amount < refused[0]
+            ):
+                refused = (r.amount, result)
+            self._deliver(r, done, result)
 
-    async def _deliver(
+    def _deliver(
         self,
         reservation: Reservation,
         done: asyncio.Future[tuple[ReserveResult, SpendState]],
@@ -282,7 +312,7 @@ class Ledger:
         if not done.done():
             done.set_result(result)
         elif result[0] is ReserveResult.RESERVED:
-            await self._apply(reservation.id, None)
+            self._release_later(reservation.id)
 
     async def admit(self, key_id: str, now: int) -> tuple[ReserveResult, SpendState]:
         """Admit a free request of a key with brakes (a rate limit, a use count): checked and
