@@ -83,60 +83,69 @@ async def opened(url: str) -> CountingStore:
     return store
 
 
-async def test_reserve_many_is_all_or_none(url: str) -> None:
-    store = await opened(url)
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[CountingStore]:
+    opened_store = await opened(url)
     try:
-        key = key_record(cap=10 * DOLLAR)
-        await store.insert_key(key)
-        three = [reservation(key, 3 * DOLLAR) for _ in range(3)]
-        result, state = await store.reserve_many(three, now_micros()) or (None, None)
-        assert result is ReserveResult.RESERVED
-        assert state == SpendState(0, 9 * DOLLAR)
-        # 2 more don't fit under the 1 left: nothing is written, not even the first.
-        assert await store.reserve_many([reservation(key), reservation(key)], now_micros()) is None
-        assert await store.spend(key.id, three[0].day) == SpendState(0, 9 * DOLLAR)
-        assert await store.reserve_many([reservation(key)], now_micros()) is not None
-        await store.revoke_key(key.tenant, key.id, now_micros())
-        refused = await store.reserve_many([reservation(key)], now_micros())
-        assert refused is not None
-        assert refused[0] is ReserveResult.KEY_REVOKED
-        with pytest.raises(ValueError, match="plain reservations of one key"):
-            await store.reserve_many([reservation(key), reservation(key_record(DOLLAR))], 0)
+        yield opened_store
     finally:
-        await store.close()
+        await opened_store.close()
 
 
-async def test_a_hot_key_is_reserved_in_batches_and_holds_its_cap_exactly(url: str) -> None:
-    store = await opened(url)
-    ledger = Ledger(store)
+@pytest.fixture
+async def ledger(store: CountingStore) -> AsyncIterator[Ledger]:
+    replica = Ledger(store)
     try:
-        key = key_record(cap=25 * DOLLAR)
-        await store.insert_key(key)
-        results = await asyncio.gather(
-            *(ledger.reserve(reservation(key), now_micros(), replay_after=0) for _ in range(40))
-        )
-        outcomes = [result for result, _ in results]
-        assert outcomes.count(ReserveResult.RESERVED) == 25
-        assert outcomes.count(ReserveResult.CAP_EXHAUSTED) == 15
-        assert await store.spend(key.id, utc_day(now_micros())) == SpendState(0, 25 * DOLLAR)
-        # The first goes alone; the other 39 wait for it and go in one statement, which
-        # doesn't fit, so they are then reserved one by one: the cap decides each in turn.
-        assert store.batch_sizes == [39]
-        await ledger.close()
-        # A cap with room: the 39 go in one statement, 2 statements for 40 requests.
-        roomy = key_record(cap=100 * DOLLAR)
-        await store.insert_key(roomy)
-        store.statements, store.batch_sizes = 0, []
-        ledger = Ledger(store)
-        results = await asyncio.gather(
-            *(ledger.reserve(reservation(roomy), now_micros(), replay_after=0) for _ in range(40))
-        )
-        assert all(result is ReserveResult.RESERVED for result, _ in results)
-        assert (store.statements, store.batch_sizes) == (2, [39])
-        assert await store.spend(roomy.id, utc_day(now_micros())) == SpendState(0, 40 * DOLLAR)
+        yield replica
     finally:
-        await ledger.close()
-        await store.close()
+        await replica.close()
+
+
+async def test_reserve_many_is_all_or_none(store: CountingStore) -> None:
+    key = key_record(cap=10 * DOLLAR)
+    await store.insert_key(key)
+    three = [reservation(key, 3 * DOLLAR) for _ in range(3)]
+    result, state = await store.reserve_many(three, now_micros()) or (None, None)
+    assert result is ReserveResult.RESERVED
+    assert state == SpendState(0, 9 * DOLLAR)
+    # 2 more don't fit under the 1 left: nothing is written, not even the first.
+    assert await store.reserve_many([reservation(key), reservation(key)], now_micros()) is None
+    assert await store.spend(key.id, three[0].day) == SpendState(0, 9 * DOLLAR)
+    assert await store.reserve_many([reservation(key)], now_micros()) is not None
+    await store.revoke_key(key.tenant, key.id, now_micros())
+    refused = await store.reserve_many([reservation(key)], now_micros())
+    assert refused is not None
+    assert refused[0] is ReserveResult.KEY_REVOKED
+    with pytest.raises(ValueError, match="plain reservations of one key"):
+        await store.reserve_many([reservation(key), reservation(key_record(DOLLAR))], 0)
+
+
+async def test_a_hot_key_is_reserved_in_batches_and_holds_its_cap_exactly(
+    store: CountingStore, ledger: Ledger
+) -> None:
+    key = key_record(cap=25 * DOLLAR)
+    await store.insert_key(key)
+    results = await asyncio.gather(
+        *(ledger.reserve(reservation(key), now_micros(), replay_after=0) for _ in range(40))
+    )
+    outcomes = [result for result, _ in results]
+    assert outcomes.count(ReserveResult.RESERVED) == 25
+    assert outcomes.count(ReserveResult.CAP_EXHAUSTED) == 15
+    assert await store.spend(key.id, utc_day(now_micros())) == SpendState(0, 25 * DOLLAR)
+    # The first goes alone; the other 39 wait for it and go in one statement, which
+    # doesn't fit, so they are then reserved one by one, in order, until one is refused
+    # (the rest, no smaller, are refused with it).
+    assert store.batch_sizes == [39]
+    # A cap with room: the 39 go in one statement, 2 statements for 40 requests.
+    roomy = key_record(cap=100 * DOLLAR)
+    await store.insert_key(roomy)
+    store.statements, store.batch_sizes = 0, []
+    results = await asyncio.gather(
+        *(ledger.reserve(reservation(roomy), now_micros(), replay_after=0) for _ in range(40))
+    )
+    assert all(result is ReserveResult.RESERVED for result, _ in results)
+    assert (store.statements, store.batch_sizes) == (2, [39])
+    assert await store.spend(roomy.id, utc_day(now_micros())) == SpendState(0, 40 * DOLLAR)
 
 
 async def test_two_replicas_hammering_one_key_never_pass_its_cap(url: str) -> None:
@@ -163,83 +172,69 @@ async def test_two_replicas_hammering_one_key_never_pass_its_cap(url: str) -> No
             await store.close()
 
 
-async def test_a_waiter_cancelled_meanwhile_keeps_nothing_reserved(url: str) -> None:
-    store = await opened(url)
-    ledger = Ledger(store)
-    try:
-        key = key_record(cap=100 * DOLLAR)
-        await store.insert_key(key)
-        first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-        await asyncio.sleep(0)  # the first is at the store: the others wait for it
-        waiting = [
-            asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-            for _ in range(10)
-        ]
-        await asyncio.sleep(0)
-        for task in waiting[:5]:  # cancelled before their batch goes
-            task.cancel()
-        await first
-        await asyncio.sleep(0)
-        for task in waiting[5:8]:  # cancelled while their batch is at the store
-            task.cancel()
-        done = await asyncio.gather(*waiting, return_exceptions=True)
-        kept = [d for d in done if not isinstance(d, BaseException)]
-        assert all(result is ReserveResult.RESERVED for result, _ in kept)
-        await ledger.close()  # lets the batch give back what the cancelled ones reserved
-        spend = await store.spend(key.id, utc_day(now_micros()))
-        assert spend == SpendState(0, (1 + len(kept)) * DOLLAR)
-    finally:
-        await ledger.close()
-        await store.close()
+async def test_a_waiter_cancelled_meanwhile_keeps_nothing_reserved(
+    store: CountingStore, ledger: Ledger
+) -> None:
+    key = key_record(cap=100 * DOLLAR)
+    await store.insert_key(key)
+    first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+    await asyncio.sleep(0)  # the first is at the store: the others wait for it
+    waiting = [
+        asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+        for _ in range(10)
+    ]
+    await asyncio.sleep(0)
+    for task in waiting[:5]:  # cancelled before their batch goes
+        task.cancel()
+    await first
+    await asyncio.sleep(0)
+    for task in waiting[5:8]:  # cancelled while their batch is at the store
+        task.cancel()
+    done = await asyncio.gather(*waiting, return_exceptions=True)
+    kept = [d for d in done if not isinstance(d, BaseException)]
+    assert all(result is ReserveResult.RESERVED for result, _ in kept)
+    await ledger.close()  # lets the batch give back what the cancelled ones reserved
+    spend = await store.spend(key.id, utc_day(now_micros()))
+    assert spend == SpendState(0, (1 + len(kept)) * DOLLAR)
 
 
 async def test_a_waiter_cancelled_as_its_result_comes_gives_its_reservation_back(
-    url: str,
+    store: CountingStore, ledger: Ledger
 ) -> None:
-    store = await opened(url)
-    ledger = Ledger(store)
-    try:
-        key = key_record(cap=100 * DOLLAR)
-        await store.insert_key(key)
-        first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-        await asyncio.sleep(0)
-        waiting = [
-            asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-            for _ in range(3)
-        ]
-        store.victim = waiting[1]
-        await first
-        done = await asyncio.gather(*waiting, return_exceptions=True)
-        assert isinstance(done[1], asyncio.CancelledError)
-        await ledger.close()
-        assert await store.spend(key.id, utc_day(now_micros())) == SpendState(0, 3 * DOLLAR)
-    finally:
-        await ledger.close()
-        await store.close()
+    key = key_record(cap=100 * DOLLAR)
+    await store.insert_key(key)
+    first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+    await asyncio.sleep(0)
+    waiting = [
+        asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+        for _ in range(3)
+    ]
+    store.victim = waiting[1]
+    await first
+    done = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    await ledger.close()
+    assert await store.spend(key.id, utc_day(now_micros())) == SpendState(0, 3 * DOLLAR)
 
 
-async def test_a_key_at_its_cap_refuses_a_batch_in_three_reservation_statements(url: str) -> None:
-    store = await opened(url)
-    ledger = Ledger(store)
-    try:
-        key = key_record(cap=DOLLAR)
-        await store.insert_key(key)
-        results = await asyncio.gather(
-            *(ledger.reserve(reservation(key), now_micros(), replay_after=0) for _ in range(30))
-        )
-        outcomes = [result for result, _ in results]
-        assert outcomes.count(ReserveResult.RESERVED) == 1
-        # The first alone; the other 29 together (too much); then one of them alone, which
-        # is refused, and the other 28 refused with it, being no smaller.
-        assert store.statements == 3
-        # A smaller amount still gets its own try, in the same batch.
-        more = await asyncio.gather(
-            ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
-            ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
-            ledger.reserve(reservation(key, DOLLAR // 2), now_micros(), replay_after=0),
-        )
-        assert [result for result, _ in more] == [ReserveResult.CAP_EXHAUSTED] * 3
-        assert store.statements == 3 + 1 + 1 + 1 + 1  # alone, together, one, the smaller one
-    finally:
-        await ledger.close()
-        await store.close()
+async def test_a_key_at_its_cap_refuses_a_batch_in_three_reservation_statements(
+    store: CountingStore, ledger: Ledger
+) -> None:
+    key = key_record(cap=DOLLAR)
+    await store.insert_key(key)
+    results = await asyncio.gather(
+        *(ledger.reserve(reservation(key), now_micros(), replay_after=0) for _ in range(30))
+    )
+    outcomes = [result for result, _ in results]
+    assert outcomes.count(ReserveResult.RESERVED) == 1
+    # The first alone; the other 29 together (too much); then one of them alone, which
+    # is refused, and the other 28 refused with it, being no smaller.
+    assert store.statements == 3
+    # A smaller amount still gets its own try, in the same batch.
+    more = await asyncio.gather(
+        ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
+        ledger.reserve(reservation(key, DOLLAR), now_micros(), replay_after=0),
+        ledger.reserve(reservation(key, DOLLAR // 2), now_micros(), replay_after=0),
+    )
+    assert [result for result, _ in more] == [ReserveResult.CAP_EXHAUSTED] * 3
+    assert store.statements == 3 + 1 + 1 + 1 + 1  # alone, together, one, the smaller one

@@ -221,12 +221,7 @@ class Ledger:
         except asyncio.CancelledError:
             # Cancelled while waiting: the lane skips it; while its batch is at the store:
             # the batch gives it back. After its result came: give it back here.
-            if (
-                done.done()
-                and not done.cancelled()
-                and done.exception() is None
-                and done.result()[0] is ReserveResult.RESERVED
-            ):
+            if _reserved(done):
                 self._release_later(reservation.id)
             raise
 
@@ -430,12 +425,7 @@ class Ledger:
             except asyncio.CancelledError:
                 # Cancelled before the batch ran: the batch skips it. After: give back what
                 # it reserved (the batch runs in one go, so there is no third case).
-                if (
-                    done.done()
-                    and not done.cancelled()
-                    and done.exception() is None
-                    and done.result()[0] is ReserveResult.RESERVED
-                ):
+                if _reserved(done):
                     self._enqueue(FinishOp(reservation.id, None, now_micros()), None)
                 raise
         if result[0] is ReserveResult.RESERVED:
@@ -542,3 +532,14 @@ class Ledger:
                 await asyncio.sleep(RETRY_INTERVAL)
                 await self._retry_owed()
             self._wake.clear()
+
+
+def _reserved(done: asyncio.Future[tuple[ReserveResult, SpendState]]) -> bool:
+    """Whether a reservation's future holds a reservation made (which its caller, gone,
+    must give back)."""
+    return (
+        done.done()
+        and not done.cancelled()
+        and done.exception() is None
+        and done.result()[0] is ReserveResult.RESERVED
+    )
