@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from keybrake.server.ledger.audit import AuditLog, redact_entry
@@ -101,7 +101,8 @@ class Ledger:
         )
         #: Per key and day with a reservation at the store: the plain ones waiting for it.
         self._lanes: dict[tuple[str, str], list[_Waiting]] = {}
-        self._drains: set[asyncio.Task[None]] = set()
+        #: Batches being reserved, and releases of reservations whose requests went away.
+        self._background: set[asyncio.Task[None]] = set()
         self._queue: list[_Queued] = []
         self._flush_scheduled = False
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -134,10 +135,8 @@ class Ledger:
         self._task = asyncio.create_task(self._retry_forever(), name="keybrake-ledger-retry")
 
     async def close(self) -> None:
-        # Batches still reserving, and releases of reservations whose requests went away
-        # (a batch may start another release while it is awaited).
-        while self._drains:
-            await asyncio.gather(*self._drains, return_exceptions=True)
+        while self._background:  # a batch may start a release while it is awaited
+            await asyncio.gather(*self._background, return_exceptions=True)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -204,9 +203,7 @@ class Ledger:
             return await self._reserve_alone(reservation, now, replay_after)
         finally:
             if lane:
-                drain = asyncio.create_task(self._drain(lane_key, lane))
-                self._drains.add(drain)
-                drain.add_done_callback(self._drains.discard)
+                self._spawn(self._drain(lane_key, lane))
             else:
                 del self._lanes[lane_key]
 
@@ -228,9 +225,26 @@ class Ledger:
     def _release_later(self, reservation_id: str) -> None:
         """Release a reservation whose request is gone, in a task of its own (awaited by
         :meth:`close`), so that the caller's cancellation can't stop it."""
-        task = asyncio.ensure_future(self._apply(reservation_id, None))
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._spawn(self._apply(reservation_id, None))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, which :meth:`close` waits for."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _fail(
+        self,
+        reservation: Reservation,
+        done: asyncio.Future[tuple[ReserveResult, SpendState]],
+        message: str,
+    ) -> None:
+        """Tell a waiter its reservation failed, and release it as soon as the store can
+        (the store may have written it before failing; a release of nothing changes
+        nothing)."""
+        self._owe(reservation.id, None)
+        if not done.done():
+            done.set_exception(StoreUnavailable(message))
 
     async def _drain(self, lane_key: tuple[str, str], lane: list[_Waiting]) -> None:
         """Reserve the lane's waiting reservations, a batch at a time, until none wait."""
@@ -246,8 +260,7 @@ class Ledger:
                 log.exception("reserving a batch of %s failed", lane_key[0])
             for r, _, done in batch:
                 if not done.done():
-                    self._owe(r.id, None)
-                    done.set_exception(StoreUnavailable("the ledger could not reserve"))
+                    self._fail(r, done, "the ledger could not reserve")
             raise
         finally:
             del self._lanes[lane_key]
@@ -265,9 +278,7 @@ class Ledger:
                 outcome = await store.reserve_many(reservations, max(n for _, n, _ in batch))
             except StoreUnavailable as exc:
                 for r, _, done in batch:
-                    self._owe(r.id, None)  # it may have been committed before the failure
-                    if not done.done():
-                        done.set_exception(StoreUnavailable(str(exc)))
+                    self._fail(r, done, str(exc))
                 return
         if outcome is not None:
             for r, _, done in batch:
@@ -287,9 +298,7 @@ class Ledger:
             try:
                 result = await self._store.reserve(r, now)
             except StoreUnavailable as exc:
-                self._owe(r.id, None)
-                if not done.done():
-                    done.set_exception(StoreUnavailable(str(exc)))
+                self._fail(r, done, str(exc))
                 continue
             if result[0] is ReserveResult.CAP_EXHAUSTED and (
                 refused is None or r.amount < refused[0]
