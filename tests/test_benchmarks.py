@@ -93,3 +93,29 @@ def test_proxy_instructions_prints_its_counts() -> None:
     assert keybrake > 0
     assert ratio == pytest.approx(keybrake / bare, abs=0.01)
     assert "throughput kb/bare the CPU allows at 32 connections" in out
+
+
+@pytest.mark.tools
+def test_proxy_floor_prints_its_parts_and_budgets() -> None:
+    require("tools")
+    out = run("proxy_floor.py", "--duration", "1", "--rounds", "1", "--iterations", "500")
+    rows = {line[:44].strip(): line[44:].split() for line in out.splitlines()}
+    parts = [
+        "strict form read (parse_qsl + urlencode)",
+        "token hash (sha256)",
+        "reserve + settle (SQLite)",
+        "audit row (SQLite)",
+    ]
+    for column in (0, 1):
+        figures = [float(rows[part][column]) for part in parts]
+        assert all(figure > 0 for figure in figures)
+        floor = float(rows["floor: the least an enforcing proxy adds"][column])
+        assert floor == pytest.approx(sum(figures), abs=0.2)
+        for proxy in (
+            "bare pass-through, aiohttp (the baseline)",
+            "bare pass-through, uvicorn + httptools",
+            "keybrake, full policy (SQLite)",
+        ):
+            assert float(rows[proxy][column]) > 0
+    assert "on aiohttp, throughput at 32 connections: goal 1 leaves the policy" in out
+    assert "on uvicorn, added latency at 1 connection: goal 1 leaves the policy" in out
