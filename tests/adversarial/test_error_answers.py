@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from keybrake.server import running_server
 from keybrake.server.app import create_app
+from keybrake.server.http import server_errors
 from keybrake.server.util import redact
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.conftest import TWILIO_ACCOUNT_SID, RunningServer, make_config
@@ -199,3 +201,74 @@ def test_an_escaped_token_is_redacted_too() -> None:
     ):
         assert "Q" * 20 not in redact(text)
     assert redact("/v1/customers/cus_%41") == "/v1/customers/cus_A"
+
+
+async def dribble_until_closed(url: str, head: bytes | None, *, seconds: float) -> bool:
+    """Send ``head``, then a header a byte every 0.1 s for up to ``seconds`` (``None``:
+    nothing at all): whether the server closed the connection meanwhile."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head or b"")
+        await writer.drain()
+        for _ in range(int(seconds / 0.1)):
+            try:
+                if await asyncio.wait_for(reader.read(65536), timeout=0.1) == b"":
+                    return True
+                # An answer (to a whole request before the dribble): read on.
+            except asyncio.TimeoutError:
+                pass
+            if reader.at_eof():
+                return True
+            if head is None:
+                continue
+            try:
+                writer.write(b"a")
+                await writer.drain()
+            except ConnectionError:
+                return True
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(None, id="nothing-sent"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ", id="a-head-a-byte-at-a-time"),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nX-Slow: ",
+            id="the-second-head-on-a-kept-connection",
+        ),
+    ],
+)
+async def test_a_head_that_never_completes_is_cut_off(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, head: bytes | None
+) -> None:
+    """A client sending its head a byte at a time (or nothing) holds a connection only until
+    the idle timeout, not for aiohttp's default hour."""
+    monkeypatch.setattr(server_errors, "IDLE_TIMEOUT", 0.5)
+    assert await dribble_until_closed(server.url, head, seconds=15)
+
+
+async def test_a_kept_connection_within_the_idle_timeout_still_serves(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_errors, "IDLE_TIMEOUT", 5.0)
+    opened: list[object] = []
+
+    async def on_open(*args: object) -> None:
+        opened.append(args)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_open)
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(3):
+            async with session.get(f"{server.url}/healthz") as answer:
+                assert answer.status == 200
+            await asyncio.sleep(0.3)
+    assert len(opened) == 1

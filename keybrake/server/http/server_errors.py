@@ -12,7 +12,9 @@ What this relies on in aiohttp (3.14), checked end to end by
 
 - public: ``web.RequestHandler.handle_error(request, status, exc, message)`` is what answers
   a parse error (``status`` 400) or an exception escaping the handler (500, or 504 for a
-  timeout), and the ``logger=`` keyword of ``web.AppRunner`` reaches the request handler;
+  timeout), and the ``logger=`` and ``keepalive_timeout=`` keywords of ``web.AppRunner``
+  reach the request handler; the keep-alive timer starts when a connection opens and when
+  an answer ends, and closes the connection if no whole head has come when it fires;
 - private: ``web.AppRunner._make_server`` makes the ``web.Server``; ``web.Server.__call__``
   makes one ``RequestHandler`` per connection from ``Server._loop`` and ``Server._kwargs``.
 """
@@ -29,7 +31,14 @@ from aiohttp.http_exceptions import LineTooLong
 from keybrake.server.http.errors import error_body
 from keybrake.server.util import redact
 
-__all__ = ["SERVER_LOG", "JSONErrorRunner", "RedactingFilter"]
+__all__ = ["IDLE_TIMEOUT", "SERVER_LOG", "JSONErrorRunner", "RedactingFilter"]
+
+#: Seconds a connection may wait for a whole request head: after it opens, and after each
+#: answer. aiohttp's ``keepalive_timeout``, whose timer data arriving doesn't reset, so a
+#: head sent a byte at a time is cut off too (aiohttp's default is an hour). Longer than
+#: the 60 s for which load balancers commonly keep an idle connection to a server, so one
+#: in front never reuses a connection keybrake has just closed.
+IDLE_TIMEOUT = 75.0
 
 
 class RedactingFilter(logging.Filter):
@@ -99,7 +108,8 @@ class _RequestHandler(web.RequestHandler):
 class _Server(web.Server):
     def __call__(self) -> web.RequestHandler:
         # web.Server.__call__, without its fallback that drops unknown keywords.
-        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+        kwargs = {"keepalive_timeout": IDLE_TIMEOUT, **self._kwargs}
+        return _RequestHandler(self, loop=self._loop, **kwargs)
 
 
 class JSONErrorRunner(web.AppRunner):
