@@ -32,7 +32,7 @@ from keybrake.server.ledger.retention import Retention
 from keybrake.server.proxy.handler import add_routes as add_proxy_routes
 from keybrake.server.stores import open_store
 from keybrake.server.stores.base import Store, StoreUnavailable
-from keybrake.server.util import hash_token
+from keybrake.server.util import hash_token, redact
 from keybrake.vendors import get_vendor
 
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
@@ -67,7 +67,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout"}.get(
+            exc.status, "bad_request"
+        )
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, code, exc.reason, vendor=vendor, headers=allow)
     except StoreUnavailable:
@@ -78,10 +80,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             "keybrake's store is unavailable; nothing was forwarded",
             vendor=vendor,
         )
-    except (aiohttp.ClientPayloadError, ConnectionResetError):
-        raise
+    except (aiohttp.ClientPayloadError, ConnectionError):
+        raise  # the client went away: nobody to answer
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
+        log.exception("unexpected error on %s %s", request.method, redact(request.path))
         return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
 
 

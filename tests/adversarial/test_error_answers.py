@@ -112,6 +112,8 @@ async def cut_off(request: web.Request, handler: Handler) -> web.StreamResponse:
     """An upstream answer cut short while read: an error keybrake's middleware lets through."""
     if request.path.endswith("/cut-off"):
         raise aiohttp.ClientPayloadError(f"cut off; Authorization: Bearer {VAULT_TOKEN}")
+    if request.path.endswith("/boom"):
+        raise RuntimeError("a bug")
     return await handler(request)
 
 
@@ -145,6 +147,15 @@ async def test_an_exception_escaping_the_middleware_is_a_json_500_without_the_se
         assert error["type"] == "api_error"
     assert b"vault_key_" not in answer.head + answer.body
     assert "ClientPayloadError" in caplog.text  # logged, traceback and all, but redacted
+    assert VAULT_TOKEN not in caplog.text
+
+
+async def test_an_unexpected_error_is_logged_without_the_token_in_its_path(
+    cutting_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = await send(cutting_server, "GET", f"/stripe/v1/customers/{VAULT_TOKEN}/boom", [])
+    assert_keybrake_json(answer, 500, "internal_error")
+    assert "unexpected error on GET /stripe/v1/customers/" in caplog.text
     assert VAULT_TOKEN not in caplog.text
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keybrake._common import format_usd
-from keybrake.server.proxy import handler as proxy_module
+from keybrake.server.http import deadlines
 from tests.adversarial.rawhttp import RawAnswer, send
 from tests.recorder import Proxy, Recorder
 
@@ -249,7 +250,7 @@ async def test_a_compressed_or_unreadable_body_is_refused(proxy: Proxy, recorder
 async def test_a_body_that_never_arrives_is_a_408(
     proxy: Proxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(proxy_module, "BODY_TIMEOUT", 0.2)
+    monkeypatch.setattr(deadlines, "BODY_TIMEOUT", 0.2)
     key = await proxy.issue()
     host, port = proxy.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -268,8 +269,9 @@ async def test_a_body_that_never_arrives_is_a_408(
 
 
 async def test_a_client_gone_before_its_body_arrived_is_audited_as_such(
-    proxy: Proxy, recorder: Recorder
+    proxy: Proxy, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     key = await proxy.issue()
     host, port = proxy.url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
@@ -290,6 +292,8 @@ async def test_a_client_gone_before_its_body_arrived_is_audited_as_such(
             await asyncio.sleep(0.05)
     assert [(entry.decision, entry.status) for entry in entries] == [("client_closed", 499)]
     assert recorder.requests == []
+    # Nobody to answer, nothing gone wrong: no traceback at ERROR (aiohttp logs one).
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_audit_rows_keep_a_short_path(proxy: Proxy, recorder: Recorder) -> None:

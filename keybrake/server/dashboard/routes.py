@@ -8,6 +8,7 @@ carries the session's CSRF token.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from keybrake.server.dashboard.views import (
     message_page,
     sign_in_page,
 )
+from keybrake.server.http import deadlines
 from keybrake.server.stores.base import Store, StoreUnavailable
 from keybrake.server.util import hash_token, now_micros
 
@@ -182,9 +184,12 @@ async def _form(request: web.Request) -> dict[str, str]:
     ):
         raise _BadForm
     try:
-        body = await request.content.read(_MAX_FORM + 1)
-        if len(body) > _MAX_FORM:
-            raise _BadForm
+        body = await deadlines.read_body(request)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the form did not arrive in time") from None
+    if len(body) > _MAX_FORM:
+        raise _BadForm
+    try:
         pairs = parse_qsl(
             body.decode("utf-8"),
             keep_blank_values=True,

@@ -93,6 +93,10 @@ class _RequestHandler(web.RequestHandler):
             self.logger.warning(
                 "refused a malformed request from %s: %s", request.remote, type(exc).__name__
             )
+        elif isinstance(exc, ConnectionError):
+            # The client went away mid-request (the handler has audited it): nobody to
+            # answer, nothing to trace back; aiohttp would log a traceback at ERROR.
+            self.logger.debug("the client from %s went away: %s", request.remote, exc)
         else:
             # aiohttp's own: logs (through SERVER_LOG), refuses if an answer was begun.
             super().handle_error(request, status, exc, message)

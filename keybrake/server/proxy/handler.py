@@ -35,7 +35,6 @@ import asyncio
 import functools
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -55,6 +54,7 @@ from keybrake.server._keys import (
     STORE,
 )
 from keybrake.server.config import ServerConfig
+from keybrake.server.http import deadlines
 from keybrake.server.http.upstream import (
     UpstreamError,
     UpstreamTimeout,
@@ -104,8 +104,6 @@ log = logging.getLogger("keybrake.proxy")
 
 #: A vendor replays a request carrying a known idempotency key for this long (Stripe: 24 h).
 IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
-#: Seconds a client may take to send a request body once its head has arrived.
-BODY_TIMEOUT = 30.0
 
 # Response headers not passed back: hop-by-hop, and those aiohttp recomputes.
 _DROP_RESPONSE_HEADERS = frozenset(
@@ -124,20 +122,6 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "Upgrade",
     )
 )
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The request's body, if it arrives within :data:`BODY_TIMEOUT` seconds.
-
-    Raises:
-        asyncio.TimeoutError: it did not.
-    """
-    if sys.version_info >= (3, 11):
-        # A deadline on the handler's own task: ``wait_for`` (before 3.12) runs the read in
-        # a task of its own, one more task per proxied request.
-        async with asyncio.timeout(BODY_TIMEOUT):
-            return await request.read()
-    return await asyncio.wait_for(request.read(), BODY_TIMEOUT)  # pragma: no cover
 
 
 @attrs.frozen
@@ -232,7 +216,7 @@ class ProxyHandler:
                 answer = self._refuse(
                     facts, 413, "body_too_large", "request body is larger than the server accepts"
                 )
-            except (aiohttp.ClientPayloadError, ConnectionResetError):
+            except (aiohttp.ClientPayloadError, ConnectionError):
                 if facts.decision == "error":  # nothing was decided, so nothing forwarded
                     facts.decision, facts.status = "client_closed", 499
                 raise  # the client went away while sending: nobody to answer
@@ -247,8 +231,13 @@ class ProxyHandler:
             response = web.Response(
                 status=answer.status, body=answer.body, headers=CIMultiDict(answer.headers)
             )
-            await response.prepare(request)
-            await response.write_eof()
+            if not await deadlines.send_answer(request, response):
+                log.info(
+                    "%s %s: the client didn't take its answer (%s); connection dropped",
+                    facts.method,
+                    redact(raw_path),
+                    facts.status,
+                )
             return response
         finally:
             if facts.after_answer is not None:
@@ -368,10 +357,11 @@ class ProxyHandler:
             # the client to aim at. Vendors take plain forms and JSON.
             raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
         try:
-            body = await _read_body(request)
+            body = await deadlines.read_body(request)
         except asyncio.TimeoutError:
+            seconds = deadlines.BODY_TIMEOUT
             raise refuse(
-                408, "request_timeout", f"the request body did not arrive in {BODY_TIMEOUT:g}s"
+                408, "request_timeout", f"the request body did not arrive in {seconds:g}s"
             ) from None
         except (HttpProcessingError, web.RequestPayloadError):
             raise BadRequest("the request body can't be read") from None

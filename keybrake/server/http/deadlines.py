@@ -1,0 +1,69 @@
+"""How long a client may take to send a request body and to take its answer.
+
+A client holding a connection is a handler waiting, and, on the proxy, a request whose
+settlement and audit entry wait with it. aiohttp bounds neither: a body is read and an
+answer written for as long as the client keeps the connection open (the idle timeout of
+:mod:`keybrake.server.http.server_errors` only covers the wait for a request head). Both
+deadlines are totals, not per read or write: a client can't stretch them by sending or
+reading a byte at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aiohttp import web
+
+__all__ = ["ANSWER_TIMEOUT", "BODY_TIMEOUT", "read_body", "send_answer"]
+
+#: Seconds a client may take to send a request body once its head has arrived.
+BODY_TIMEOUT = 30.0
+#: Seconds a client may take to take in its answer: then the connection is dropped.
+ANSWER_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
+async def _within(seconds: float, work: Awaitable[T]) -> T:
+    if sys.version_info >= (3, 11):
+        # A deadline on the handler's own task: ``wait_for`` (before 3.12) runs the work in
+        # a task of its own, one more task per request.
+        async with asyncio.timeout(seconds):
+            return await work
+    return await asyncio.wait_for(work, seconds)  # pragma: no cover
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's whole body (at most the application's ``client_max_size``), if it
+    arrives within :data:`BODY_TIMEOUT` seconds.
+
+    Raises:
+        asyncio.TimeoutError: it did not.
+        aiohttp.web.HTTPRequestEntityTooLarge: it is larger than ``client_max_size``.
+    """
+    return await _within(BODY_TIMEOUT, request.read())
+
+
+async def send_answer(request: web.Request, response: web.StreamResponse) -> bool:
+    """Write ``response`` whole, or drop the connection if the client doesn't take it within
+    :data:`ANSWER_TIMEOUT` seconds or goes away meanwhile.
+
+    Returns:
+        Whether the client took the whole answer. When it didn't, the connection is closed
+        and ``response`` may be returned to aiohttp as it is: aiohttp writes nothing more.
+    """
+    try:
+        await _within(ANSWER_TIMEOUT, _write(request, response))
+    except (asyncio.TimeoutError, ConnectionError):
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    return True
+
+
+async def _write(request: web.Request, response: web.StreamResponse) -> None:
+    await response.prepare(request)
+    await response.write_eof()
