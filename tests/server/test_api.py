@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from keybrake._common import parse_time
+from keybrake.server.http import deadlines
 from keybrake.server.stores.base import StoreUnavailable
 from keybrake.server.stores.sqlite.store import SQLiteStore
 from tests.conftest import RunningServer
@@ -80,6 +81,24 @@ async def test_malformed_json_is_400(server: RunningServer, raw: bytes) -> None:
         server, "POST", "/v1/keys", raw=raw, headers={"Content-Type": "application/json"}
     )
     assert (status, body["code"]) == (400, "bad_request")
+
+
+async def test_a_body_that_never_arrives_is_a_408(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deadlines, "BODY_TIMEOUT", 0.2)
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
+    writer.close()
+    await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
 
 
 async def test_cap_accepts_numbers_and_decimal_strings(server: RunningServer) -> None:

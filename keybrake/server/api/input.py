@@ -6,6 +6,7 @@ odd, becomes anything but a ``400 bad_request`` naming the ``param`` at fault.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -15,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from keybrake.server.http import deadlines
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -51,11 +54,18 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     Raises:
         BadRequest: not UTF-8, not JSON, not an object, too deep, or with a string that
             can't be stored.
+        aiohttp.web.HTTPRequestTimeout: the body didn't arrive within
+            :data:`~keybrake.server.http.deadlines.BODY_TIMEOUT` seconds.
     """
     if "Content-Encoding" in request.headers:
         raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
     try:
-        text = (await request.read()).decode("utf-8-sig") or "{}"
+        text = (await deadlines.read_body(request)).decode("utf-8-sig") or "{}"
+    except asyncio.TimeoutError:
+        seconds = deadlines.BODY_TIMEOUT
+        raise web.HTTPRequestTimeout(
+            reason=f"the request body did not arrive in {seconds:g}s"
+        ) from None
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
     except (HttpProcessingError, web.RequestPayloadError):
