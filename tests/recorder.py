@@ -13,7 +13,7 @@ import attrs
 import pytest
 from aiohttp import web
 
-from keybrake import Keybrake, RetryPolicy
+from keybrake import AuditRecord, Keybrake, RetryPolicy
 from keybrake.server import running_server
 from tests.conftest import make_config
 
@@ -104,6 +104,16 @@ class Proxy:
 
     async def spend(self, key_id: str) -> str:
         return str((await self.key(key_id))["spent_today_usd"])
+
+    async def audit_entries(self) -> list[AuditRecord]:
+        """The audit log, once it holds something (entries are written after the answer)."""
+        async with self.client() as kb:
+            for _ in range(200):
+                entries = [entry async for entry in kb.audit()]
+                if entries:
+                    return entries
+                await asyncio.sleep(0.05)
+        return []
 
 
 @pytest.fixture

@@ -44,3 +44,21 @@ async def send(
     await writer.wait_closed()
     head, _, payload = response.partition(b"\r\n\r\n")
     return RawAnswer(int(head.split(b" ", 2)[1]), head, payload)
+
+
+async def first_answer(base_url: str, *parts: bytes, pause: float = 0.1) -> bytes:
+    """Send ``parts`` on a connection of their own, ``pause`` seconds apart, and return the
+    first bytes of the answer: not waiting for the connection to end, which aiohttp keeps
+    open a while to read and drop what is left of a body it won't use."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for index, part in enumerate(parts):
+            if index:
+                await asyncio.sleep(pause)
+            writer.write(part)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()

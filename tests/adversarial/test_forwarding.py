@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from keybrake._common import format_usd
 from keybrake.server.http import deadlines
-from tests.adversarial.rawhttp import RawAnswer, send
+from tests.adversarial.rawhttp import RawAnswer, first_answer, send
 from tests.recorder import Proxy, Recorder
 
 FORM = "application/x-www-form-urlencoded"
@@ -252,17 +252,12 @@ async def test_a_body_that_never_arrives_is_a_408(
 ) -> None:
     monkeypatch.setattr(deadlines, "BODY_TIMEOUT", 0.2)
     key = await proxy.issue()
-    host, port = proxy.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
+    answer = await first_answer(
+        proxy.url,
         f"POST /stripe/v1/payment_intents HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {key['token']}\r\nContent-Type: {FORM}\r\n"
-        "Content-Length: 100\r\n\r\namount=1".encode()
+        "Content-Length: 100\r\n\r\namount=1".encode(),
     )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
-    writer.close()
-    await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
     assert recorder.requests == []
@@ -284,12 +279,7 @@ async def test_a_client_gone_before_its_body_arrived_is_audited_as_such(
     await asyncio.sleep(0.2)  # the head is read, the key found, the body awaited
     writer.close()
     await writer.wait_closed()
-    async with proxy.client() as kb:
-        for _ in range(100):
-            entries = [entry async for entry in kb.audit()]
-            if entries:
-                break
-            await asyncio.sleep(0.05)
+    entries = await proxy.audit_entries()
     assert [(entry.decision, entry.status) for entry in entries] == [("client_closed", 499)]
     assert recorder.requests == []
     # Nobody to answer, nothing gone wrong: no traceback at ERROR (aiohttp logs one).
@@ -301,12 +291,7 @@ async def test_audit_rows_keep_a_short_path(proxy: Proxy, recorder: Recorder) ->
     long_path = "/stripe/v1/" + "a" * 1900
     answer = await send(proxy.url, "GET", long_path, [("Authorization", f"Bearer {key['token']}")])
     assert answer.status == 200
-    async with proxy.client() as kb:
-        for _ in range(50):
-            entries = [entry async for entry in kb.audit()]
-            if entries:
-                break
-            await asyncio.sleep(0.05)
+    entries = await proxy.audit_entries()
     assert [entry.decision for entry in entries] == ["allowed"]
     assert len(entries[0].path) == 256
 

@@ -3,7 +3,6 @@ nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
@@ -17,6 +16,7 @@ from keybrake.server._keys import STORE
 from keybrake.server.dashboard.routes import COOKIE, SECURITY_HEADERS
 from keybrake.server.http import deadlines
 from keybrake.server.util import now_micros
+from tests.adversarial.rawhttp import first_answer
 from tests.dashboard.conftest import DashboardServer
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -444,26 +444,12 @@ async def test_a_key_shows_the_budget_it_draws_from(
     assert f"Draws from budget <code>{budget.id}</code>" in page
 
 
-async def _sign_in_raw(dash: DashboardServer, *parts: bytes, length: int) -> bytes:
-    """POST the sign-in form's head, then ``parts`` of its body a moment apart: the answer."""
-    host, port = dash.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
+def _sign_in_head(length: int) -> bytes:
+    return (
         b"POST /dashboard/sign-in HTTP/1.1\r\nHost: x\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n"
         b"Content-Length: %d\r\n\r\n" % length
     )
-    for part in parts:
-        await writer.drain()
-        await asyncio.sleep(0.1)
-        writer.write(part)
-    await writer.drain()
-    # The answer, not the end of the connection: aiohttp reads on for a while what is
-    # left of a body it won't use (lingering), so that closing doesn't lose the answer.
-    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
-    writer.close()
-    await writer.wait_closed()
-    return answer
 
 
 async def test_a_sign_in_form_that_never_arrives_is_a_408(
@@ -471,7 +457,7 @@ async def test_a_sign_in_form_that_never_arrives_is_a_408(
 ) -> None:
     """No credential is needed to reach the sign-in form: its body has a deadline too."""
     monkeypatch.setattr(deadlines, "BODY_TIMEOUT", 0.3)
-    answer = await _sign_in_raw(dash, b"token=", length=100)
+    answer = await first_answer(dash.url, _sign_in_head(100), b"token=")
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
 
@@ -479,5 +465,5 @@ async def test_a_sign_in_form_that_never_arrives_is_a_408(
 async def test_a_sign_in_form_in_two_packets_is_read_whole(dash: DashboardServer) -> None:
     body = f"token={dash.admin_token}".encode()
     half = len(body) // 2
-    answer = await _sign_in_raw(dash, body[:half], body[half:], length=len(body))
+    answer = await first_answer(dash.url, _sign_in_head(len(body)), body[:half], body[half:])
     assert answer.startswith(b"HTTP/1.1 303"), answer[:200]

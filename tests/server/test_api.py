@@ -14,6 +14,7 @@ from keybrake._common import parse_time
 from keybrake.server.http import deadlines
 from keybrake.server.stores.base import StoreUnavailable
 from keybrake.server.stores.sqlite.store import SQLiteStore
+from tests.adversarial.rawhttp import first_answer
 from tests.conftest import RunningServer
 from tests.server.test_seed_flow import SEED_BODY
 
@@ -87,16 +88,11 @@ async def test_a_body_that_never_arrives_is_a_408(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(deadlines, "BODY_TIMEOUT", 0.2)
-    host, port = server.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
+    answer = await first_answer(
+        server.url,
         f"POST /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_token}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode(),
     )
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(65536), timeout=10)
-    writer.close()
-    await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
 
