@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
             database_url=args.database,
             pricing_file=args.pricing,
             upstream_timeout=args.upstream_timeout,
+            idle_timeout=args.idle_timeout,
             retention_days=args.retention_days,
             audit=args.audit,
             metrics_token=args.metrics_token,
@@ -425,6 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="how long a vendor may take to answer before 504 upstream_timeout"
         " (else KEYBRAKE_UPSTREAM_TIMEOUT, else 30)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a connection may wait for a whole request head, after it opens and"
+        " after each answer, before it is closed (else KEYBRAKE_IDLE_TIMEOUT, else 75)",
     )
     serve.add_argument(
         "--loop",

@@ -84,3 +84,15 @@ def test_a_metrics_token_that_no_bearer_header_can_carry_is_refused(token: str) 
 
     with pytest.raises(ValueError, match="metrics_token"):
         ServerConfig(metrics_token=token)
+
+
+def test_the_idle_timeout_comes_from_the_argument_the_environment_or_75() -> None:
+    from keybrake.server import ServerConfig
+
+    assert ServerConfig.from_env({}).idle_timeout == 75
+    env = {"KEYBRAKE_IDLE_TIMEOUT": "620"}
+    assert ServerConfig.from_env(env).idle_timeout == 620
+    assert ServerConfig.from_env(env, idle_timeout=90).idle_timeout == 90
+    for bad in (0, -1, 3601):
+        with pytest.raises(ValueError, match="idle_timeout"):
+            ServerConfig(idle_timeout=bad)

@@ -23,7 +23,9 @@ from keybrake.server.api.routes import add_routes as add_api_routes
 from keybrake.server.api.tokens import DEFAULT_TENANT, create_admin_token, generate_admin_token
 from keybrake.server.config import ServerConfig
 from keybrake.server.dashboard import add_routes as add_dashboard_routes
+from keybrake.server.http import deadlines
 from keybrake.server.http.errors import error_response
+from keybrake.server.http.server_errors import RedactingFilter
 from keybrake.server.http.upstream import SessionForwarder
 from keybrake.server.ledger.audit import AuditLog
 from keybrake.server.ledger.ledger import Ledger
@@ -38,6 +40,8 @@ from keybrake.vendors import get_vendor
 __all__ = ["DEFAULT_TENANT", "create_app", "generate_admin_token"]
 
 log = logging.getLogger("keybrake.server")
+# Faults are logged with their tracebacks, whose text may quote a credential.
+log.addFilter(RedactingFilter())
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -81,10 +85,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             vendor=vendor,
         )
     except (aiohttp.ClientPayloadError, ConnectionError):
-        raise  # the client went away: nobody to answer
+        if deadlines.client_gone(request):
+            raise  # the client went away: nobody to answer
+        return _unexpected(request, vendor)
     except Exception:
-        log.exception("unexpected error on %s %s", request.method, redact(request.path))
-        return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
+        return _unexpected(request, vendor)
+
+
+def _unexpected(request: web.Request, vendor: str | None) -> web.Response:
+    """A fault of ours: logged with its traceback (the path redacted), answered 500."""
+    log.exception("unexpected error on %s %s", request.method, redact(request.path))
+    return error_response(500, "internal_error", "unexpected server error", vendor=vendor)
 
 
 def create_app(

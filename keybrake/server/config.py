@@ -13,6 +13,7 @@ __all__ = [
     "AUDIT_MODES",
     "DEFAULT_AUDIT",
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_LIFETIME_SECONDS",
     "DEFAULT_RETENTION_DAYS",
@@ -23,6 +24,9 @@ __all__ = [
 DEFAULT_DATABASE_URL = "sqlite:///keybrake.db"
 #: Seconds to wait for a vendor's answer before giving up with 504.
 DEFAULT_UPSTREAM_TIMEOUT = 30.0
+#: Seconds a connection may wait for a whole request head (after it opens, and after each
+#: answer) before it is closed: also how long an idle keep-alive connection is kept.
+DEFAULT_IDLE_TIMEOUT = 75.0
 #: Largest request body the proxy or API reads, in bytes.
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
 #: Hard age limit of a key when the issuer gives no ``max_lifetime``.
@@ -106,6 +110,12 @@ class ServerConfig:
     upstream_timeout: float = attrs.field(
         default=DEFAULT_UPSTREAM_TIMEOUT, converter=float, validator=_positive_seconds
     )
+    #: Seconds a connection may wait for a whole request head, after it opens and after each
+    #: answer (an idle keep-alive connection is closed then too). Behind a load balancer,
+    #: make it longer than the balancer keeps an idle connection to a server.
+    idle_timeout: float = attrs.field(
+        default=DEFAULT_IDLE_TIMEOUT, converter=float, validator=_positive_seconds
+    )
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     #: Audit entries, finished reservations and spend rows older than this many days are
     #: deleted in the background; 0 keeps everything.
@@ -144,6 +154,8 @@ class ServerConfig:
         values["vendor_settings"] = vendor_settings
         if env.get("KEYBRAKE_UPSTREAM_TIMEOUT"):
             values["upstream_timeout"] = env["KEYBRAKE_UPSTREAM_TIMEOUT"]
+        if env.get("KEYBRAKE_IDLE_TIMEOUT"):
+            values["idle_timeout"] = env["KEYBRAKE_IDLE_TIMEOUT"]
         if env.get("KEYBRAKE_RETENTION_DAYS"):
             values["retention_days"] = env["KEYBRAKE_RETENTION_DAYS"]
         if env.get("KEYBRAKE_AUDIT"):

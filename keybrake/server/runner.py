@@ -41,6 +41,7 @@ async def running_server(
         app = create_app(config, store=store, on_new_admin_token=on_new_admin_token)
     runner = JSONErrorRunner(
         app,
+        keepalive_timeout=config.idle_timeout,
         access_log=None,
         handler_cancellation=handler_cancellation,
         handle_signals=handle_signals,

@@ -15,6 +15,8 @@ import socket
 import pytest
 
 from keybrake.server.http import deadlines
+from keybrake.server.http.upstream import SessionForwarder
+from tests.adversarial.rawhttp import send
 from tests.recorder import Proxy, Recorder
 
 #: An answer far larger than what loopback's socket buffers hold for a client not reading.
@@ -50,6 +52,7 @@ async def test_an_answer_the_client_does_not_take_is_dropped_and_settled(
     proxy: Proxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(deadlines, "ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(deadlines, "ANSWER_MIN_RATE", 1 << 40)
     recorder.answer = BIG
     key = await proxy.issue()
     body = "amount=100&currency=usd"
@@ -78,6 +81,32 @@ async def test_an_answer_the_client_does_not_take_is_dropped_and_settled(
             await writer.wait_closed()
 
 
+async def test_a_large_answer_taken_slowly_but_steadily_arrives_whole(
+    proxy: Proxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer's deadline grows with its size: 12 MB taken at about 4 MB/s arrive."""
+    monkeypatch.setattr(deadlines, "ANSWER_TIMEOUT", 0.2)
+    monkeypatch.setattr(deadlines, "ANSWER_MIN_RATE", 2_000_000)
+    recorder.answer = BIG
+    key = await proxy.issue()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET /stripe/v1/customers/cus_1 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key['token']}\r\nConnection: close\r\n\r\n".encode()
+    )
+    received = 0
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), timeout=10):
+            received += len(chunk)
+            await asyncio.sleep(len(chunk) / 4_000_000)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert received > len(BIG["padding"])
+
+
 async def test_a_client_hanging_up_on_its_answer_logs_no_error_and_no_token(
     proxy: Proxy, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -98,3 +127,34 @@ async def test_a_client_hanging_up_on_its_answer_logs_no_error_and_no_token(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert token not in caplog.text
+
+
+async def test_a_connection_error_that_is_not_the_clients_is_a_logged_500(
+    proxy: Proxy,
+    recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a gone client makes a ConnectionError "the client went away": one from a
+    forwarder (or a store) of someone else's is a fault, answered 500 and logged as one."""
+
+    async def refused(*args: object, **kwargs: object) -> object:
+        raise ConnectionRefusedError("refused by a test")
+
+    monkeypatch.setattr(SessionForwarder, "request", refused)
+    key = await proxy.issue()
+    answer = await send(
+        proxy.url,
+        "POST",
+        "/stripe/v1/payment_intents",
+        [
+            ("Authorization", f"Bearer {key['token']}"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"amount=100&currency=usd",
+    )
+    assert (answer.status, answer.json()["code"]) == (500, "internal_error")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["unexpected error on POST /stripe/v1/payment_intents"]
+    entries = await proxy.audit_entries()
+    assert [(entry.decision, entry.status) for entry in entries] == [("error", 500)]

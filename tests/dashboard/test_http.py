@@ -467,3 +467,17 @@ async def test_a_sign_in_form_in_two_packets_is_read_whole(dash: DashboardServer
     half = len(body) // 2
     answer = await first_answer(dash.url, _sign_in_head(len(body)), body[:half], body[half:])
     assert answer.startswith(b"HTTP/1.1 303"), answer[:200]
+
+
+async def test_a_sign_in_form_without_a_length_is_refused_before_it_is_read(
+    dash: DashboardServer,
+) -> None:
+    """A chunked body says no length: reading it first would let anyone, signed in or not,
+    make the server buffer up to the proxy's body limit."""
+    answer = await first_answer(
+        dash.url,
+        b"POST /dashboard/sign-in HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n10000\r\n" + b"a" * 1000,
+    )
+    assert answer.startswith(b"HTTP/1.1 400")

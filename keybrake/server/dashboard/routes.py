@@ -180,15 +180,16 @@ async def _form(request: web.Request) -> dict[str, str]:
         media.strip().lower() != _FORM
         or charset not in ("", "charset=utf-8")
         or "Content-Encoding" in request.headers
-        or (request.content_length or 0) > _MAX_FORM
+        # A browser's form says its length: a chunked body, which doesn't, could make the
+        # server buffer up to the proxy's body limit for anyone, signed in or not.
+        or request.content_length is None
+        or request.content_length > _MAX_FORM
     ):
         raise _BadForm
     try:
         body = await deadlines.read_body(request)
     except asyncio.TimeoutError:
         raise web.HTTPRequestTimeout(reason="the form did not arrive in time") from None
-    if len(body) > _MAX_FORM:
-        raise _BadForm
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),

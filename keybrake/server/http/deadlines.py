@@ -17,12 +17,23 @@ from typing import TypeVar
 
 from aiohttp import web
 
-__all__ = ["ANSWER_TIMEOUT", "BODY_TIMEOUT", "read_body", "send_answer"]
+__all__ = [
+    "ANSWER_MIN_RATE",
+    "ANSWER_TIMEOUT",
+    "BODY_TIMEOUT",
+    "client_gone",
+    "read_body",
+    "send_answer",
+]
 
 #: Seconds a client may take to send a request body once its head has arrived.
 BODY_TIMEOUT = 30.0
-#: Seconds a client may take to take in its answer: then the connection is dropped.
+#: Seconds a client may take to take in its answer, plus a second for each
+#: :data:`ANSWER_MIN_RATE` bytes of it: then the connection is dropped.
 ANSWER_TIMEOUT = 60.0
+#: Bytes a second a client must at least take an answer at, past :data:`ANSWER_TIMEOUT`
+#: (256 KiB/s: the largest answer the proxy passes on, 64 MiB, has about five minutes).
+ANSWER_MIN_RATE = 256 * 1024
 
 T = TypeVar("T")
 
@@ -47,16 +58,18 @@ async def read_body(request: web.Request) -> bytes:
     return await _within(BODY_TIMEOUT, request.read())
 
 
-async def send_answer(request: web.Request, response: web.StreamResponse) -> bool:
+async def send_answer(request: web.Request, response: web.Response) -> bool:
     """Write ``response`` whole, or drop the connection if the client doesn't take it within
-    :data:`ANSWER_TIMEOUT` seconds or goes away meanwhile.
+    :data:`ANSWER_TIMEOUT` seconds and a second per :data:`ANSWER_MIN_RATE` bytes of its
+    body, or goes away meanwhile.
 
     Returns:
         Whether the client took the whole answer. When it didn't, the connection is closed
         and ``response`` may be returned to aiohttp as it is: aiohttp writes nothing more.
     """
     try:
-        await _within(ANSWER_TIMEOUT, _write(request, response))
+        size = response.content_length or 0
+        await _within(ANSWER_TIMEOUT + size / ANSWER_MIN_RATE, _write(request, response))
     except (asyncio.TimeoutError, ConnectionError):
         if request.transport is not None:
             request.transport.abort()
@@ -67,3 +80,10 @@ async def send_answer(request: web.Request, response: web.StreamResponse) -> boo
 async def _write(request: web.Request, response: web.StreamResponse) -> None:
     await response.prepare(request)
     await response.write_eof()
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the request's client has closed its connection (or it was dropped): a
+    ``ConnectionError`` is the client's doing only then, and a server's fault otherwise."""
+    transport = request.transport
+    return transport is None or transport.is_closing()

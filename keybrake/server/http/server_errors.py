@@ -28,17 +28,11 @@ from aiohttp import web
 from aiohttp.http import HttpProcessingError
 from aiohttp.http_exceptions import LineTooLong
 
+from keybrake.server.config import DEFAULT_IDLE_TIMEOUT
 from keybrake.server.http.errors import error_body
 from keybrake.server.util import redact
 
-__all__ = ["IDLE_TIMEOUT", "SERVER_LOG", "JSONErrorRunner", "RedactingFilter"]
-
-#: Seconds a connection may wait for a whole request head: after it opens, and after each
-#: answer. aiohttp's ``keepalive_timeout``, whose timer data arriving doesn't reset, so a
-#: head sent a byte at a time is cut off too (aiohttp's default is an hour). Longer than
-#: the 60 s for which load balancers commonly keep an idle connection to a server, so one
-#: in front never reuses a connection keybrake has just closed.
-IDLE_TIMEOUT = 75.0
+__all__ = ["SERVER_LOG", "JSONErrorRunner", "RedactingFilter"]
 
 
 class RedactingFilter(logging.Filter):
@@ -93,7 +87,9 @@ class _RequestHandler(web.RequestHandler):
             self.logger.warning(
                 "refused a malformed request from %s: %s", request.remote, type(exc).__name__
             )
-        elif isinstance(exc, ConnectionError):
+        elif isinstance(exc, ConnectionError) and (
+            self.transport is None or self.transport.is_closing()
+        ):
             # The client went away mid-request (the handler has audited it): nobody to
             # answer, nothing to trace back; aiohttp would log a traceback at ERROR.
             self.logger.debug("the client from %s went away: %s", request.remote, exc)
@@ -112,8 +108,7 @@ class _RequestHandler(web.RequestHandler):
 class _Server(web.Server):
     def __call__(self) -> web.RequestHandler:
         # web.Server.__call__, without its fallback that drops unknown keywords.
-        kwargs = {"keepalive_timeout": IDLE_TIMEOUT, **self._kwargs}
-        return _RequestHandler(self, loop=self._loop, **kwargs)
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class JSONErrorRunner(web.AppRunner):
@@ -122,6 +117,10 @@ class JSONErrorRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("logger", SERVER_LOG)
+        # aiohttp's keep-alive timer, whose firing closes a connection still waiting for a
+        # whole head: data arriving doesn't reset it, so a head sent a byte at a time is cut
+        # off too. aiohttp's default is an hour.
+        kwargs.setdefault("keepalive_timeout", DEFAULT_IDLE_TIMEOUT)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

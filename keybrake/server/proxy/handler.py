@@ -55,6 +55,7 @@ from keybrake.server._keys import (
 )
 from keybrake.server.config import ServerConfig
 from keybrake.server.http import deadlines
+from keybrake.server.http.server_errors import RedactingFilter
 from keybrake.server.http.upstream import (
     UpstreamError,
     UpstreamTimeout,
@@ -101,6 +102,10 @@ from keybrake.vendors._pricing import PricingRefusal, Quote, VendorRequest
 __all__ = ["Answer", "ProxyHandler", "add_routes"]
 
 log = logging.getLogger("keybrake.proxy")
+#: The proxy's faults, logged with their tracebacks: an exception's text may quote what it
+#: was handling (a header, a vendor's answer), so its records are redacted.
+fault_log = logging.getLogger("keybrake.proxy.faults")
+fault_log.addFilter(RedactingFilter())
 
 #: A vendor replays a request carrying a known idempotency key for this long (Stripe: 24 h).
 IDEMPOTENCY_WINDOW_MICROS = 24 * 3600 * 1_000_000
@@ -205,7 +210,7 @@ class ProxyHandler:
             try:
                 answer = await self._handle(request, vendor_name, facts)
             except StoreUnavailable:
-                log.exception("store unavailable")
+                fault_log.exception("store unavailable")
                 answer = self._refuse(
                     facts,
                     503,
@@ -217,11 +222,19 @@ class ProxyHandler:
                     facts, 413, "body_too_large", "request body is larger than the server accepts"
                 )
             except (aiohttp.ClientPayloadError, ConnectionError):
-                if facts.decision == "error":  # nothing was decided, so nothing forwarded
-                    facts.decision, facts.status = "client_closed", 499
-                raise  # the client went away while sending: nobody to answer
+                if not deadlines.client_gone(request):
+                    # Not the client's doing (a store or forwarder of someone else's that
+                    # let one through): a fault of ours, answered and logged as one.
+                    fault_log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
+                    answer = Answer.error(
+                        500, "internal_error", "unexpected server error", vendor=facts.vendor
+                    )
+                else:
+                    if facts.decision == "error":  # nothing was decided, nothing forwarded
+                        facts.decision, facts.status = "client_closed", 499
+                    raise  # the client went away while sending: nobody to answer
             except Exception:
-                log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
+                fault_log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
                 answer = Answer.error(
                     500, "internal_error", "unexpected server error", vendor=facts.vendor
                 )
@@ -259,7 +272,7 @@ class ProxyHandler:
         try:
             await self._app[LEDGER].commit_audit(self._entry(facts))
         except StoreUnavailable:
-            log.exception("audit entry not written: answering 503 audit_unavailable")
+            fault_log.exception("audit entry not written: answering 503 audit_unavailable")
             facts.audited = False  # this refusal's own entry waits in the audit log's queue
             if facts.decision == "allowed":
                 detail = f"; {facts.vendor} did receive the request and answered {facts.status}"
