@@ -6,7 +6,6 @@ odd, becomes anything but a ``400 bad_request`` naming the ``param`` at fault.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
@@ -61,11 +60,6 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
     try:
         text = (await deadlines.read_body(request)).decode("utf-8-sig") or "{}"
-    except asyncio.TimeoutError:
-        seconds = deadlines.BODY_TIMEOUT
-        raise web.HTTPRequestTimeout(
-            reason=f"the request body did not arrive in {seconds:g}s"
-        ) from None
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
     except (HttpProcessingError, web.RequestPayloadError):

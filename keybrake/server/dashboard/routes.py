@@ -8,7 +8,6 @@ carries the session's CSRF token.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -186,10 +185,7 @@ async def _form(request: web.Request) -> dict[str, str]:
         or request.content_length > _MAX_FORM
     ):
         raise _BadForm
-    try:
-        body = await deadlines.read_body(request)
-    except asyncio.TimeoutError:
-        raise web.HTTPRequestTimeout(reason="the form did not arrive in time") from None
+    body = await deadlines.read_body(request)
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),

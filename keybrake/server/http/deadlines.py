@@ -52,10 +52,16 @@ async def read_body(request: web.Request) -> bytes:
     arrives within :data:`BODY_TIMEOUT` seconds.
 
     Raises:
-        asyncio.TimeoutError: it did not.
+        aiohttp.web.HTTPRequestTimeout: it did not (the middleware answers ``408
+            request_timeout``).
         aiohttp.web.HTTPRequestEntityTooLarge: it is larger than ``client_max_size``.
     """
-    return await _within(BODY_TIMEOUT, request.read())
+    try:
+        return await _within(BODY_TIMEOUT, request.read())
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the request body did not arrive in {BODY_TIMEOUT:g}s"
+        ) from None
 
 
 async def send_answer(request: web.Request, response: web.Response) -> bool:

@@ -221,19 +221,15 @@ class ProxyHandler:
                 answer = self._refuse(
                     facts, 413, "body_too_large", "request body is larger than the server accepts"
                 )
-            except (aiohttp.ClientPayloadError, ConnectionError):
-                if not deadlines.client_gone(request):
-                    # Not the client's doing (a store or forwarder of someone else's that
-                    # let one through): a fault of ours, answered and logged as one.
-                    fault_log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
-                    answer = Answer.error(
-                        500, "internal_error", "unexpected server error", vendor=facts.vendor
-                    )
-                else:
+            except Exception as exc:
+                if isinstance(
+                    exc, (aiohttp.ClientPayloadError, ConnectionError)
+                ) and deadlines.client_gone(request):
                     if facts.decision == "error":  # nothing was decided, nothing forwarded
                         facts.decision, facts.status = "client_closed", 499
                     raise  # the client went away while sending: nobody to answer
-            except Exception:
+                # Anything else, a ConnectionError of a store's or forwarder's included, is a
+                # fault of ours, answered and logged as one.
                 fault_log.exception("unexpected error on %s %s", facts.method, redact(raw_path))
                 answer = Answer.error(
                     500, "internal_error", "unexpected server error", vendor=facts.vendor
@@ -371,11 +367,8 @@ class ProxyHandler:
             raise BadRequest("a compressed request body is not accepted (Content-Encoding)")
         try:
             body = await deadlines.read_body(request)
-        except asyncio.TimeoutError:
-            seconds = deadlines.BODY_TIMEOUT
-            raise refuse(
-                408, "request_timeout", f"the request body did not arrive in {seconds:g}s"
-            ) from None
+        except web.HTTPRequestTimeout as exc:
+            raise refuse(408, "request_timeout", exc.reason) from None
         except (HttpProcessingError, web.RequestPayloadError):
             raise BadRequest("the request body can't be read") from None
         if vendor.plugin.body_format == "json":
