@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -172,17 +173,25 @@ async def test_two_replicas_hammering_one_key_never_pass_its_cap(url: str) -> No
             await store.close()
 
 
+async def queued_behind_one(
+    ledger: Ledger, key: KeyRecord, count: int
+) -> tuple[asyncio.Task[Any], list[asyncio.Task[Any]]]:
+    """A reservation at the store, and ``count`` more of the same key waiting behind it."""
+    first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+    await asyncio.sleep(0)  # the first is at the store: the others wait for it
+    waiting = [
+        asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
+        for _ in range(count)
+    ]
+    return first, waiting
+
+
 async def test_a_waiter_cancelled_meanwhile_keeps_nothing_reserved(
     store: CountingStore, ledger: Ledger
 ) -> None:
     key = key_record(cap=100 * DOLLAR)
     await store.insert_key(key)
-    first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-    await asyncio.sleep(0)  # the first is at the store: the others wait for it
-    waiting = [
-        asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-        for _ in range(10)
-    ]
+    first, waiting = await queued_behind_one(ledger, key, 10)
     await asyncio.sleep(0)
     for task in waiting[:5]:  # cancelled before their batch goes
         task.cancel()
@@ -203,12 +212,7 @@ async def test_a_waiter_cancelled_as_its_result_comes_gives_its_reservation_back
 ) -> None:
     key = key_record(cap=100 * DOLLAR)
     await store.insert_key(key)
-    first = asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-    await asyncio.sleep(0)
-    waiting = [
-        asyncio.create_task(ledger.reserve(reservation(key), now_micros(), replay_after=0))
-        for _ in range(3)
-    ]
+    first, waiting = await queued_behind_one(ledger, key, 3)
     store.victim = waiting[1]
     await first
     done = await asyncio.gather(*waiting, return_exceptions=True)
