@@ -40,8 +40,17 @@ def note(task: Task[Any, Any], vk: VaultKey) -> None:
     """Tell the test which key this run got (and, for the broker check, its token)."""
     folder = Path(os.environ["MARKERS"]) / str(task.request.id)
     folder.mkdir(exist_ok=True)
-    (folder / f"{task.request.retries}.key").write_text(vk.id)
-    (folder / f"{task.request.retries}.token").write_text(vk.token)
+    # The test polls for ``*.key``: it must never see one half written (an empty key id
+    # asks keybrake for ``/v1/keys/``). The token goes first, so a key's token is there too.
+    publish(folder / f"{task.request.retries}.token", vk.token)
+    publish(folder / f"{task.request.retries}.key", vk.id)
+
+
+def publish(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all, as a reader polling for it sees it."""
+    part = path.with_name(f"{path.name}.part")
+    part.write_text(text)
+    os.replace(part, path)
 
 
 @app.task(bind=True)
