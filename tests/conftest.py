@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from pathlib import Path
 
@@ -72,6 +73,18 @@ class RunningServer:
         return Keybrake(self.admin_token, api_url=self.url, proxy_url=self.url, retry=retry)
 
 
+#: Where the tests' calls fetch their TwiML: the operator's own, which the Twilio pricer
+#: trusts once a pricing file says so (``twilio.twiml_urls``).
+TWIML_URLS = ["https://example.com/", "http://example.com/"]
+
+
+def twiml_pricing_file(folder: Path) -> str:
+    """A pricing file in ``folder`` that trusts :data:`TWIML_URLS`."""
+    path = folder / "pricing-twiml.json"
+    path.write_text(json.dumps({"twilio": {"twiml_urls": TWIML_URLS}}))
+    return str(path)
+
+
 def make_config(
     db_path: Path,
     stripe_url: str,
@@ -109,7 +122,12 @@ async def server(tmp_path: Path, localstripe_url: str) -> AsyncIterator[RunningS
 async def twilio_server(tmp_path: Path, prism_url: str) -> AsyncIterator[RunningServer]:
     """A keybrake server whose Twilio upstream is Prism serving Twilio's own spec."""
     db_path = tmp_path / "keybrake-twilio.db"  # its own file: one server per SQLite file
-    config = make_config(db_path, "http://127.0.0.1:9", vendors={"twilio": {"api_base": prism_url}})
+    config = make_config(
+        db_path,
+        "http://127.0.0.1:9",
+        vendors={"twilio": {"api_base": prism_url}},
+        pricing_file=twiml_pricing_file(tmp_path),
+    )
     async with running_server(config) as url:
         assert config.admin_token is not None
         yield RunningServer(url, config.admin_token, db_path, config)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from keybrake import AuditRecord, Keybrake, RetryPolicy
 from keybrake.server import running_server
-from tests.conftest import make_config
+from tests.conftest import make_config, twiml_pricing_file
 
 
 @attrs.define
@@ -122,6 +122,7 @@ async def proxy(tmp_path: Path, recorder: Recorder) -> AsyncIterator[Proxy]:
         tmp_path / "kb.db",
         recorder.url,
         vendors={"twilio": {"api_base": recorder.url}},
+        pricing_file=twiml_pricing_file(tmp_path),
         max_body_size=4096,
         upstream_timeout=1.0,
     )

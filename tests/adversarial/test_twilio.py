@@ -142,3 +142,56 @@ async def test_array_parameters_of_twilios_spec_pass_through(
         "in-progress",
         "completed",
     ]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        [("Url", "https://attacker.example/dial-premium.xml")],
+        [("Url", "https://example.com/twiml"), ("FallbackUrl", "https://attacker.example/x")],
+        [("Url", "https://example.com@attacker.example/twiml")],
+        [("Url", "https://example.com.attacker.example/twiml")],
+        [("Url", "https://example.com/%2e%2e/twiml")],
+        [("ApplicationSid", "AP" + "a" * 32)],
+        [("Twiml", "<Response><Redirect>https://attacker.example/x</Redirect></Response>")],
+        [("Twiml", "<Response><Gather action='https://attacker.example/x'/></Response>")],
+        [
+            (
+                "Twiml",
+                "<Response><Dial><Number url='//attacker.example/x'>+15005550006</Number>"
+                "</Dial></Response>",
+            )
+        ],
+        [("url", "https://attacker.example/x")],
+    ],
+)
+async def test_a_call_that_would_run_someone_elses_twiml_is_refused(
+    proxy: Proxy, recorder: Recorder, form: list[tuple[str, str]]
+) -> None:
+    # TwiML fetched from a URL may <Dial> anywhere for as long as the call lasts, and only
+    # the call's own leg would be priced: only the operator's own TwiML may run.
+    key = await issue(proxy)
+    calls = f"/2010-04-01/Accounts/{OTHER}/Calls"
+    for path, extra in ((f"{calls}.json", [("To", "+15005550006")]), (f"{calls}/CA1.json", [])):
+        answer = await twilio(proxy, key["token"], "POST", path, extra + form)
+        assert answer.status in (400, 403), (path, form)
+        code = "bad_request" if form[0][0] == "url" else "unpriced_endpoint"
+        assert answer.json()["code"] == code
+    assert recorder.requests == []
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "0.00"
+
+
+async def test_a_call_to_the_operators_twiml_goes_through(proxy: Proxy, recorder: Recorder) -> None:
+    recorder.answer = {"sid": "CA1", "status": "queued", "price": None}
+    key = await issue(proxy)
+    twiml = "<Response><Gather action='https://example.com/twiml/next'/></Response>"
+    for form in ([("Url", "https://example.com/twiml/start")], [("Twiml", twiml)]):
+        answer = await twilio(
+            proxy,
+            key["token"],
+            "POST",
+            f"/2010-04-01/Accounts/{OTHER}/Calls.json",
+            [("To", "+15005550006"), ("From", "+15005550001"), *form],
+        )
+        assert answer.status == 200
+    assert len(recorder.requests) == 2

@@ -181,7 +181,7 @@ async def test_twilio_calls_are_cut_and_the_account_pinned(
         "POST",
         f"/twilio/2010-04-01/Accounts/{other_account}/Calls.json",
         token=key["token"],
-        body=b"To=%2B15005550006&From=%2B15005550001&Url=http%3A%2F%2Fx&TimeLimit=99999",
+        body=b"To=%2B15005550006&From=%2B15005550001&Url=http%3A%2F%2Fexample.com%2Fx&TimeLimit=99999",
     )
     assert status == 201
     [(_, path, headers, body)] = recorder.requests

@@ -147,6 +147,15 @@ async def test_official_twilio_sdk_through_the_proxy(twilio_server: RunningServe
         await asyncio.to_thread(lambda: client_out_of_scope.calls("CA" + "0" * 32).fetch())
     assert refused.value.status == 403
     assert "allowed endpoints" in refused.value.msg
+    # A call to TwiML the operator doesn't serve could dial anywhere: the SDK is told why.
+    with pytest.raises(TwilioRestException) as unpriced:
+        await asyncio.to_thread(
+            lambda: client.calls.create(
+                to="+15005550006", from_="+15005550001", url="https://attacker.example/dial"
+            )
+        )
+    assert unpriced.value.status == 403
+    assert "twilio.twiml_urls" in unpriced.value.msg
 
 
 async def test_twilio_key_on_stripe_and_back(twilio_server: RunningServer, kb: Keybrake) -> None:

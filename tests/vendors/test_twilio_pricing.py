@@ -531,6 +531,118 @@ def test_a_call_that_dials_keeps_its_estimate() -> None:
     assert (done.micros, done.final) == (0, True)  # the call's price is the call's, not this
 
 
+# TwiML fetched from a URL: only from the operator's own.
+
+TRUSTED = "https://voice.example.com/twiml/"
+APP = "AP" + "a" * 32
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        TRUSTED,
+        TRUSTED + "outbound.xml",
+        TRUSTED + "outbound?campaign=7",
+        "HTTPS://Voice.Example.com/twiml/outbound.xml",
+    ],
+)
+async def test_a_call_may_fetch_the_operators_twiml(url: str) -> None:
+    for name in ("Url", "FallbackUrl"):
+        create = [("To", "+15005550006"), (name, url)]
+        assert (await quote(create, CALLS, twiml_urls=[TRUSTED])).micros == 10 * 14_000
+        update = await quote(
+            [(name, url)], CALLS.replace(".json", "/CA1.json"), twiml_urls=[TRUSTED]
+        )
+        assert update.micros == 0
+    twiml = f"<Response><Gather action='{url}'><Say>hi</Say></Gather></Response>"
+    assert await quote([("To", "+15005550006"), ("Twiml", twiml)], CALLS, twiml_urls=[TRUSTED])
+    apps = {"twiml_applications": [APP]}
+    assert await quote([("To", "+15005550006"), ("ApplicationSid", APP)], CALLS, **apps)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://attacker.example/dial-premium.xml",
+        "https://voice.example.com/other/",
+        "https://voice.example.com/twiml",  # the folder itself, not below it
+        "https://voice.example.com/twimlx/a.xml",
+        "http://voice.example.com/twiml/a.xml",  # another scheme
+        "https://voice.example.com:8443/twiml/a.xml",  # another port
+        "https://voice.example.com.attacker.example/twiml/a.xml",
+        "https://voice.example.com@attacker.example/twiml/a.xml",
+        "https://attacker.example\\@voice.example.com/twiml/a.xml",
+        "https://voice.example.com/twiml/../evil.xml",
+        "https://voice.example.com/twiml/%2E%2E/evil.xml",
+        "https://voice.example.com/twiml/a.xml\n",
+        " https://voice.example.com/twiml/a.xml",
+        "https://vöice.example.com/twiml/a.xml",
+        "/twiml/a.xml",
+        "",
+    ],
+)
+async def test_a_call_that_fetches_other_twiml_is_refused(url: str) -> None:
+    twimls = [
+        f"<Response><Redirect>{url}</Redirect></Response>",
+        f"<Response><Gather action='{url}'><Say>hi</Say></Gather></Response>",
+        f"<Response><Record ACTION='{url}'/></Response>",
+        f"<Response><Dial action='{url}'>+15005550006</Dial></Response>",
+        f"<Response><Dial><Number url='{url}'>+15005550006</Number></Dial></Response>",
+        f"<Response><Dial referUrl='{url}'>+15005550006</Dial></Response>",
+        f'<Response xmlns:t="x"><Dial t:action="{url}">+15005550006</Dial></Response>',
+    ]
+    forms = [[("Url", url)], [("FallbackUrl", url)], *([("Twiml", t)] for t in twimls)]
+    for form in forms:
+        for path, extra in (
+            (CALLS, [("To", "+15005550006")]),
+            (CALLS.replace(".json", "/CA1.json"), []),
+        ):
+            with pytest.raises(PricingRefusal) as refused:
+                await quote(extra + form, path, twiml_urls=[TRUSTED])
+            assert (refused.value.status, refused.value.code) == (403, "unpriced_endpoint")
+
+
+async def test_with_no_twiml_urls_a_call_runs_inline_twiml_only() -> None:
+    with pytest.raises(PricingRefusal, match=r"twilio\.twiml_urls"):
+        await quote([("To", "+15005550006"), ("Url", TRUSTED)], CALLS)
+    with pytest.raises(PricingRefusal, match=r"twilio\.twiml_applications"):
+        await quote([("To", "+15005550006"), ("ApplicationSid", APP)], CALLS)
+    status_callbacks = (
+        "<Response><Dial action='' >+15005550006</Dial></Response>",
+        "<Response><Record recordingStatusCallback='https://x/cb'/></Response>",
+    )
+    with pytest.raises(PricingRefusal):
+        await quote([("To", "+15005550006"), ("Twiml", status_callbacks[0])], CALLS)
+    # A callback's answer is not run: it needs no trust.
+    await quote([("To", "+15005550006"), ("Twiml", status_callbacks[1])], CALLS)
+    await quote([("To", "+15005550006"), ("StatusCallback", "https://x/cb")], CALLS)
+
+
+@pytest.mark.parametrize("name", ["url", "URL", "fallbackurl", "applicationsid"])
+async def test_a_twiml_source_spelt_in_another_case_is_refused(name: str) -> None:
+    with pytest.raises(PricingRefusal) as refused:
+        await quote([("To", "+15005550006"), (name, TRUSTED)], CALLS, twiml_urls=[TRUSTED])
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"twiml_urls": "https://voice.example.com/"},
+        {"twiml_urls": ["https://voice.example.com/twiml"]},
+        {"twiml_urls": ["https://voice.example.com/twiml/?x=1"]},
+        {"twiml_urls": ["https://user@voice.example.com/"]},
+        {"twiml_urls": ["ftp://voice.example.com/"]},
+        {"twiml_urls": ["/twiml/"]},
+        {"twiml_applications": ["AP123"]},
+        {"twiml_applications": "AP" + "a" * 32},
+    ],
+)
+def test_twiml_trust_settings_are_checked(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"twilio\.twiml_"):
+        TwilioPricing.from_mapping(settings)
+
+
 # Parameters that repeat.
 
 
@@ -562,7 +674,7 @@ def test_a_call_that_dials_keeps_its_estimate() -> None:
 async def test_array_parameters_of_the_spec_may_repeat(
     path: str, form: list[tuple[str, str]]
 ) -> None:
-    await quote(form, path)
+    await quote(form, path, twiml_urls=["https://x/"])
 
 
 @pytest.mark.parametrize(

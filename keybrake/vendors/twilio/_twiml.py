@@ -24,8 +24,9 @@ might accept is never read as harmless. A document with a ``<!DOCTYPE`` or ``<!E
 declaration is refused before parsing (no entity expansion, no external resources), as is
 one that isn't well-formed or whose root isn't ``<Response>`` (400 ``bad_request``).
 
-Not seen here: TwiML that Twilio fetches from a URL (the call's ``Url``, a ``<Redirect>``,
-``<Dial action>``, ``<Number url>``, ``<Gather action>``, ...). It may dial anywhere.
+TwiML that Twilio fetches from a URL (a ``<Redirect>``, ``<Dial action>``, ``<Number url>``,
+``<Gather action>``, ...) may dial anywhere: :func:`fetched_urls` lists those URLs, and the
+pricer lets a call go only if each is under a prefix the operator trusts.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import xml.etree.ElementTree as ET
 
 from keybrake.vendors._pricing import PricingRefusal
 
-__all__ = ["dialled_numbers"]
+__all__ = ["dialled_numbers", "fetched_urls"]
 
 #: Verbs that open no leg of their own.
 LEGLESS = frozenset(
@@ -65,12 +66,11 @@ def _unpriced(what: str) -> PricingRefusal:
     return PricingRefusal(403, "unpriced_endpoint", f"TwiML {what} can't be priced")
 
 
-def dialled_numbers(twiml: str) -> list[str]:
-    """The phone numbers an inline TwiML document dials, one per ``<Dial>`` leg.
+def _parse(twiml: str) -> ET.Element:
+    """The document's ``<Response>``.
 
     Raises:
-        PricingRefusal: 400 ``bad_request`` for a malformed document or one with a DTD; 403
-            ``unpriced_endpoint`` for a verb or noun whose cost we can't bound.
+        PricingRefusal: 400 ``bad_request`` for a malformed document or one with a DTD.
     """
     if _DECLARATION.search(twiml):
         raise PricingRefusal(400, "bad_request", "TwiML may not declare a DOCTYPE or entities")
@@ -80,6 +80,39 @@ def dialled_numbers(twiml: str) -> list[str]:
         raise PricingRefusal(400, "bad_request", "'Twiml' is not well-formed XML") from None
     if _name(root) != "response":
         raise PricingRefusal(400, "bad_request", "TwiML must be a <Response> document")
+    return root
+
+
+def fetched_urls(twiml: str) -> list[str]:
+    """Every URL an inline TwiML document may have Twilio fetch more TwiML from.
+
+    That is a ``<Redirect>``'s text and any attribute named ``action`` (``<Gather>``,
+    ``<Record>``, ``<Dial>``) or ending in ``url`` (``<Number url>``, ``<Dial referUrl>``),
+    in any letter case or namespace. Callbacks whose answers Twilio doesn't run
+    (``statusCallback``, ``recordingStatusCallback``, ...) aren't listed.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request`` for a malformed document or one with a DTD.
+    """
+    urls: list[str] = []
+    for element in _parse(twiml).iter():
+        if _name(element) == "redirect":
+            urls.append(element.text or "")  # as written: a space makes it refused
+        for attribute, value in element.attrib.items():
+            name = attribute.rpartition("}")[2].casefold()
+            if name == "action" or name.endswith("url"):
+                urls.append(value)
+    return urls
+
+
+def dialled_numbers(twiml: str) -> list[str]:
+    """The phone numbers an inline TwiML document dials, one per ``<Dial>`` leg.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request`` for a malformed document or one with a DTD; 403
+            ``unpriced_endpoint`` for a verb or noun whose cost we can't bound.
+    """
+    root = _parse(twiml)
     numbers: list[str] = []
     pending = [root]
     while pending:

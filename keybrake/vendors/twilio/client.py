@@ -261,7 +261,10 @@ class Calls:
         """Place a call (``url=`` or ``twiml=``, ``time_limit=`` in seconds, ...).
 
         The proxy cuts ``time_limit`` to its configured maximum and reserves that many
-        minutes first. Never retried.
+        minutes first. TwiML fetched from a URL (``url=``, ``fallback_url=``,
+        ``application_sid=``, a ``<Redirect>`` in ``twiml=``) must be the operator's own (the
+        server's ``twilio.twiml_urls``); other TwiML could dial anywhere and is refused
+        (:class:`~keybrake.ProxyRefused`, 403 ``unpriced_endpoint``). Never retried.
         """
         data = await self._client.request(
             "POST", self._client.account_path("Calls.json"), {"to": to, "from_": from_, **params}

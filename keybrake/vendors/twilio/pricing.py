@@ -47,11 +47,17 @@ Only the v2010 API below one account is proxied, and never a credential:
 Twilio reports a message's or call's ``price`` late. The estimate stays counted until a
 fetched message or call shows its price; then the spend is corrected to it.
 
-What these rules can't see: TwiML that Twilio fetches from a URL (a call's ``Url`` or
-``ApplicationSid``, a ``<Redirect>``, a ``<Dial action>``, a ``<Number url>``) may dial
-anywhere, and only the call's own leg is priced. Features billed on top of a call's minutes
-(recording, transcription, answering machine detection, speech recognition, premium voices)
-are not priced.
+- **TwiML from a URL** may dial anywhere, and only the call's own leg would be priced: a
+  call (created or updated) whose ``Url`` or ``FallbackUrl``, or a URL in whose inline
+  ``Twiml`` (a ``<Redirect>``, an ``action``, a ``url``), isn't under one of the operator's
+  ``twiml_urls`` prefixes is refused (403 ``unpriced_endpoint``), as is an
+  ``ApplicationSid`` not among the operator's ``twiml_applications``. With neither set, a
+  call runs inline TwiML only. What the operator's own TwiML dials is the operator's to
+  bound.
+
+What these rules can't see: features billed on top of a call's minutes (recording,
+transcription, answering machine detection, speech recognition, premium voices) are not
+priced.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import attrs
 
@@ -86,7 +92,7 @@ from keybrake.vendors._pricing import (
 )
 from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
 from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
-from keybrake.vendors.twilio._twiml import dialled_numbers
+from keybrake.vendors.twilio._twiml import dialled_numbers, fetched_urls
 
 __all__ = [
     "CREDENTIAL_RESOURCES",
@@ -187,6 +193,73 @@ def _regional(ch: str) -> bool:
     return 0x1F1E6 <= ord(ch) <= 0x1F1FF
 
 
+_UNSAFE_URL = re.compile(r"[^\x21-\x7e]|\\")
+_APPLICATION_SID = re.compile(r"AP[0-9a-fA-F]{32}")
+
+
+@attrs.frozen
+class _Origin:
+    """A URL as compared against the operator's TwiML prefixes."""
+
+    scheme: str
+    netloc: str
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> _Origin | None:
+        """The URL's scheme, host and path, or None for one read differently by different
+        parsers (spaces, controls, backslashes, non-ASCII, user info, no host, a dot
+        segment in its path, plain or percent-encoded)."""
+        if _UNSAFE_URL.search(url):
+            return None
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return None
+        scheme = parts.scheme.casefold()
+        if scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            return None
+        path = parts.path or "/"
+        if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+            return None
+        return cls(scheme, parts.netloc.casefold(), path)
+
+    def holds(self, other: _Origin) -> bool:
+        """Whether ``other`` is this prefix or below it."""
+        return (
+            other.scheme == self.scheme
+            and other.netloc == self.netloc
+            and other.path.startswith(self.path)
+        )
+
+
+def _twiml_urls(value: Any) -> tuple[str, ...]:
+    where = "twilio.twiml_urls"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}: expected a list of URL prefixes")
+    for url in value:
+        origin = _Origin.parse(url)
+        parts = urlsplit(url) if origin is not None else None
+        if origin is None or parts is None or parts.query or parts.fragment:
+            raise ValueError(f"{where}: {url!r} is not an http(s) URL without query or user")
+        if not parts.path.endswith("/"):
+            raise ValueError(f"{where}: {url!r} must end its path with '/' (a folder)")
+    return tuple(value)
+
+
+def _twiml_applications(value: Any) -> frozenset[str]:
+    where = "twilio.twiml_applications"
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _APPLICATION_SID.fullmatch(v) for v in value
+    ):
+        raise ValueError(f"{where}: expected a list of TwiML app SIDs (AP + 32 hex digits)")
+    return frozenset(value)
+
+
 def _price_table(value: Any, where: str, default: Mapping[str, Decimal]) -> dict[str, Decimal]:
     if value is None:
         return dict(default)
@@ -211,6 +284,11 @@ class TwilioPricing:
     )
     max_call_minutes: int = DEFAULT_MAX_CALL_MINUTES
     free_endpoints: tuple[EndpointPattern, ...] = ()
+    #: Where the operator serves its own TwiML: a call may have Twilio fetch TwiML only from
+    #: a URL under one of these prefixes (scheme and host as given, path below the prefix's).
+    twiml_urls: tuple[str, ...] = ()
+    #: TwiML apps (``AP...``) whose voice URL the operator controls: a call may name one.
+    twiml_applications: frozenset[str] = frozenset()
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> TwilioPricing:
@@ -225,6 +303,8 @@ class TwilioPricing:
             "call_usd_per_minute",
             "max_call_minutes",
             "free_endpoints",
+            "twiml_urls",
+            "twiml_applications",
         }
         unknown = set(data) - known
         if unknown:
@@ -246,6 +326,8 @@ class TwilioPricing:
             free_endpoints=endpoint_patterns(
                 data.get("free_endpoints", []), "twilio.free_endpoints"
             ),
+            twiml_urls=_twiml_urls(data.get("twiml_urls")),
+            twiml_applications=_twiml_applications(data.get("twiml_applications")),
         )
 
 
@@ -322,7 +404,18 @@ _ARRAYS = [(_spec_path(path), names) for path, names in ARRAY_PARAMETERS.items()
 #: The parameters the price reads, by their case-folded name.
 _PRICED = {
     name.casefold(): name
-    for name in ("Body", "ContentSid", "MediaUrl", "SendAsMms", "TimeLimit", "To", "Twiml")
+    for name in (
+        "ApplicationSid",
+        "Body",
+        "ContentSid",
+        "FallbackUrl",
+        "MediaUrl",
+        "SendAsMms",
+        "TimeLimit",
+        "To",
+        "Twiml",
+        "Url",
+    )
 }
 
 
@@ -367,6 +460,7 @@ class TwilioPricer:
     def __init__(self, settings: TwilioPricing | None = None, *, account_sid: str | None) -> None:
         self.settings = settings or TwilioPricing()
         self.account_sid = account_sid
+        self._twiml_prefixes = [_Origin.parse(url) for url in self.settings.twiml_urls]
 
     def _price_for(self, table: Mapping[str, Decimal], to: str, what: str) -> Decimal:
         """The price for a destination: its channel's (``whatsapp:``) and its longest prefix.
@@ -470,6 +564,7 @@ class TwilioPricer:
         limit, body = self._time_limited(pairs, form)
         price = self._price_for(self.settings.call_usd_per_minute, to, "call")
         price += self._dialled_per_minute(form)
+        self._check_fetched_twiml(form)
         return usd_to_micros(price * math.ceil(limit / 60)), body
 
     def _call_update(
@@ -483,7 +578,37 @@ class TwilioPricer:
         if "TimeLimit" in form:
             limit, body = self._time_limited(pairs, form)
         micros = usd_to_micros(self._dialled_per_minute(form) * math.ceil(limit / 60))
+        self._check_fetched_twiml(form)
         return attrs.evolve(free, micros=micros, body=body)
+
+    def _check_fetched_twiml(self, form: dict[str, str]) -> None:
+        """Refuse a call that would run TwiML from anywhere but the operator's own.
+
+        Raises:
+            PricingRefusal: 403 ``unpriced_endpoint``.
+        """
+        sources = [(f"'{name}'", form[name]) for name in ("Url", "FallbackUrl") if name in form]
+        if "Twiml" in form:
+            sources += [("a URL in its 'Twiml'", url) for url in fetched_urls(form["Twiml"])]
+        for where, url in sources:
+            origin = _Origin.parse(url)
+            if origin is None or not any(
+                prefix is not None and prefix.holds(origin) for prefix in self._twiml_prefixes
+            ):
+                raise PricingRefusal(
+                    403,
+                    "unpriced_endpoint",
+                    f"the call's {where} has Twilio fetch TwiML that could dial anywhere: only"
+                    " URLs under the operator's twilio.twiml_urls are allowed",
+                )
+        app = form.get("ApplicationSid")
+        if app is not None and app not in self.settings.twiml_applications:
+            raise PricingRefusal(
+                403,
+                "unpriced_endpoint",
+                "the call's 'ApplicationSid' runs TwiML that could dial anywhere: only the"
+                " operator's twilio.twiml_applications are allowed",
+            )
 
     def _dialled_per_minute(self, form: dict[str, str]) -> Decimal:
         """What the legs dialled by the call's inline TwiML cost per minute together."""
