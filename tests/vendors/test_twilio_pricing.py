@@ -544,6 +544,9 @@ APP = "AP" + "a" * 32
         TRUSTED + "outbound.xml",
         TRUSTED + "outbound?campaign=7",
         "HTTPS://Voice.Example.com/twiml/outbound.xml",
+        "https://voice.example.com:443/twiml/outbound.xml",  # the scheme's own port
+        "https://voice.example.com:/twiml/outbound.xml",
+        "https://voice.example.com/twiml/a%20b.xml",
     ],
 )
 async def test_a_call_may_fetch_the_operators_twiml(url: str) -> None:
@@ -574,8 +577,13 @@ async def test_a_call_may_fetch_the_operators_twiml(url: str) -> None:
         "https://attacker.example\\@voice.example.com/twiml/a.xml",
         "https://voice.example.com/twiml/../evil.xml",
         "https://voice.example.com/twiml/%2E%2E/evil.xml",
-        "https://voice.example.com/twiml/a.xml\n",
-        " https://voice.example.com/twiml/a.xml",
+        # What a server may decode or cut into a dot segment, to climb out of the folder.
+        "https://voice.example.com/twiml/..%2fother.xml",
+        "https://voice.example.com/twiml/%2e%2e%2Fother.xml",
+        "https://voice.example.com/twiml/..;/other.xml",
+        "https://voice.example.com/twiml/%2e%2e%5cother.xml",
+        "https://voice.example.com/twiml/.%2E/other.xml",
+        "https://voice.example.com/twiml/a b.xml",
         "https://vöice.example.com/twiml/a.xml",
         "/twiml/a.xml",
         "",
@@ -600,6 +608,49 @@ async def test_a_call_that_fetches_other_twiml_is_refused(url: str) -> None:
             with pytest.raises(PricingRefusal) as refused:
                 await quote(extra + form, path, twiml_urls=[TRUSTED])
             assert (refused.value.status, refused.value.code) == (403, "unpriced_endpoint")
+
+
+async def test_a_url_is_trimmed_as_xml_trims_only_in_twiml() -> None:
+    padded = f"\n  {TRUSTED}a.xml\n"
+    twiml = f"<Response>\n  <Redirect>{padded}</Redirect>\n</Response>"
+    assert await quote([("To", "+15005550006"), ("Twiml", twiml)], CALLS, twiml_urls=[TRUSTED])
+    for url in (padded, f"{TRUSTED}a.xml\x00", f"\x01{TRUSTED}a.xml"):
+        with pytest.raises(PricingRefusal):
+            await quote([("To", "+15005550006"), ("Url", url)], CALLS, twiml_urls=[TRUSTED])
+    control = f"<Response><Redirect>&#x1;{TRUSTED}a.xml</Redirect></Response>"
+    with pytest.raises(PricingRefusal):
+        await quote([("To", "+15005550006"), ("Twiml", control)], CALLS, twiml_urls=[TRUSTED])
+
+
+@pytest.mark.parametrize(
+    "twiml",
+    [
+        # Another reader may fold a dotless i into "action".
+        "<Response><Gather act\u0131on='https://attacker.example/x'/></Response>",
+        # A parser drops a comment or instruction and joins the text around it.
+        f"<Response><Redirect>{TRUSTED}<!-- -->a.xml</Redirect></Response>",
+        f"<Response><Redirect>{TRUSTED}<?x y?>a.xml</Redirect></Response>",
+        "<Response><!-- a comment --></Response>",
+        # A declared encoding a str doesn't have.
+        "<?xml version='1.0' encoding='UTF-16'?><Response/>",
+        '<?xml version="1.0" encoding="ISO-8859-1"?><Response/>',
+    ],
+)
+async def test_twiml_another_reader_may_read_otherwise_is_refused(twiml: str) -> None:
+    with pytest.raises(PricingRefusal) as refused:
+        await quote([("To", "+15005550006"), ("Twiml", twiml)], CALLS, twiml_urls=[TRUSTED])
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    utf8 = "<?xml version='1.0' encoding='utf-8'?><Response/>"
+    assert await quote([("To", "+15005550006"), ("Twiml", utf8)], CALLS)
+
+
+async def test_a_free_call_update_still_may_not_run_other_twiml() -> None:
+    free = {"free_endpoints": ["POST /2010-04-01/Accounts/*/Calls/*"], "twiml_urls": [TRUSTED]}
+    update = CALLS.replace(".json", "/CA1.json")
+    assert (await quote([("Status", "completed")], update, **free)).micros == 0
+    with pytest.raises(PricingRefusal) as refused:
+        await quote([("Url", "https://attacker.example/x")], update, **free)
+    assert refused.value.code == "unpriced_endpoint"
 
 
 async def test_with_no_twiml_urls_a_call_runs_inline_twiml_only() -> None:

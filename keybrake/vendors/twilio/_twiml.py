@@ -55,6 +55,13 @@ _CHILDREN: dict[str, frozenset[str]] = {
 }
 
 _DECLARATION = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+#: A comment or processing instruction: a parser drops it and joins the text around it,
+#: which another parser might read as two texts.
+_HIDDEN = re.compile(r"<!--|<\?(?!xml\s)", re.IGNORECASE)
+#: An XML declaration naming an encoding other than UTF-8, which a ``str`` here ignores.
+_ENCODING = re.compile(r"<\?xml\s[^>]*encoding\s*=\s*[\"'](?!utf-?8[\"'])", re.IGNORECASE)
+#: What XML calls white space, trimmed from a URL as Twilio may trim it.
+_XML_SPACE = " \t\n\r"
 
 
 def _name(element: ET.Element) -> str:
@@ -74,12 +81,22 @@ def _parse(twiml: str) -> ET.Element:
     """
     if _DECLARATION.search(twiml):
         raise PricingRefusal(400, "bad_request", "TwiML may not declare a DOCTYPE or entities")
+    if _HIDDEN.search(twiml) or _ENCODING.search(twiml):
+        raise PricingRefusal(
+            400,
+            "bad_request",
+            "TwiML may hold no comments or processing instructions and must be UTF-8",
+        )
     try:
         root = ET.fromstring(twiml)  # no DTD (refused above), so no entity to expand
     except (ET.ParseError, ValueError):
         raise PricingRefusal(400, "bad_request", "'Twiml' is not well-formed XML") from None
     if _name(root) != "response":
         raise PricingRefusal(400, "bad_request", "TwiML must be a <Response> document")
+    for element in root.iter():
+        if not all(name.isascii() for name in element.attrib):
+            # Another reader may fold a non-ASCII name into one we check (a dotless i).
+            raise PricingRefusal(400, "bad_request", "TwiML attribute names must be ASCII")
     return root
 
 
@@ -97,11 +114,11 @@ def fetched_urls(twiml: str) -> list[str]:
     urls: list[str] = []
     for element in _parse(twiml).iter():
         if _name(element) == "redirect":
-            urls.append(element.text or "")  # as written: a space makes it refused
+            urls.append((element.text or "").strip(_XML_SPACE))
         for attribute, value in element.attrib.items():
             name = attribute.rpartition("}")[2].casefold()
             if name == "action" or name.endswith("url"):
-                urls.append(value)
+                urls.append(value.strip(_XML_SPACE))
     return urls
 
 

@@ -194,6 +194,7 @@ def _regional(ch: str) -> bool:
 
 
 _UNSAFE_URL = re.compile(r"[^\x21-\x7e]|\\")
+_UNSAFE_PATH = re.compile(r"%2e|%2f|%5c|;", re.IGNORECASE)
 _APPLICATION_SID = re.compile(r"AP[0-9a-fA-F]{32}")
 
 
@@ -207,9 +208,10 @@ class _Origin:
 
     @classmethod
     def parse(cls, url: str) -> _Origin | None:
-        """The URL's scheme, host and path, or None for one read differently by different
-        parsers (spaces, controls, backslashes, non-ASCII, user info, no host, a dot
-        segment in its path, plain or percent-encoded)."""
+        """The URL's scheme, host (with its port unless it is the scheme's own) and path, or
+        None for one that different parsers or servers may read differently: spaces,
+        controls, backslashes, non-ASCII, user info, no host, and a path with a dot segment
+        or anything a server may decode or cut into one (``%2e``, ``%2f``, ``%5c``, ``;``)."""
         if _UNSAFE_URL.search(url):
             return None
         try:
@@ -220,9 +222,11 @@ class _Origin:
         if scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
             return None
         path = parts.path or "/"
-        if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        if _UNSAFE_PATH.search(path) or any(s in (".", "..") for s in path.split("/")):
             return None
-        return cls(scheme, parts.netloc.casefold(), path)
+        netloc = parts.netloc.casefold().removesuffix(":")
+        netloc = netloc.removesuffix(":443" if scheme == "https" else ":80")
+        return cls(scheme, netloc, path)
 
     def holds(self, other: _Origin) -> bool:
         """Whether ``other`` is this prefix or below it."""
@@ -520,9 +524,13 @@ class TwilioPricer:
         pairs = parse_form(request)
         _one_spelling(pairs)
         form = single_values(pairs, _array_parameters(request.segments))
+        folded = tuple(s.casefold() for s in resource)
+        if folded == ("calls.json",) or (len(folded) == 2 and folded[0] == "calls"):
+            # Before the operator's free endpoints: marking updates of calls free (a hang-up)
+            # doesn't make them free to run anyone's TwiML.
+            self._check_fetched_twiml(form)
         if any(p.matches(method, request.segments) for p in self.settings.free_endpoints):
             return free
-        folded = tuple(s.casefold() for s in resource)
         if folded == ("messages.json",):
             return attrs.evolve(free, micros=self._message_bound(pairs, form))
         if folded == ("calls.json",):
@@ -564,7 +572,6 @@ class TwilioPricer:
         limit, body = self._time_limited(pairs, form)
         price = self._price_for(self.settings.call_usd_per_minute, to, "call")
         price += self._dialled_per_minute(form)
-        self._check_fetched_twiml(form)
         return usd_to_micros(price * math.ceil(limit / 60)), body
 
     def _call_update(
@@ -578,7 +585,6 @@ class TwilioPricer:
         if "TimeLimit" in form:
             limit, body = self._time_limited(pairs, form)
         micros = usd_to_micros(self._dialled_per_minute(form) * math.ceil(limit / 60))
-        self._check_fetched_twiml(form)
         return attrs.evolve(free, micros=micros, body=body)
 
     def _check_fetched_twiml(self, form: dict[str, str]) -> None:
