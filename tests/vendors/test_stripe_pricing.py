@@ -533,6 +533,10 @@ def test_any_parameter_off_a_deletes_list_is_refused(
         b"&tax_rates[]=txr_1",
         b"&unit_amount_decimal=99999.5",
         b"&tax_behavior=exclusive",
+        b"&quantity_decimal=1000",  # in the 2026-03-25 API: 1000 of them
+        b"&quantity=1000",
+        b"&pricing[price]=price_1",
+        b"&a_parameter_stripe_adds_later=1",
     ],
 )
 async def test_an_invoice_item_that_may_bill_more_than_its_amount_is_refused(extra: bytes) -> None:
@@ -542,6 +546,22 @@ async def test_an_invoice_item_that_may_bill_more_than_its_amount_is_refused(ext
             request("POST", "/v1/invoiceitems", b"amount=100&currency=usd&customer=cus_1" + extra),
         )
     assert refused.value.code == "unpriced_endpoint"
+    if extra != b"&quantity=1000":  # which is what multiplies a unit amount
+        with pytest.raises(PricingRefusal) as by_unit:
+            await quote(
+                StripePricer(),
+                request("POST", "/v1/invoiceitems", b"unit_amount=100&currency=usd" + extra),
+            )
+        assert by_unit.value.code == "unpriced_endpoint"
+
+
+async def test_an_invoice_item_may_say_what_moves_no_money() -> None:
+    body = (
+        b"customer=cus_1&currency=usd&unit_amount=250&quantity=4&description=seats"
+        b"&discountable=false&invoice=in_1&subscription=sub_1&metadata[run]=7"
+        b"&period[start]=1&period[end]=2&expand[]=invoice"
+    )
+    assert await quote(StripePricer(), request("POST", "/v1/invoiceitems", body)) == 10_000_000
 
 
 @pytest.mark.parametrize(

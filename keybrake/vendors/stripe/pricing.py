@@ -424,9 +424,8 @@ class StripePricer:
         return self.to_usd_micros(amount, str(target["currency"]))
 
     def _invoice_item_bound(self, form: dict[str, str]) -> int:
-        # A price object, a decimal unit amount or a tax on top could bill more than the
-        # amount read here: refused rather than guessed.
-        beyond = sorted(_INVOICE_ITEM_UNBOUNDED & {_top(name) for name in form})
+        # Anything the price doesn't read could bill more than it: refused, not guessed.
+        beyond = sorted({_top(name) for name in form} - _INVOICE_ITEM_PARAMETERS)
         if beyond:
             raise PricingRefusal(
                 403,
@@ -435,6 +434,12 @@ class StripePricer:
             )
         currency = _currency(form)
         if "amount" in form:
+            if "quantity" in form:  # the total, or one of each? Refused rather than guessed.
+                raise PricingRefusal(
+                    403,
+                    "unpriced_endpoint",
+                    "an invoice item with 'amount' and 'quantity' may bill more than its amount",
+                )
             return self.to_usd_micros(_amount(form, "amount"), currency)
         if "unit_amount" in form:
             quantity = _amount(form, "quantity") if "quantity" in form else 1
@@ -475,15 +480,24 @@ class StripePricer:
 
 
 #: Invoice item parameters that can make it bill more than ``amount`` or ``unit_amount``.
-_INVOICE_ITEM_UNBOUNDED = frozenset(
+#: What an invoice item may say: what its price reads, and what moves no money of its own.
+#: Anything else is refused: a price object, a decimal unit amount or quantity, a tax on
+#: top, and whatever Stripe adds later (``quantity_decimal`` came in 2026) may bill more than
+#: the amount read here.
+_INVOICE_ITEM_PARAMETERS = frozenset(
     {
-        "price",
-        "price_data",
-        "pricing",
-        "unit_amount_decimal",
-        "tax_rates",
-        "tax_behavior",
-        "tax_code",
+        "amount",
+        "currency",
+        "customer",
+        "description",
+        "discountable",
+        "expand",
+        "invoice",
+        "metadata",
+        "period",
+        "quantity",
+        "subscription",
+        "unit_amount",
     }
 )
 
