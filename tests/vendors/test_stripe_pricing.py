@@ -169,6 +169,18 @@ async def test_refund_without_amount_is_bounded_by_the_charge() -> None:
     assert quote.micros == 40_000_000
 
 
+async def test_a_refund_naming_a_charge_and_an_intent_is_refused() -> None:
+    # Priced in the charge's currency (a zero-decimal one, say), refunded from the intent's.
+    async def lookup(path: str) -> Mapping[str, Any] | None:
+        if path.startswith("/v1/charges/"):
+            return {"currency": "vnd", "amount": 100_000, "amount_captured": 100_000}
+        return {"currency": "usd", "amount": 100_000, "amount_received": 100_000}
+
+    body = b"charge=ch_1&payment_intent=pi_1&amount=100000"
+    with pytest.raises(PricingRefusal, match="not both"):
+        await StripePricer().quote(request("POST", "/v1/refunds", body), lookup)
+
+
 async def test_refund_of_an_unknown_charge_is_refused() -> None:
     async def lookup(path: str) -> Mapping[str, Any] | None:
         return None

@@ -399,6 +399,11 @@ class StripePricer:
         return found
 
     async def _refund_bound(self, form: dict[str, str], lookup: Lookup) -> int:
+        if "charge" in form and "payment_intent" in form:
+            # Priced in one's currency, refunded from whichever Stripe reads.
+            raise PricingRefusal(
+                400, "bad_request", "a refund names 'charge' or 'payment_intent', not both"
+            )
         if "charge" in form:
             target = await lookup(f"/v1/charges/{urlquote(form['charge'], safe='')}")
         elif "payment_intent" in form:
