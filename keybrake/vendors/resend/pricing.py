@@ -33,15 +33,17 @@ key, no ``NaN``) and re-encoded it canonically; these rules read that one body.
   names are RFC 5322 field names and whose values hold no line break or control character
   (a line break would inject a header); a header an MTA may read as recipients
   (:data:`RECIPIENT_HEADERS`: ``To``, ``Cc``, ``Bcc``, the ``Resent-`` ones, ... in any letter
-  case) is 400: recipients belong in ``to``, ``cc`` and ``bcc``, where they are priced.
+  case, and the receipt requests) is 400: recipients belong in ``to``, ``cc`` and ``bcc``,
+  where they are priced. Nor may the other fields that become header lines (``from``,
+  ``subject``, ``reply_to``, attachments' names and types, tags) break a line.
   ``topic_id`` and ``template`` may only narrow or fill in a send: neither adds a recipient.
 - **Free writes** (:data:`FREE_WRITES`), which can't make Resend send anything:
   rescheduling (``PATCH /emails/{id}``, only ``scheduled_at``: the e-mail was priced when it
   was sent to Resend), cancelling (``POST /emails/{id}/cancel``; what was counted stays
   counted) and sharing (``POST /emails/{id}/share``) an e-mail; creating, updating,
-  verifying and deleting domains; creating, updating, publishing, duplicating and deleting
-  templates (a template names no recipient). An id in their path is letters, digits, ``-``
-  and ``_`` only (``batch%3F`` is no id), and their bodies are objects: a cancel holds
+  publishing, duplicating and deleting templates (a template names no recipient). An id in
+  their path is letters, digits, ``-`` and ``_`` only (``batch%3F`` is no id), and their
+  bodies are objects: a cancel holds
   nothing but the id, a share nothing but ``expires_in``, and no other may name ``to``,
   ``cc`` or ``bcc``.
 - **Unpriced** (403 ``unpriced_endpoint``): anything that mails a list keybrake can't count
@@ -49,7 +51,9 @@ key, no ``NaN``) and re-encoded it canonically; these rules read that one body.
   ``"send": true``, and every other broadcast write, which could change who a scheduled one
   reaches), automations and the events that start them, inboxes (a draft is sent, an agent
   replies), and the audience behind them all (contacts, audiences, segments, topics, contact
-  properties, suppressions): adding a contact can start an automation that mails it. So is
+  properties, suppressions): adding a contact can start an automation that mails it. So are
+  writes to domains: a domain set up to receive mail (``capabilities``) has Resend count
+  every e-mail anyone sends it against the account's quota, unbounded. So is
   any other write, to a path Resend adds tomorrow included: the rules fail closed. The
   operator may mark endpoints free in the pricing file (``free_endpoints``); credentials stay
   refused.
@@ -149,8 +153,14 @@ RECIPIENT_HEADERS = frozenset(
         "apparently-to",
         "envelope-to",
         "x-envelope-to",
+        # Not recipients of this e-mail, but where a reader's mail client sends a receipt.
+        "disposition-notification-to",
+        "return-receipt-to",
     }
 )
+#: Fields that become header lines: a line break in one could add a header, recipients too.
+_ONE_LINE_FIELDS = ("from", "subject", "reply_to")
+_ONE_LINE_ITEM_FIELDS = {"attachments": ("filename", "content_type"), "tags": ("name", "value")}
 #: First path segments, as :func:`_name` reads them, that hold or make a credential.
 #: ``logs`` too: a log entry replays a request's and its answer's bodies, a new API key's
 #: token or a webhook's signing secret among them.
@@ -193,10 +203,6 @@ FREE_WRITES: frozenset[tuple[str, tuple[str, ...]]] = frozenset(
         ("PATCH", ("emails", "*")),
         ("POST", ("emails", "*", "cancel")),
         ("POST", ("emails", "*", "share")),
-        ("POST", ("domains",)),
-        ("PATCH", ("domains", "*")),
-        ("DELETE", ("domains", "*")),
-        ("POST", ("domains", "*", "verify")),
         ("POST", ("templates",)),
         ("PATCH", ("templates", "*")),
         ("DELETE", ("templates", "*")),
@@ -334,8 +340,29 @@ def _check_headers(value: Any, where: str) -> None:
             )
         if not isinstance(text, str):
             raise _refuse(f"{where}header {name!r} must be a string")
-        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch != "\t" for ch in text):
+        if _breaks_line(text):
             raise _refuse(f"{where}header {name!r} holds a line break or control character")
+
+
+def _breaks_line(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch != "\t" for ch in text)
+
+
+def _check_one_line(email: dict[str, Any], where: str) -> None:
+    """Refuse a line break or control character in a field that becomes a header line.
+
+    Raises:
+        PricingRefusal: 400 ``bad_request``.
+    """
+    found = [(field, email.get(field)) for field in _ONE_LINE_FIELDS]
+    for field, names in _ONE_LINE_ITEM_FIELDS.items():
+        items = email.get(field)
+        for item in items if isinstance(items, list) else []:
+            found += [(f"{field}.{name}", item.get(name)) for name in names]
+    for field, value in found:
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and _breaks_line(text) for text in texts):
+            raise _refuse(f"{where}'{field}' holds a line break or control character")
 
 
 def _check_fields(item: Any, field: str, allowed: frozenset[str], where: str) -> None:
@@ -386,6 +413,7 @@ def recipients(email: Any, *, where: str = "") -> int:
     _check_headers(email.get("headers"), where)
     _check_list(email.get("attachments"), "attachments", ATTACHMENT_FIELDS, where)
     _check_list(email.get("tags"), "tags", TAG_FIELDS, where)
+    _check_one_line(email, where)
     if email.get("template") is not None:
         _check_fields(email["template"], "template", TEMPLATE_FIELDS, where)
     return (

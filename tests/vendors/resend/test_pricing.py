@@ -180,6 +180,13 @@ async def test_a_malformed_batch_is_refused(body: Any, message: str) -> None:
         (email(headers={"X-A": "1\nBcc: z@x.test"}), "line break"),
         (email(headers={"X-A": "1\u2028Bcc: z@x.test"}), "line break"),
         (email(headers={"X-A": "1\x00"}), "control"),
+        # Fields that become header lines: a line break could add one, with recipients.
+        (email(subject="hi\r\nBcc: z@x.test"), "'subject'"),
+        (email(**{"from": "A <a@x.test>\nBcc: z@x.test"}), "'from'"),
+        (email(reply_to=["r@x.test", "s@x.test\r\nBcc: z@x.test"]), "'reply_to'"),
+        (email(reply_to="r@x.test\u2028Cc: z@x.test"), "'reply_to'"),
+        (email(attachments=[{"filename": "a\r\nBcc: z@x.test", "content": "aGk="}]), "filename"),
+        (email(tags=[{"name": "a", "value": "b\nc"}]), "tags.value"),
         (email(headers={"Bcc ": "z@x.test"}), "field name"),
         (email(headers={"X-A:": "1"}), "field name"),
         (email(headers={"": "1"}), "field name"),
@@ -203,7 +210,11 @@ async def test_a_malformed_email_is_refused(body: Any, message: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [*sorted(RECIPIENT_HEADERS), "To", "CC", "bCc", "Resent-To", "RESENT-BCC", "Apparently-To"],
+    [
+        *sorted(RECIPIENT_HEADERS),
+        *("To", "CC", "bCc", "Resent-To", "RESENT-BCC", "Apparently-To"),
+        *("Disposition-Notification-To", "Return-Receipt-To"),  # draw receipts back
+    ],
 )
 async def test_a_header_naming_recipients_is_refused(name: str) -> None:
     refused = await refusal(email(headers={"X-Entity-Ref-ID": "1", name: "z@x.test"}))
@@ -324,10 +335,6 @@ async def test_credentials_are_never_proxied(method: str, path: str) -> None:
         ("POST", "/emails/e1/cancel", {}),
         ("POST", "/emails/e1/cancel", None),
         ("POST", "/emails/e1/share", {"expires_in": "1h"}),
-        ("POST", "/domains", {"name": "acme.test"}),
-        ("PATCH", "/domains/d1", {"open_tracking": True}),
-        ("DELETE", "/domains/d1", None),
-        ("POST", "/domains/d1/verify", {}),
         ("POST", "/templates", {"name": "welcome", "html": "<p>hi</p>"}),
         ("PATCH", "/templates/t1", {"subject": "Hi"}),
         ("POST", "/templates/t1/publish", {}),
@@ -451,7 +458,7 @@ async def test_a_first_segment_a_router_could_trim_is_refused(path: str) -> None
         ("/emails/a%23b/share", None),
         ("/emails/1f7c/cancel", {"to": ["a@x.test"]}),
         ("/emails/1f7c/share", {"expires_in": 3600, "bcc": "b@x.test"}),
-        ("/domains", {"name": "x.test", "to": "a@x.test"}),
+        ("/templates", {"name": "x", "to": "a@x.test"}),
         ("/templates", [EMAIL]),
     ],
 )
@@ -463,7 +470,24 @@ async def test_free_writes_carry_plain_ids_and_their_own_fields_only(path: str, 
 async def test_free_writes_with_their_own_fields_stay_free() -> None:
     assert (await quote({"expires_in": 3600}, "/emails/1f7c-9_a/share")).micros == 0
     assert (await quote(None, "/emails/1f7c/cancel")).micros == 0
-    assert (await quote({"name": "x.test"}, "/domains")).micros == 0
+    assert (await quote({"name": "x"}, "/templates")).micros == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        # Set up to receive, a domain has anyone's mail to it counted against the quota.
+        ("POST", "/domains", {"name": "in.x.test", "capabilities": {"receiving": "enabled"}}),
+        ("POST", "/domains", {"name": "acme.test"}),
+        ("PATCH", "/domains/d1", {"capabilities": {"receiving": "enabled"}}),
+        ("PATCH", "/domains/d1", {"open_tracking": True}),
+        ("POST", "/domains/d1/verify", {}),
+        ("DELETE", "/domains/d1", None),
+    ],
+)
+async def test_domain_writes_are_unpriced(method: str, path: str, body: Any) -> None:
+    caught = await refusal(body, path, method=method)
+    assert (caught.status, caught.code) == (403, "unpriced_endpoint")
 
 
 async def test_more_addresses_in_a_field_than_resend_takes_is_refused() -> None:
