@@ -195,3 +195,22 @@ async def test_a_call_to_the_operators_twiml_goes_through(proxy: Proxy, recorder
         )
         assert answer.status == 200
     assert len(recorder.requests) == 2
+
+
+async def test_a_call_update_pays_for_the_minutes_it_adds(proxy: Proxy, recorder: Recorder) -> None:
+    # Placed with a one-minute limit, a call could be updated to run ten: those minutes are
+    # reserved at the price for the call's own "to", which keybrake asks Twilio for.
+    recorder.answer = {"sid": "CA1", "to": "+447700900000", "status": "in-progress", "price": None}
+    key = await issue(proxy)
+    path = f"/2010-04-01/Accounts/{OTHER}/Calls/CA1.json"
+    answer = await twilio(proxy, key["token"], "POST", path, [("TimeLimit", "600")])
+    assert answer.status == 200
+    (method, looked_up, _, _), (_, updated, _, body) = recorder.requests
+    assert (method, looked_up) == (
+        "GET",
+        f"/2010-04-01/Accounts/{TWILIO_ACCOUNT_SID}/Calls/CA1.json",
+    )
+    assert updated == looked_up
+    assert parse_qsl(body.decode()) == [("TimeLimit", "600")]
+    # Ten minutes to the UK at $0.017, kept: Twilio's price for the call is its own, not this.
+    assert (await proxy.key(key["id"]))["spent_today_usd"] == "0.17"

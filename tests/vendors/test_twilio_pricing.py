@@ -179,14 +179,40 @@ def test_malformed_settings(settings: dict[str, Any]) -> None:
         TwilioPricing.from_mapping(settings)
 
 
-async def test_a_call_update_cannot_lift_the_time_limit() -> None:
-    update = MESSAGES.replace("Messages.json", "Calls/CA1.json")
-    result = await quote([("TimeLimit", "99999"), ("Twiml", "<Response/>")], update)
-    assert result.micros == 0
+@pytest.mark.parametrize("sid", ["CA1.json", "CA1", "ca1.json"])
+async def test_a_call_update_cannot_lift_the_time_limit(sid: str) -> None:
+    looked_up: list[str] = []
+
+    async def the_call(path: str) -> Mapping[str, Any] | None:
+        looked_up.append(path)
+        return {"sid": "CA1", "to": "+447700900000", "status": "in-progress"}
+
+    pricer = TwilioPricer(account_sid=ACCOUNT)
+    update = MESSAGES.replace("Messages.json", f"Calls/{sid}")
+    form = [("TimeLimit", "99999"), ("Twiml", "<Response/>")]
+    result = await pricer.quote(request(update, form), the_call)
+    # Cut to ten minutes, and those ten reserved again for the call's own leg to the UK: a
+    # call placed with TimeLimit=60 had one of them reserved.
+    assert result.micros == 10 * 17_000
+    assert looked_up == [f"/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid.partition('.')[0]}.json"]
     assert result.body is not None
     assert dict(parse_qsl(result.body.decode()))["TimeLimit"] == "600"
-    hang_up = await quote([("Status", "completed")], update)
+    shorter = await pricer.quote(request(update, [("TimeLimit", "61")]), the_call)
+    assert shorter.micros == 2 * 17_000
+    hang_up = await quote([("Status", "completed")], update)  # no look-up: nothing runs longer
     assert (hang_up.micros, hang_up.body) == (0, None)
+
+
+async def test_a_new_time_limit_for_a_call_twilio_doesnt_show_is_refused() -> None:
+    async def nothing(path: str) -> Mapping[str, Any] | None:
+        return None
+
+    update = MESSAGES.replace("Messages.json", "Calls/CA1.json")
+    with pytest.raises(PricingRefusal) as refused:
+        await TwilioPricer(account_sid=ACCOUNT).quote(
+            request(update, [("TimeLimit", "60")]), nothing
+        )
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
 
 
 async def test_a_free_channel_price_is_honoured() -> None:
@@ -796,3 +822,33 @@ async def test_a_parameter_in_another_letter_case_is_refused(body: bytes) -> Non
     with pytest.raises(PricingRefusal) as refused:
         await pricer.quote(request, no_lookup)
     assert refused.value.code == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "+\u0664\u0664\u0667\u0660" + "12345678",  # Arabic-Indic digits: +4470..., read as +1...
+        "+\uff14\uff14" + "7700900000",  # full-width digits
+        "+1500555\u00a00006",  # a no-break space
+    ],
+)
+async def test_an_address_in_other_digits_is_refused(to: str) -> None:
+    for form, path in (
+        ([("To", to), ("Body", "hi")], MESSAGES),
+        ([("To", to), ("Twiml", "<Response/>")], CALLS),
+        ([("To", "+15005550006"), ("Twiml", dial(to))], CALLS),
+    ):
+        with pytest.raises(PricingRefusal) as refused:
+            await quote(form, path)
+        assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+async def test_a_message_twilio_would_rewrite_is_refused() -> None:
+    # Shortened links are rewritten after pricing, and may lengthen the body.
+    with pytest.raises(PricingRefusal) as refused:
+        await quote([("To", "+15005550006"), ("Body", "see x.test"), ("ShortenUrls", "true")])
+    assert refused.value.code == "unpriced_endpoint"
+    plain = [("To", "+15005550006"), ("Body", "hi"), ("ShortenUrls", "false")]
+    assert (await quote(plain)).micros == 8_300
+    with pytest.raises(PricingRefusal):
+        await quote([("To", "+15005550006"), ("Body", "hi"), ("shortenurls", "true")])

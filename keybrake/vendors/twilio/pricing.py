@@ -33,7 +33,11 @@ Only the v2010 API below one account is proxied, and never a credential:
   to the price Twilio reports for it (that is its own leg's).
 - **Updates** of a live call (``POST .../Calls/{sid}.json``) cost what their inline TwiML
   dials, for the longest a call may last; a ``TimeLimit`` given there is cut like one given
-  at creation. Updates of messages (redact, cancel) are free.
+  at creation, and its minutes are reserved again at the price for the call's ``to``,
+  looked up at Twilio (an update may run the call longer than was reserved when it was
+  placed). Updates of messages (redact, cancel) are free.
+- **Addresses** (``To``, numbers inline TwiML dials) are ASCII; ``ShortenUrls`` is refused
+  (Twilio rewrites the body after pricing).
 - Prices are looked up by the longest matching prefix of the destination's digits
   (``"1"`` for the US and Canada, ``"44"`` for the UK, ...), falling back to ``"default"``;
   with no match the request is refused (403 ``unpriced_endpoint``). ``"1"`` means the US and
@@ -415,6 +419,7 @@ _PRICED = {
         "FallbackUrl",
         "MediaUrl",
         "SendAsMms",
+        "ShortenUrls",
         "TimeLimit",
         "To",
         "Twiml",
@@ -474,6 +479,9 @@ class TwilioPricer:
         ``+1`` number outside the US and Canada (Caribbean, US territories) skips the
         prefixes shorter than its area code, so it never takes the ``"1"`` price.
         """
+        if not to.isascii():
+            # Twilio may read other digits (Arabic-Indic, full-width) as the ones we skip.
+            raise PricingRefusal(400, "bad_request", f"a {what} address must be ASCII")
         channel, _, address = to.rpartition(":")
         address = address.strip()
         digits = "".join(ch for ch in address if ch in "0123456789")
@@ -539,7 +547,7 @@ class TwilioPricer:
         if len(folded) == 2 and folded[0] == "messages":
             return free  # redacting or cancelling an existing message
         if len(folded) == 2 and folded[0] == "calls":
-            return self._call_update(free, pairs, form)
+            return await self._call_update(free, pairs, form, request.segments, lookup)
         raise PricingRefusal(
             403, "unpriced_endpoint", f"POST {request.path} has no Twilio price rule"
         )
@@ -551,6 +559,12 @@ class TwilioPricer:
         to = form.get("To", "")
         if not to:
             raise PricingRefusal(400, "bad_request", "'To' is required")
+        if not _is_false(form.get("ShortenUrls", "false")):
+            raise PricingRefusal(
+                403,
+                "unpriced_endpoint",
+                "'ShortenUrls' has Twilio rewrite the body after it is priced",
+            )
         body = form.get("Body", "")
         media = any(name == "MediaUrl" for name, _ in pairs)
         if form.get("ContentSid"):
@@ -574,18 +588,44 @@ class TwilioPricer:
         price += self._dialled_per_minute(form)
         return usd_to_micros(price * math.ceil(limit / 60)), body
 
-    def _call_update(
-        self, free: Quote, pairs: list[tuple[str, str]], form: dict[str, str]
+    async def _call_update(
+        self,
+        free: Quote,
+        pairs: list[tuple[str, str]],
+        form: dict[str, str],
+        segments: tuple[str, ...],
+        lookup: Lookup,
     ) -> Quote:
         """Updating a live call (hang up, new TwiML) costs what its new TwiML dials, for the
-        longest a call may last, and may not lift the cap on its length: a ``TimeLimit``
-        given here is cut like one given at creation."""
+        longest a call may last. A ``TimeLimit`` given here is cut like one given at
+        creation, and may run the call's own leg longer than was reserved when it was
+        placed: its minutes are reserved again, at the price for the call's ``to`` (looked
+        up at Twilio), on top of what was counted then (too much, never too little).
+
+        Raises:
+            PricingRefusal: 400 ``bad_request`` for a ``TimeLimit`` on a call Twilio doesn't
+                show.
+        """
         limit = self.settings.max_call_minutes * 60
         body = None
+        per_minute = self._dialled_per_minute(form)
         if "TimeLimit" in form:
             limit, body = self._time_limited(pairs, form)
-        micros = usd_to_micros(self._dialled_per_minute(form) * math.ceil(limit / 60))
+            per_minute += await self._own_leg_per_minute(segments, lookup)
+        micros = usd_to_micros(per_minute * math.ceil(limit / 60))
         return attrs.evolve(free, micros=micros, body=body)
+
+    async def _own_leg_per_minute(self, segments: tuple[str, ...], lookup: Lookup) -> Decimal:
+        """The per-minute price of the call at ``segments`` (``.../Calls/{sid}[.ext]``)."""
+        pinned = self._rewrite_account(segments) or segments
+        sid = pinned[-1].partition(".")[0]
+        call = await lookup("/" + "/".join([*pinned[:-1], f"{sid}.json"]))
+        to = None if call is None else call.get("to")
+        if not isinstance(to, str) or not to:
+            raise PricingRefusal(
+                400, "bad_request", "can't price a new 'TimeLimit' for a call Twilio doesn't show"
+            )
+        return self._price_for(self.settings.call_usd_per_minute, to, "call")
 
     def _check_fetched_twiml(self, form: dict[str, str]) -> None:
         """Refuse a call that would run TwiML from anywhere but the operator's own.
