@@ -7,14 +7,18 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import parse_qsl, urlencode
 
 import attrs
 import phonenumbers
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keybrake._common import normalise_path
 from keybrake.vendors._pricing import PriceReport, PricingRefusal, Quote, VendorRequest
+from keybrake.vendors.twilio import pricing as twilio_pricing
 from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
 from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
 from keybrake.vendors.twilio.pricing import TwilioPricer, TwilioPricing, sms_segments
@@ -798,12 +802,40 @@ def test_the_array_parameters_are_the_specs() -> None:
         ("\U0001f600" * 100, 4),
         (("a" + "\u0301" * 33) * 47, 47),  # nor a grapheme cluster
         ("\U0001f44d\U0001f3fd" * 33, 3),  # a skin-toned emoji is 4 units that stay together
+        # Clusters of 34 units, one to a part, whatever makes them one: Hangul jamo, Thai
+        # sara am (a spacing mark), Arabic prepended signs, half-width voiced marks.
+        (("\u1100" * 32 + "\u1161" + "\u11a8") * 47, 47),
+        (("\u0e01" + "\u0e33" * 33) * 47, 47),
+        (("\u0600" * 33 + "\u0661") * 47, 47),
+        (("\uff76" + "\uff9e" * 33) * 47, 47),
         ("a" * 306, 2),
         ("a" * 307, 3),
     ],
 )
 def test_segments_are_packed_as_twilio_packs_them(body: str, segments: int) -> None:
     assert sms_segments(body) == segments
+
+
+@given(
+    st.lists(
+        st.sampled_from(["a", "\u0301" * 33, "\u1100" * 20, "\u1161", "\u0e33", "ж", "\U0001f44d"]),
+        max_size=120,
+    ).map("".join)
+)
+def test_without_grapheme_clusters_segments_are_bounded_from_above(body: str) -> None:
+    exact = sms_segments(body)
+    with mock.patch.object(twilio_pricing, "_GRAPHEMES", None):
+        bound = sms_segments(body)
+    assert bound >= exact
+    units = len(body.encode("utf-16-le")) // 2
+    assert bound == 1 or bound <= 2 * -(-units // 67) + 1
+
+
+def test_without_grapheme_clusters_a_crafted_body_is_not_undercounted() -> None:
+    body = ("\u1100" * 32 + "\u1161" + "\u11a8") * 47  # 47 clusters of 34 units
+    with mock.patch.object(twilio_pricing, "_GRAPHEMES", None):
+        assert sms_segments(body) >= 47
+        assert sms_segments("ж" * 70) == 1
 
 
 @pytest.mark.parametrize(

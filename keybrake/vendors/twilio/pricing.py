@@ -69,7 +69,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -97,6 +96,13 @@ from keybrake.vendors._pricing import (
 from keybrake.vendors.twilio._nanp import US_CA_AREA_CODES
 from keybrake.vendors.twilio._spec import ARRAY_PARAMETERS
 from keybrake.vendors.twilio._twiml import dialled_numbers, fetched_urls
+
+try:  # Unicode's grapheme clusters, which the standard library doesn't segment
+    import regex
+
+    _GRAPHEMES: regex.Pattern[str] | None = regex.compile(r"\X")
+except ImportError:  # pragma: no cover - a core install: sms_segments bounds without them
+    _GRAPHEMES = None
 
 __all__ = [
     "CREDENTIAL_RESOURCES",
@@ -143,15 +149,22 @@ def sms_segments(body: str) -> int:
 
     A body that fits one segment (160 GSM-7 septets, or 70 UTF-16 units) is one. A longer one
     is packed into parts of 153 septets (67 units) the way Twilio packs it: an escaped GSM
-    character (two septets), a surrogate pair or a grapheme cluster is never split across
-    two parts, so ``"]" * 153`` takes three parts, not two.
+    character (two septets), a surrogate pair or a grapheme cluster (Unicode's extended
+    grapheme clusters, UAX #29, as the ``regex`` module of the ``server`` extra reads them) is
+    never split across two parts, so ``"]" * 153`` takes three parts, not two. Without
+    ``regex`` a UCS-2 body of more than one part is bounded without its clusters: at most
+    twice the parts its units fill, plus one (any two parts in a row hold more than one
+    part's units), too many rather than too few.
     """
     if all(ch in _GSM_BASIC or ch in _GSM_EXTENDED for ch in body):
         pieces = [2 if ch in _GSM_EXTENDED else 1 for ch in body]
         single, part = 160, 153
     else:
-        pieces = [len(cluster.encode("utf-16-le")) // 2 for cluster in _clusters(body)]
         single, part = 70, 67
+        if _GRAPHEMES is None:
+            units = len(body.encode("utf-16-le")) // 2
+            return 1 if units <= single else 2 * -(-units // part) + 1
+        pieces = [len(c.encode("utf-16-le")) // 2 for c in _GRAPHEMES.findall(body)]
     if sum(pieces) <= single:
         return 1
     segments, used = 1, 0
@@ -161,40 +174,6 @@ def sms_segments(body: str) -> int:
         else:
             used += size
     return segments
-
-
-def _joins(ch: str) -> bool:
-    """Whether ``ch`` belongs to the grapheme cluster before it (a close bound of Unicode's
-    rules: combining marks, joiners, variation selectors, emoji modifiers and tags)."""
-    code = ord(ch)
-    return (
-        unicodedata.category(ch) in ("Mn", "Me", "Mc")
-        or code in (0x200C, 0x200D)
-        or 0xFE00 <= code <= 0xFE0F
-        or 0xE0100 <= code <= 0xE01EF
-        or 0x1F3FB <= code <= 0x1F3FF
-        or 0xE0020 <= code <= 0xE007F
-    )
-
-
-def _clusters(body: str) -> list[str]:
-    """The body cut into grapheme clusters (see :func:`_joins`); after a zero-width joiner
-    the next character joins too, and regional indicators pair up into flags."""
-    clusters: list[str] = []
-    for ch in body:
-        if clusters and (
-            _joins(ch)
-            or clusters[-1].endswith("\u200d")
-            or (_regional(ch) and len(clusters[-1]) == 1 and _regional(clusters[-1]))
-        ):
-            clusters[-1] += ch
-        else:
-            clusters.append(ch)
-    return clusters
-
-
-def _regional(ch: str) -> bool:
-    return 0x1F1E6 <= ord(ch) <= 0x1F1FF
 
 
 _UNSAFE_URL = re.compile(r"[^\x21-\x7e]|\\")
