@@ -884,3 +884,15 @@ async def test_a_message_twilio_would_rewrite_is_refused() -> None:
     assert (await quote(plain)).micros == 8_300
     with pytest.raises(PricingRefusal):
         await quote([("To", "+15005550006"), ("Body", "hi"), ("shortenurls", "true")])
+
+
+@pytest.mark.parametrize(
+    "resource", ["Messages/.json", "Calls/.json", "Messages/a%20b.json", "Calls/a-b.json"]
+)
+async def test_an_update_names_a_sid(resource: str) -> None:
+    path = MESSAGES.replace("Messages.json", resource)
+    with pytest.raises(PricingRefusal) as refused:
+        await quote([("To", "+15005550006"), ("Body", "hi")], path)
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+    sid = "SM" + "0" * 32
+    assert await quote([("Status", "canceled")], MESSAGES.replace(".json", f"/{sid}.json"))

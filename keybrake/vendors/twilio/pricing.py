@@ -179,6 +179,8 @@ def sms_segments(body: str) -> int:
 _UNSAFE_URL = re.compile(r"[^\x21-\x7e]|\\")
 _UNSAFE_PATH = re.compile(r"%2e|%2f|%5c|;", re.IGNORECASE)
 _APPLICATION_SID = re.compile(r"AP[0-9a-fA-F]{32}")
+#: A message's or call's SID in a path, before its extension: letters and digits.
+_SID = re.compile(r"[A-Za-z0-9]+")
 
 
 @attrs.frozen
@@ -512,6 +514,13 @@ class TwilioPricer:
         _one_spelling(pairs)
         form = single_values(pairs, _array_parameters(request.segments))
         folded = tuple(s.casefold() for s in resource)
+        update = len(folded) == 2 and folded[0] in ("messages", "calls")
+        if update and not _SID.fullmatch(resource[1].partition(".")[0]):
+            # ``Messages/.json`` is no update of a message: a lenient router might read it as
+            # ``Messages.json``, a send priced as nothing.
+            raise PricingRefusal(
+                400, "bad_request", f"{resource[1]!r} is not a message or call SID"
+            )
         if folded == ("calls.json",) or (len(folded) == 2 and folded[0] == "calls"):
             # Before the operator's free endpoints: marking updates of calls free (a hang-up)
             # doesn't make them free to run anyone's TwiML.
